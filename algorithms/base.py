@@ -1,0 +1,372 @@
+"""The algorithm protocol and the maths every algorithm shares.
+
+All per-token tensors are ``[B, T]`` over completion positions, with ``mask`` 1.0 on real tokens and 0.0 on padding.
+Masks are 0/1: the masked reductions select with ``torch.where`` rather than multiply, so a non-finite value in a
+padded position (a log-prob of ``-inf``, a garbage value-head output) can never turn a sum into NaN.
+
+Every helper's docstring carries a small worked example; ``tests/test_algo_base.py`` runs them as doctests.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from rlbench.config import ConfigError
+from rlbench.engine.batch import PolicyOutput, RolloutBatch
+
+AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
+
+# exp() of a log-ratio beyond this is no longer a meaningful importance weight, only an overflow risk (verl clamps too)
+MAX_LOG_RATIO = 20.0
+
+
+@dataclass
+class AlgorithmConfig:
+    """Hyperparameters every algorithm has; subclasses add their own."""
+
+    loss_agg: AggMode = "seq-mean-token-mean"
+    loss_norm_len: int | None = None  # the constant of seq-mean-token-sum-norm; None = the batch's padded length T
+
+
+def require(ok: bool, key: str, value: Any, why: str) -> None:
+    """Raise :class:`~rlbench.config.ConfigError` naming ``algo.<key>`` unless ``ok``.
+
+    >>> require(0.2 >= 0, "clip_low", 0.2, "must be >= 0")
+    >>> require(-1 >= 0, "clip_low", -1, "must be >= 0")
+    Traceback (most recent call last):
+    ...
+    rlbench.config.ConfigError: algo.clip_low=-1: must be >= 0
+    """
+    if not ok:
+        raise ConfigError(f"algo.{key}={value!r}: {why}")
+
+
+class Algorithm(ABC):
+    """An RL objective. The trainer asks what it needs through the ``needs_*`` properties, never by name.
+
+    Per step the trainer: samples, grades, fills ``old_logprobs`` / ``ref_logprobs`` / ``values`` as requested, calls
+    :meth:`compute_advantages` once, then for ``epochs`` x ``minibatches`` calls :meth:`loss` and steps the optimiser.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+
+    def __init__(self, config: AlgorithmConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "Algorithm":
+        from rlbench.config import build_dataclass
+
+        algo = cls(build_dataclass(cls.Config, options, prefix="algo"))
+        algo.validate()
+        return algo
+
+    @classmethod
+    def options(cls) -> dict[str, Any]:
+        """Option name -> default, the algorithm's own options first, then those every algorithm has."""
+        defaults = cls.Config()
+        shared = {f.name for f in dataclasses.fields(AlgorithmConfig)}
+        names = [f.name for f in dataclasses.fields(cls.Config)]
+        return {n: getattr(defaults, n) for n in sorted(names, key=lambda n: n in shared)}
+
+    def validate(self) -> None:
+        """Raise rlbench.config.ConfigError naming ``algo.<key>`` for an impossible value.
+
+        Subclasses extend this and call ``super().validate()``.
+        """
+        n = self.config.loss_norm_len
+        require(n is None or n >= 1, "loss_norm_len", n, "must be >= 1 or null")
+
+    def aggregate(self, per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:func:`agg_loss` with this algorithm's configured mode, for every term of its loss alike."""
+        return agg_loss(per_token, mask, self.config.loss_agg, self.config.loss_norm_len)
+
+    @property
+    def needs_reference(self) -> bool:
+        return False
+
+    @property
+    def needs_values(self) -> bool:
+        return False
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        return False
+
+    @property
+    def needs_entropy_grad(self) -> bool:
+        return False
+
+    @property
+    def epochs(self) -> int:
+        return 1
+
+    @property
+    def minibatches(self) -> int:
+        return 1
+
+    @abstractmethod
+    def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]:
+        """Set ``batch.advantages`` (and ``batch.returns`` if a critic is trained); return metrics."""
+
+    @abstractmethod
+    def loss(self, batch: RolloutBatch, out: PolicyOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar to minimise on (a minibatch of) ``batch`` given the current policy's forward pass."""
+
+
+# --------------------------------------------------------------------------------------------- shared maths
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sum of ``x`` where ``mask`` is 1 (padded entries are ignored even when they are inf or NaN).
+
+    >>> masked_sum(torch.tensor([[1., 2., 3.]]), torch.tensor([[1., 1., 0.]]))
+    tensor(3.)
+    >>> masked_sum(torch.tensor([[1., 2., float("-inf")]]), torch.tensor([[1., 1., 0.]]), dim=1)
+    tensor([3.])
+    """
+    picked = torch.where(mask.bool(), x, torch.zeros_like(x))
+    return picked.sum() if dim is None else picked.sum(dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1 (0 where the mask is empty).
+
+    >>> masked_mean(torch.tensor([[1., 2., 9.], [4., 0., 0.]]), torch.tensor([[1., 1., 0.], [1., 0., 0.]]))
+    tensor(2.3333)
+    >>> masked_mean(torch.tensor([[1., 2., 9.], [4., 0., 0.]]), torch.tensor([[1., 1., 0.], [1., 0., 0.]]), dim=1)
+    tensor([1.5000, 4.0000])
+    """
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1.0)
+
+
+def agg_loss(loss: torch.Tensor, mask: torch.Tensor, mode: AggMode, norm_len: int | None = None) -> torch.Tensor:
+    """Reduce a ``[B, T]`` per-token loss to a scalar.
+
+    - ``token-mean``: every token of the batch weighs the same (long answers weigh more in total).
+    - ``seq-mean-token-mean``: mean over each sequence's tokens, then over sequences (each answer weighs the same).
+    - ``seq-mean-token-sum``: sum over each sequence's tokens, then mean over sequences.
+    - ``seq-mean-token-sum-norm``: token sum divided by a constant ``norm_len`` (default ``T``) instead of the
+      sequence's own length, then mean over sequences: Dr. GRPO's fix for the length bias.
+
+    >>> loss, mask = torch.tensor([[1., 2., 3.], [4., 0., 0.]]), torch.tensor([[1., 1., 1.], [1., 0., 0.]])
+    >>> [round(agg_loss(loss, mask, m).item(), 4) for m in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")]
+    [2.5, 3.0, 5.0]
+    >>> round(agg_loss(loss, mask, "seq-mean-token-sum-norm").item(), 4)  # (6/3 + 4/3) / 2
+    1.6667
+    """
+    if mode == "token-mean":
+        return masked_mean(loss, mask)
+    if mode == "seq-mean-token-mean":
+        return masked_mean(loss, mask, dim=1).mean()
+    if mode == "seq-mean-token-sum":
+        return masked_sum(loss, mask, dim=1).mean()
+    if mode == "seq-mean-token-sum-norm":
+        length = norm_len if norm_len is not None else loss.shape[1]
+        return (masked_sum(loss, mask, dim=1) / length).mean()
+    raise ValueError(f"unknown loss aggregation mode {mode!r}")
+
+
+def kl_penalty(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1/k2/k3).
+
+    With ``log r = ref - logp``: k1 = -log r, k2 = (log r)^2 / 2, k3 = r - 1 - log r (unbiased, always >= 0).
+    For logp = log 0.5 and ref = log 0.25: k1 = 0.6931, k2 = 0.2402, k3 = 0.5 - 1 + 0.6931 = 0.1931.
+    With ``mask``, padded positions give 0 (and a zero, finite gradient) whatever log-probs they hold.
+
+    >>> logp, ref = torch.tensor([0.5]).log(), torch.tensor([0.25]).log()
+    >>> [round(kl_penalty(logp, ref, k).item(), 4) for k in ("k1", "k2", "k3")]
+    [0.6931, 0.2402, 0.1931]
+    >>> kl_penalty(torch.tensor([[0.0, float("-inf")]]), torch.tensor([[0.0, 5.0]]), "k3", torch.tensor([[1.0, 0.0]]))
+    tensor([[0., 0.]])
+    """
+    log_ratio = ref_logprobs - logprobs
+    if mask is not None:
+        log_ratio = fill_padding(log_ratio, mask)
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
+    if estimator == "k3":
+        return torch.exp(log_ratio) - 1.0 - log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, unbiased: bool = False
+) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean if ``shift_mean``) over masked positions; 0 on padding.
+
+    ``(x - mean) / sqrt(var + eps)``. ``unbiased`` divides the variance by ``n - 1`` (as verl's ``masked_whiten`` and
+    TRL's ``whiten`` do) instead of ``n``. When every masked value is equal the result is exactly 0: the ``eps``
+    inside the square root keeps a zero spread from dividing by zero.
+
+    ``x = [[1, 3], [5, 0]]``, ``mask = [[1, 1], [1, 0]]``: mean 3, variance 8/3 (unbiased: 4).
+
+    >>> x, mask = torch.tensor([[1., 3.], [5., 0.]]), torch.tensor([[1., 1.], [1., 0.]])
+    >>> whiten(x, mask)
+    tensor([[-1.2247,  0.0000],
+            [ 1.2247,  0.0000]])
+    >>> whiten(x, mask, unbiased=True)
+    tensor([[-1.,  0.],
+            [ 1.,  0.]])
+    >>> whiten(torch.tensor([1., 1., 1.]), torch.ones(3))
+    tensor([0., 0., 0.])
+    """
+    mean = masked_mean(x, mask)
+    sq = masked_sum((x - mean).square(), mask)
+    n = mask.sum()
+    var = sq / (n - 1).clamp(min=1.0) if unbiased else sq / n.clamp(min=1.0)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask.bool(), out, torch.zeros_like(out))
+
+
+def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row mean, (unbiased) std and size of the row's group (a group of one has std 0).
+
+    >>> mean, std, count = group_stats(torch.tensor([1., 0., 1., 1.]), torch.tensor([0, 0, 1, 1]))
+    >>> mean, std, count
+    (tensor([0.5000, 0.5000, 1.0000, 1.0000]), tensor([0.7071, 0.7071, 0.0000, 0.0000]), tensor([2., 2., 2., 2.]))
+    """
+    groups, inverse = torch.unique(group_ids, return_inverse=True)
+    n = len(groups)
+    zeros = torch.zeros(n, dtype=values.dtype, device=values.device)
+    count = zeros.index_add(0, inverse, torch.ones_like(values))
+    total = zeros.index_add(0, inverse, values)
+    mean = (total / count)[inverse]
+    sq = zeros.index_add(0, inverse, (values - mean).square())
+    std = torch.sqrt(sq / (count - 1).clamp(min=1))[inverse]
+    return mean, std, count[inverse]
+
+
+def fill_padding(x: torch.Tensor, mask: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """``x`` with padded positions replaced by ``value``.
+
+    Used before a nonlinear op (exp, square): autograd multiplies the op's local derivative at a padded position by
+    a zero upstream gradient, and 0 * inf is NaN, so a non-finite padded input must be replaced, not only masked out.
+
+    >>> fill_padding(torch.tensor([[1.0, float("nan")]]), torch.tensor([[1.0, 0.0]]))
+    tensor([[1., 0.]])
+    """
+    return torch.where(mask.bool(), x, torch.full_like(x, value))
+
+
+def per_token(seq_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Broadcast one value per sequence ``[B]`` to every completion token ``[B, T]`` (0 on padding).
+
+    >>> per_token(torch.tensor([2., -1.]), torch.tensor([[1., 1., 0.], [1., 0., 0.]]))
+    tensor([[ 2.,  2.,  0.],
+            [-1., -0., -0.]])
+    """
+    return seq_values[:, None].to(mask.dtype) * mask
+
+
+def outcome_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Place each sequence's outcome reward ``[B]`` on its last valid token, 0 elsewhere: ``[B, T]``.
+
+    >>> outcome_token_rewards(torch.tensor([1., 0.5]), torch.tensor([[1., 1., 1.], [1., 1., 0.]]))
+    tensor([[0.0000, 0.0000, 1.0000],
+            [0.0000, 0.5000, 0.0000]])
+    """
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=mask.dtype)
+    last = (mask * positions).argmax(dim=1)  # the highest position holding a 1; rows with no token get masked below
+    out = torch.zeros_like(mask)
+    out[torch.arange(mask.shape[0], device=mask.device), last] = rewards.to(mask.dtype)
+    return out * mask
+
+
+@torch.no_grad()
+def gae(
+    token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over the valid tokens of each completion.
+
+        delta_t = r_t + gamma * V_{t+1} - V_t        (V after the last valid token = 0: the episode ends there)
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        returns_t = A_t + V_t                          (the value targets)
+
+    Padded positions are skipped (a hole in the mask passes ``V`` and ``A`` through untouched) and get 0.
+
+    ``r = [0, 0, 1]``, ``V = [0.5, 0.6, 0.7]``, gamma 1, lam 0.5: delta = [0.1, 0.1, 0.3],
+    A_2 = 0.3, A_1 = 0.1 + 0.5 * 0.3 = 0.25, A_0 = 0.1 + 0.5 * 0.25 = 0.225; returns = [0.725, 0.85, 1.0].
+
+    >>> adv, ret = gae(torch.tensor([[0., 0., 1.]]), torch.tensor([[0.5, 0.6, 0.7]]), torch.ones(1, 3), 1.0, 0.5)
+    >>> adv, ret
+    (tensor([[0.2250, 0.2500, 0.3000]]), tensor([[0.7250, 0.8500, 1.0000]]))
+    """
+    valid = mask.bool()
+    rewards = fill_padding(token_rewards, mask)
+    values = fill_padding(values, mask).to(rewards.dtype)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_adv = torch.zeros_like(rewards[:, 0])
+    reversed_adv = []
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv_t = delta + gamma * lam * next_adv
+        next_value = torch.where(valid[:, t], values[:, t], next_value)
+        next_adv = torch.where(valid[:, t], adv_t, next_adv)
+        reversed_adv.append(torch.where(valid[:, t], adv_t, torch.zeros_like(adv_t)))
+    advantages = torch.stack(reversed_adv[::-1], dim=1)
+    returns = torch.where(valid, advantages + values, torch.zeros_like(advantages))
+    return advantages, returns
+
+
+def returns_to_go(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Discounted return from each valid token to the end, G_t = sum_{k >= t} gamma^(k - t) r_k.
+
+    This is :func:`gae` with V = 0 and lambda = 1 (the deltas telescope into the plain return).
+
+    >>> returns_to_go(torch.tensor([[-0.1, -0.2, 1.0]]), torch.ones(1, 3))
+    tensor([[0.7000, 0.8000, 1.0000]])
+    """
+    return gae(token_rewards, torch.zeros_like(token_rewards), mask, gamma, 1.0)[0]
+
+
+def clipped_pg_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    mode: AggMode,
+    norm_len: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO's clipped surrogate (Schulman et al. 2017) with asymmetric bounds (DAPO's eps_low / eps_high).
+
+        ratio_t = pi(a_t) / pi_old(a_t)
+        loss_t  = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - clip_low, 1 + clip_high))
+
+    aggregated with ``mode``. Returns the loss and ``{"clip_frac", "approx_kl"}``: the fraction of valid tokens where
+    the clipped term is the larger one (their gradient is 0), and the mean of log(pi_old / pi) (k1 from old to new).
+    At ratio = 1 the gradient equals that of ``-A * log pi``: the vanilla policy gradient.
+
+    A = [1, -1], ratio = [1.5, 0.5], clips 0.2: loss = [max(-1.5, -1.2), max(0.5, 0.8)] = [-1.2, 0.8], both clipped;
+    token-mean = -0.2, clip_frac = 1.
+
+    >>> loss, m = clipped_pg_loss(torch.tensor([[1.5, 0.5]]).log(), torch.zeros(1, 2), torch.tensor([[1., -1.]]),
+    ...                           torch.ones(1, 2), 0.2, 0.2, "token-mean")
+    >>> round(loss.item(), 4), m["clip_frac"]
+    (-0.2, 1.0)
+    """
+    log_ratio = fill_padding(logprobs - old_logprobs, mask)
+    ratio = torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = agg_loss(torch.maximum(unclipped, clipped), mask, mode, norm_len)
+    with torch.no_grad():
+        clip_frac = masked_mean((clipped > unclipped).to(mask.dtype), mask)
+        approx_kl = masked_mean(-log_ratio, mask)
+    return loss, {"clip_frac": float(clip_frac), "approx_kl": float(approx_kl)}

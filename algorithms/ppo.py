@@ -1,0 +1,182 @@
+"""PPO (Schulman et al. 2017) for language models, as in Ziegler et al. 2019 / Ouyang et al. 2022 (TRL, verl).
+
+Each completion token is an action; a value head on the policy's backbone estimates V(s_t) for the state before
+token t. Token rewards: the outcome reward R on the last valid token, optionally minus a per-token k1 KL to a frozen
+reference (reward shaping, ``kl_coef``):
+
+    r_t = -kl_coef * (log pi_old(y_t) - log pi_ref(y_t)) + [t = last] * R
+
+Advantages by GAE(gamma, lambda) with V_old from the sampling step, then whitened over the batch's valid tokens:
+
+    delta_t = r_t + gamma V_{t+1} - V_t,   A_t = delta_t + gamma lambda A_{t+1},   G_t = A_t + V_t   (value target)
+
+Loss, for ``epochs`` passes over ``minibatches`` minibatches:
+
+    L = agg[ max(-A r_t, -A clip(r_t, 1 - eps_low, 1 + eps_high)) ]                            (clipped policy loss)
+      + vf_coef * agg[ 1/2 max((V - G)^2, (V_old + clip(V - V_old, -vf_clip, vf_clip) - G)^2) ]  (clipped value loss)
+      - entropy_coef * agg[ H ]
+
+The value head shares the policy's optimiser, so ``vf_coef`` balances the two gradients on the shared backbone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlbench.engine.batch import PolicyOutput, RolloutBatch
+from rlbench.registry import register_algorithm
+
+from .base import (
+    AggMode,
+    Algorithm,
+    AlgorithmConfig,
+    agg_loss,
+    clipped_pg_loss,
+    fill_padding,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_sum,
+    outcome_token_rewards,
+    require,
+    whiten,
+)
+
+
+@dataclass
+class PPOConfig(AlgorithmConfig):
+    gamma: float = 1.0  # discount (TRL, verl)
+    lam: float = 0.95  # GAE lambda (TRL; verl's default is 1.0)
+    clip_low: float = 0.2  # ratio clipped below at 1 - clip_low (TRL, verl)
+    clip_high: float = 0.2  # ratio clipped above at 1 + clip_high
+    vf_clip: float | None = 0.2  # value clipping around V_old; null disables it (TRL 0.2, verl 0.5)
+    vf_coef: float = 0.1  # weight of the value loss (TRL, whose value head also shares one optimiser)
+    kl_coef: float = 0.0  # per-token k1 KL in the reward (verl: off by default; TRL 0.05)
+    entropy_coef: float = 0.0  # entropy bonus (verl, TRL: 0)
+    epochs: int = 4  # passes over each batch (TRL num_ppo_epochs; verl ppo_epochs 1)
+    minibatches: int = 1  # optimiser steps per pass (TRL num_mini_batches)
+    whiten_advantages: bool = True  # over the valid tokens of the whole batch (TRL, verl)
+    loss_agg: AggMode = "token-mean"  # TRL, verl
+
+
+@register_algorithm
+class PPO(Algorithm):
+    name = "ppo"
+    description = "PPO: GAE advantages from a value head, clipped policy and value losses, several epochs per batch"
+    Config = PPOConfig
+
+    def validate(self) -> None:
+        super().validate()
+        c = self.config
+        require(0 <= c.gamma <= 1, "gamma", c.gamma, "must be in [0, 1]")
+        require(0 <= c.lam <= 1, "lam", c.lam, "must be in [0, 1]")
+        require(0 <= c.clip_low < 1, "clip_low", c.clip_low, "must be in [0, 1): the ratio's lower bound is 1 - clip_low")
+        require(c.clip_high >= 0, "clip_high", c.clip_high, "must be >= 0")
+        require(c.vf_clip is None or c.vf_clip >= 0, "vf_clip", c.vf_clip, "must be >= 0 or null")
+        for key in ("vf_coef", "kl_coef", "entropy_coef"):
+            require(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0")
+        require(c.epochs >= 1, "epochs", c.epochs, "must be >= 1")
+        require(c.minibatches >= 1, "minibatches", c.minibatches, "must be >= 1")
+
+    @property
+    def needs_values(self) -> bool:
+        return True
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.config.kl_coef > 0
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        # the KL reward is charged to the sampling policy; the ratio needs it once the policy moves within a batch
+        return self.config.kl_coef > 0 or self.config.epochs * self.config.minibatches > 1
+
+    @property
+    def needs_entropy_grad(self) -> bool:
+        return self.config.entropy_coef > 0
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def minibatches(self) -> int:
+        return self.config.minibatches
+
+    def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]:
+        c, mask = self.config, batch.response_mask
+        token_rewards = outcome_token_rewards(batch.rewards, mask)
+        metrics = {}
+        if c.kl_coef > 0:
+            k1 = kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1", mask)
+            token_rewards = token_rewards - c.kl_coef * k1
+            metrics["kl_reward_penalty"] = float(masked_sum(k1, mask, dim=1).mean())
+        values = batch.values.detach()
+        advantages, returns = gae(token_rewards, values, mask, c.gamma, c.lam)
+        batch.returns = returns
+        batch.advantages = whiten(advantages, mask, unbiased=True) if c.whiten_advantages else advantages
+        metrics["value_mean"] = float(masked_mean(values, mask))
+        metrics["value_explained_var"] = float(_explained_variance(values, returns, mask))
+        return metrics
+
+    def loss(self, batch: RolloutBatch, out: PolicyOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        if out.values is None:
+            raise ValueError("ppo needs the value head's output (PolicyOutput.values) in the loss")
+        c, mask = self.config, batch.response_mask
+        old = batch.old_logprobs if batch.old_logprobs is not None else out.logprobs.detach()
+        pg_loss, metrics = clipped_pg_loss(
+            out.logprobs, old, batch.advantages, mask, c.clip_low, c.clip_high, c.loss_agg, c.loss_norm_len
+        )
+        vf_loss, vf_clip_frac = clipped_value_loss(
+            out.values, batch.values, batch.returns, mask, c.vf_clip, c.loss_agg, c.loss_norm_len
+        )
+        loss = pg_loss + c.vf_coef * vf_loss
+        metrics.update(pg_loss=float(pg_loss.detach()), vf_loss=float(vf_loss.detach()), vf_clip_frac=vf_clip_frac)
+        if out.entropy is not None:
+            entropy = self.aggregate(out.entropy, mask)
+            metrics["entropy"] = float(entropy.detach())
+            if c.entropy_coef > 0:
+                loss = loss - c.entropy_coef * entropy
+        return loss, metrics
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None,
+    mode: AggMode,
+    norm_len: int | None = None,
+) -> tuple[torch.Tensor, float]:
+    """1/2 max((V - G)^2, (V_old + clip(V - V_old, -clip, clip) - G)^2), aggregated; and the clipped fraction.
+
+    The clipped branch stops the value head from moving more than ``clip`` from its sampling-time estimate in one
+    batch, mirroring the policy's trust region (``clip=None``: plain 1/2 (V - G)^2).
+
+    V = 0.9, V_old = 0.5, G = 1, clip 0.2: unclipped 1/2 (0.1)^2 = 0.005, clipped 1/2 (0.7 - 1)^2 = 0.045 -> 0.045,
+    and its gradient with respect to V is 0 (the clipped branch is flat in V).
+
+    >>> loss, frac = clipped_value_loss(torch.tensor([[0.9]]), torch.tensor([[0.5]]), torch.tensor([[1.0]]),
+    ...                                 torch.ones(1, 1), 0.2, "token-mean")
+    >>> round(loss.item(), 4), frac
+    (0.045, 1.0)
+    """
+    values, old_values, returns = (fill_padding(x, mask) for x in (values, old_values, returns))
+    unclipped = (values - returns).square()
+    if clip is None:
+        return 0.5 * agg_loss(unclipped, mask, mode, norm_len), 0.0
+    clipped = (old_values + (values - old_values).clamp(-clip, clip) - returns).square()
+    loss = 0.5 * agg_loss(torch.maximum(unclipped, clipped), mask, mode, norm_len)
+    with torch.no_grad():
+        frac = masked_mean((clipped > unclipped).to(mask.dtype), mask)
+    return loss, float(frac)
+
+
+def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(G - V) / Var(G) over valid tokens: 1 is a perfect critic, 0 no better than a constant."""
+    var_returns = masked_mean((returns - masked_mean(returns, mask)).square(), mask)
+    residual = returns - values
+    var_residual = masked_mean((residual - masked_mean(residual, mask)).square(), mask)
+    return 1.0 - var_residual / var_returns.clamp(min=1e-8)

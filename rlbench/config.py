@@ -1,0 +1,370 @@
+"""Run configuration: dataclasses, a YAML file plus ``--set key=value`` overrides, validated before any work starts.
+
+Every error is a :class:`ConfigError` whose message names the offending key; the CLI turns it into exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message names the key."""
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 40
+
+    def validate(self) -> None:
+        _check(self.temperature > 0, "sampling.temperature", self.temperature, "must be > 0 (use eval greedy for argmax)")
+        _check(0 < self.top_p <= 1, "sampling.top_p", self.top_p, "must be in (0, 1]")
+        _check(self.max_new_tokens >= 1, "sampling.max_new_tokens", self.max_new_tokens, "must be >= 1")
+
+
+@dataclass
+class RolloutConfig:
+    batch_size: int = 64  # completions per optimiser step (prompts per step x samples per prompt)
+    samples_per_prompt: int = 4
+    generation_batch_size: int = 256  # rows decoded at once (rollouts and evaluation)
+    micro_batch_size: int | None = None  # rows per forward/backward; None = a whole minibatch at once
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.samples_per_prompt
+
+    def validate(self) -> None:
+        _check(self.samples_per_prompt >= 1, "rollout.samples_per_prompt", self.samples_per_prompt, "must be >= 1")
+        _check(self.batch_size >= 1, "rollout.batch_size", self.batch_size, "must be >= 1")
+        _check(self.generation_batch_size >= 1, "rollout.generation_batch_size", self.generation_batch_size, "must be >= 1")
+        _check(self.micro_batch_size is None or self.micro_batch_size >= 1, "rollout.micro_batch_size", self.micro_batch_size, "must be >= 1 or null")
+        _check(
+            self.batch_size % self.samples_per_prompt == 0,
+            "rollout.batch_size",
+            self.batch_size,
+            f"must be a multiple of rollout.samples_per_prompt={self.samples_per_prompt}",
+        )
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0  # 0 disables clipping
+    warmup_steps: int = 0
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _check(0 <= self.beta1 < 1, "optim.beta1", self.beta1, "must be in [0, 1)")
+        _check(0 <= self.beta2 < 1, "optim.beta2", self.beta2, "must be in [0, 1)")
+        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
+
+
+@dataclass
+class BudgetConfig:
+    """Stop at whichever limit comes first; at least one must be set."""
+
+    samples: int | None = None  # completions generated
+    tokens: int | None = None  # completion tokens generated
+    steps: int | None = None  # optimiser steps
+    seconds: float | None = None  # wall time of the training loop
+
+    def validate(self) -> None:
+        limits = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        _check(any(v is not None for v in limits.values()), "budget", None, "set at least one of samples, tokens, steps, seconds")
+        for name, value in limits.items():
+            _check(value is None or value > 0, f"budget.{name}", value, "must be > 0")
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    limit: int | None = 200  # held-out problems; None = all
+    every: int = 0  # evaluate every N optimiser steps during training (0 = start and end only)
+    samples: int = 1  # sampled completions per problem (at the training temperature) besides the greedy one
+    greedy: bool = True
+
+    def validate(self) -> None:
+        _check(self.limit is None or self.limit >= 1, "eval.limit", self.limit, "must be >= 1 or null")
+        _check(self.every >= 0, "eval.every", self.every, "must be >= 0")
+        _check(self.samples >= 0, "eval.samples", self.samples, "must be >= 0")
+
+
+@dataclass
+class TinyConfig:
+    """The tiny lab's model and its SFT warm-start (used when ``model: tiny``)."""
+
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 4
+    mlp: int = 512
+    sft_lr: float = 3e-3
+    sft_batch: int = 32
+    sft_warmup: int = 50
+    target_sampled_accuracy: float = 0.25  # stop SFT once held-out sampled accuracy reaches this
+    check_every: int = 100  # SFT steps between held-out checks
+    max_steps: int = 4000
+    max_seconds: float = 300.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("layers", "hidden", "heads", "mlp", "sft_batch", "check_every", "max_steps"):
+            _check(getattr(self, name) >= 1, f"tiny.{name}", getattr(self, name), "must be >= 1")
+        _check(self.hidden % self.heads == 0, "tiny.hidden", self.hidden, f"must be divisible by tiny.heads={self.heads}")
+        _check(0 < self.target_sampled_accuracy <= 1, "tiny.target_sampled_accuracy", self.target_sampled_accuracy, "must be in (0, 1]")
+        _check(self.sft_lr > 0, "tiny.sft_lr", self.sft_lr, "must be > 0")
+        _check(self.max_seconds > 0, "tiny.max_seconds", self.max_seconds, "must be > 0")
+
+
+@dataclass
+class RunConfig:
+    model: str = "tiny"  # "tiny" (the tiny lab's warm-start), a hub id, or a local directory
+    algo: dict[str, Any] = field(default_factory=lambda: {"name": "reinforce"})  # name + hyperparameters
+    task: dict[str, Any] = field(default_factory=lambda: {"name": "arith"})  # name + task options
+    seed: int = 0
+    precision: Literal["fp32", "bf16-mixed", "bf16"] = "fp32"
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
+    out: str | None = None  # run directory; None = runs/<task>-<algo>-s<seed>
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(steps=100))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+
+    @property
+    def algo_name(self) -> str:
+        return self.algo["name"]
+
+    @property
+    def task_name(self) -> str:
+        return self.task["name"]
+
+    def validate(self) -> None:
+        for section in (self.rollout, self.sampling, self.optim, self.budget, self.eval, self.tiny):
+            section.validate()
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device", self.device, "must be auto, cpu or cuda[:N]")
+        _check(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1")
+        for key in ("algo", "task"):
+            name = getattr(self, key).get("name")
+            _check(isinstance(name, str) and bool(name), f"{key}.name", name, "must name a registered " + ("algorithm" if key == "algo" else "task"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {why}" if value is not None else f"{key}: {why}")
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a ``--set`` string) to the annotated type, or raise naming ``key``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}={value!r}: invalid value")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, args))}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                try:
+                    as_float = float(value)
+                except ValueError:
+                    as_float = None
+                if as_float is not None and as_float.is_integer():
+                    return int(as_float)
+        raise ConfigError(f"{key}={value!r}: expected an integer")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r}: expected a number")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r}: expected a string")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a list")
+        item = args[0] if args else Any
+        return (tuple if origin is tuple else list)(_coerce(v, item, key) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r}: expected a mapping")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}")
+        return build_dataclass(hint, value, prefix=key)
+    return value
+
+
+def build_dataclass(cls: type, options: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate ``cls`` from a mapping, coercing types; unknown keys raise a ConfigError naming them."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    values = {}
+    for key, value in options.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            raise ConfigError(f"{full}: unknown key; valid keys: {', '.join(sorted(known))}")
+        values[key] = _coerce(value, hints[key], full)
+    return cls(**values)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
+        value = raw
+    return key.split("."), value
+
+
+def merge_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a nested dict (values parsed as YAML, then coerced by type later)."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"--config {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: the top level must be a mapping of config keys")
+    return data
+
+
+def _nested(tree: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in tree.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _nested(value, out[key])
+        else:
+            out[key] = value
+    return out
+
+
+def build_run_config(tree: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig, including the algorithm's and task's own option dataclasses."""
+    from rlbench import registry
+
+    tree = dict(tree)
+    for key in ("algo", "task"):
+        if isinstance(tree.get(key), str):
+            tree[key] = {"name": tree[key]}
+    config = build_dataclass(RunConfig, tree)
+    defaults = RunConfig()
+    config.algo = {**({} if "name" in config.algo else defaults.algo), **config.algo}
+    config.task = {**({} if "name" in config.task else defaults.task), **config.task}
+    config.validate()
+    try:
+        algo_cls = registry.get_algorithm(config.algo_name)
+        task_cls = registry.get_task(config.task_name)
+    except registry.UnknownNameError as exc:
+        raise ConfigError(("algo.name: " if "algorithm" in str(exc) else "task.name: ") + str(exc)) from exc
+    # Instantiating the option dataclasses checks every key and type now, before any work starts.
+    algo_cls.from_options({k: v for k, v in config.algo.items() if k != "name"})
+    task_cls.from_options({k: v for k, v in config.task.items() if k != "name"})
+    return config
+
+
+def resolve(config_file: str | None, overrides: list[str], shorthands: dict[str, Any] | None = None) -> RunConfig:
+    """File, then CLI shorthands (``--algo``...), then ``--set`` overrides; later wins."""
+    tree: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    for key in ("algo", "task"):
+        if isinstance(tree.get(key), str):
+            tree[key] = {"name": tree[key]}
+    for key, value in (shorthands or {}).items():
+        if value is None:
+            continue
+        tree = _nested({key: {"name": value}} if key in ("algo", "task") else _path_dict(key, value), tree)
+    tree = merge_overrides(tree, overrides)
+    return build_run_config(tree)
+
+
+def _path_dict(dotted: str, value: Any) -> dict[str, Any]:
+    parts = dotted.split(".")
+    node: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        node = {part: node}
+    return node

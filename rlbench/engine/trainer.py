@@ -1,0 +1,335 @@
+"""The training loop shared by every algorithm and every model.
+
+    prompts -> N samples per prompt -> grade -> (old / reference log-probs, values) -> advantages
+            -> epochs x minibatches of (forward, loss, backward, clip, step) -> weight sync -> metrics
+
+The trainer asks the algorithm what it needs (``needs_*``, ``epochs``, ``minibatches``); it never branches on a name.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import platform
+import random
+import signal
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from rlbench import registry
+from rlbench.config import RunConfig
+from rlbench.engine.batch import RolloutBatch
+from rlbench.engine.budget import BudgetMeter
+from rlbench.engine.policy import Policy, ValueHead, load_model, pick_device
+from rlbench.engine.rollout import HFGenerator, encode_prompt
+from rlbench.evaluate import evaluate
+from rlbench.results import CHECKPOINT, CONFIG, EVALS, METRICS, SAMPLES, SUMMARY, append_jsonl, write_json
+from rlbench.algorithms.base import Algorithm, kl_penalty, masked_mean
+from rlbench.tasks.base import Example, Task
+
+SAMPLES_LOGGED_PER_STEP = 4
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any parts (run seed, step, purpose), identical across processes and machines."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def prompt_indices(n_examples: int, seed: int, step: int, per_step: int) -> list[int]:
+    """The prompts of ``step``: consecutive slices of a per-epoch shuffle, so every algorithm sees the same order."""
+    out: list[int] = []
+    start = step * per_step
+    while len(out) < per_step:
+        epoch, offset = divmod(start + len(out), n_examples)
+        order = list(range(n_examples))
+        random.Random(derive_seed(seed, "epoch", epoch)).shuffle(order)
+        out.extend(order[offset : offset + per_step - len(out)])
+    return out
+
+
+@contextmanager
+def _timer(times: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    times[stage] = times.get(stage, 0.0) + time.perf_counter() - start
+
+
+def resolve_model_path(config: RunConfig, task: Task, progress: bool) -> str:
+    """``tiny`` builds (or reuses) the tiny lab's warm-start; anything else is a hub id or local directory."""
+    if config.model == "tiny":
+        from rlbench.tiny.warmstart import ensure_warmstart
+
+        return str(ensure_warmstart(config.tiny, task, config.sampling, progress=progress))
+    return config.model
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.out = Path(config.out or f"runs/{config.task_name}-{config.algo_name}-s{config.seed}")
+        self.task: Task = registry.get_task(config.task_name).from_options(_options(config.task))
+        self.algo: Algorithm = registry.get_algorithm(config.algo_name).from_options(_options(config.algo))
+        self.device = pick_device(config.device)
+        self.model_path = resolve_model_path(config, self.task, progress)
+        model, tokenizer = load_model(self.model_path, config.precision, self.device)
+        value_head = None
+        if self.algo.needs_values:
+            value_head = ValueHead(model.config.hidden_size).to(self.device)
+        self.policy = Policy(model, tokenizer, self.device, config.precision, value_head)
+        self.reference: Policy | None = None
+        if self.algo.needs_reference:
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            self.reference = Policy(ref_model, tokenizer, self.device, config.precision)
+        self.generator = HFGenerator(self.policy, batch_size=config.rollout.generation_batch_size)
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(
+            list(self.policy.parameters()), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+        )
+        self.train_examples = self.task.load("train")
+        eval_examples = self.task.load(config.eval.split)
+        self.eval_examples = eval_examples[: config.eval.limit] if config.eval.limit else eval_examples
+        self.prompt_cache: dict[int, list[int]] = {}
+        self.meter = BudgetMeter(config.budget, config.rollout.batch_size)
+
+    # ------------------------------------------------------------------------------------------ one step
+
+    def _prompt_ids(self, index: int) -> list[int]:
+        if index not in self.prompt_cache:
+            example = self.train_examples[index]
+            self.prompt_cache[index] = encode_prompt(self.policy.tokenizer, self.task.prompt(example))
+        return self.prompt_cache[index]
+
+    def _micro(self, batch: RolloutBatch) -> list[torch.Tensor]:
+        size = self.config.rollout.micro_batch_size or batch.size
+        return list(torch.arange(batch.size).split(size))
+
+    @torch.no_grad()
+    def _fill_logprobs(self, batch: RolloutBatch, times: dict[str, float]) -> None:
+        temperature = self.config.sampling.temperature
+        with _timer(times, "logprobs"):
+            parts = [self.policy.forward(batch.select(i), temperature, with_values=self.algo.needs_values)
+                     for i in self._micro(batch)] if (self.algo.needs_old_logprobs or self.algo.needs_values) else []
+            if self.algo.needs_old_logprobs:
+                batch.old_logprobs = torch.cat([p.logprobs for p in parts])
+            if self.algo.needs_values:
+                batch.values = torch.cat([p.values for p in parts])
+            if self.reference is not None:
+                batch.ref_logprobs = torch.cat(
+                    [self.reference.forward(batch.select(i), temperature).logprobs for i in self._micro(batch)]
+                )
+
+    def rollout(self, step: int, times: dict[str, float]) -> tuple[RolloutBatch, list[Example], list]:
+        c = self.config
+        n = c.rollout.samples_per_prompt
+        indices = prompt_indices(len(self.train_examples), c.seed, step, c.rollout.prompts_per_step)
+        examples = [self.train_examples[i] for i in indices for _ in range(n)]
+        prompt_ids = [self._prompt_ids(i) for i in indices for _ in range(n)]
+        with _timer(times, "generate"):
+            gen = self.generator.generate(
+                prompt_ids, temperature=c.sampling.temperature, top_p=c.sampling.top_p,
+                max_new_tokens=c.sampling.max_new_tokens, seed=derive_seed(c.seed, "sample", step),
+            )
+        with _timer(times, "grade"):
+            grades = self.task.grade_many(gen.texts, examples)
+        batch = RolloutBatch(
+            input_ids=gen.input_ids,
+            attention_mask=gen.attention_mask,
+            response_mask=gen.response_mask,
+            prompt_len=gen.prompt_len,
+            rewards=torch.tensor([g.reward for g in grades], dtype=torch.float, device=self.device),
+            group_ids=torch.arange(len(indices), device=self.device).repeat_interleave(n),
+            truncated=gen.truncated,
+            info={"texts": gen.texts},
+        )
+        return batch, examples, grades
+
+    def update(self, batch: RolloutBatch, times: dict[str, float]) -> dict[str, float]:
+        algo, c = self.algo, self.config
+        metrics: dict[str, list[float]] = {}
+        grad_norms: list[float] = []
+        entropies: list[float] = []
+        gen = torch.Generator().manual_seed(derive_seed(c.seed, "minibatch", self.meter.used.steps))
+        with _timer(times, "update"):
+            for _ in range(algo.epochs):
+                order = torch.randperm(batch.size, generator=gen) if algo.minibatches > 1 else torch.arange(batch.size)
+                for rows in order.tensor_split(algo.minibatches):
+                    mini = batch.select(rows.to(self.device))
+                    self.optimizer.zero_grad(set_to_none=True)
+                    for micro_rows in self._micro(mini):
+                        micro = mini.select(micro_rows.to(self.device))
+                        out = self.policy.forward(micro, c.sampling.temperature, with_entropy=True,
+                                                  with_values=algo.needs_values)
+                        if not algo.needs_entropy_grad:
+                            out.entropy = out.entropy.detach()
+                        loss, parts = algo.loss(micro, out)
+                        # each micro-batch counts in proportion to its rows, as if the minibatch ran at once
+                        (loss * (micro.size / mini.size)).backward()
+                        for k, v in {"loss": loss.item(), **parts}.items():
+                            metrics.setdefault(k, []).append(float(v))
+                        entropies.append(float(masked_mean(out.entropy.detach(), micro.response_mask)))
+                    clip = c.optim.grad_clip
+                    params = [p for p in self.policy.parameters() if p.grad is not None]
+                    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+                    grad_norms.append(float(norm))
+                    self.optimizer.step()
+            self.scheduler.step()
+        result = {k: statistics.fmean(v) for k, v in metrics.items()}
+        result["grad_norm"] = statistics.fmean(grad_norms)
+        result["entropy"] = statistics.fmean(entropies)
+        return result
+
+    def step(self) -> dict[str, Any]:
+        c, step = self.config, self.meter.used.steps
+        times: dict[str, float] = {}
+        batch, examples, grades = self.rollout(step, times)
+        self._fill_logprobs(batch, times)
+        adv_metrics = self.algo.compute_advantages(batch)
+        upd = self.update(batch, times)
+        with _timer(times, "sync"):
+            self.generator.sync_weights(self.policy)
+        tokens = int(batch.response_mask.sum())
+        self.meter.add(prompts=c.rollout.prompts_per_step, samples=batch.size, tokens=tokens, steps=1)
+        lengths = batch.response_mask.sum(1)
+        rewards = batch.rewards
+        groups = rewards.view(-1, c.rollout.samples_per_prompt)
+        row: dict[str, Any] = {
+            "step": self.meter.used.steps,
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "accuracy": sum(g.correct for g in grades) / len(grades),
+            "zero_spread_groups": float((groups.max(1).values == groups.min(1).values).float().mean()),
+            "length_mean": float(lengths.mean()),
+            "length_max": int(lengths.max()),
+            "truncated_frac": float(batch.truncated.float().mean()),
+            **upd,
+            **adv_metrics,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        if batch.ref_logprobs is not None and batch.old_logprobs is not None:
+            row["kl_ref"] = float(masked_mean(kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k3"), batch.response_mask))
+        row["time"] = {k: round(v, 4) for k, v in times.items()}
+        row["gen_tokens_per_s"] = round(tokens / times["generate"], 1) if times.get("generate") else None
+        trained = tokens * self.algo.epochs
+        row["train_tokens_per_s"] = round(trained / times["update"], 1) if times.get("update") else None
+        row["usage"] = self.meter.snapshot()
+        append_jsonl(self.out / METRICS, row)
+        for ex, text, g in list(zip(examples, batch.info["texts"], grades))[:SAMPLES_LOGGED_PER_STEP]:
+            append_jsonl(self.out / SAMPLES, {"step": row["step"], "id": ex.id, "completion": text, "reason": g.reason})
+        return row
+
+    # ------------------------------------------------------------------------------------------ whole run
+
+    def evaluate(self) -> dict[str, Any]:
+        c = self.config
+        res = evaluate(
+            self.generator, self.task, self.eval_examples, max_new_tokens=c.sampling.max_new_tokens,
+            temperature=c.sampling.temperature, top_p=c.sampling.top_p, greedy=c.eval.greedy,
+            samples=c.eval.samples, seed=derive_seed(c.seed, "eval"),
+        )
+        row = {"step": self.meter.used.steps, "usage": self.meter.snapshot(), **res}
+        append_jsonl(self.out / EVALS, row)
+        return row
+
+    def _write_config(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / CONFIG).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+
+    def save_checkpoint(self) -> Path:
+        path = self.out / CHECKPOINT
+        self.policy.model.save_pretrained(path)
+        self.policy.tokenizer.save_pretrained(path)
+        if self.policy.value_head is not None:
+            torch.save(self.policy.value_head.state_dict(), path / "value_head.pt")
+        return path
+
+    def run(self) -> dict[str, Any]:
+        c = self.config
+        self._write_config()
+        status, stop_reason, evals = "running", None, []
+        start = time.time()
+        bar = tqdm(total=1000, desc=f"{c.algo_name} on {c.task_name}", disable=not self.progress,
+                   bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
+        previous_handler = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            evals.append(self.evaluate())
+            self.meter.start()
+            while (stop_reason := self.meter.exhausted()) is None:
+                row = self.step()
+                bar.n = int(1000 * self.meter.fraction())
+                bar.set_postfix(step=row["step"], reward=f"{row['reward_mean']:.3f}", len=f"{row['length_mean']:.1f}")
+                if c.eval.every and row["step"] % c.eval.every == 0 and self.meter.exhausted() is None:
+                    self.meter.pause()
+                    evals.append(self.evaluate())
+                    self.meter.start()
+            self.meter.pause()
+            evals.append(self.evaluate())
+            status = "completed"
+        except KeyboardInterrupt:
+            self.meter.pause()
+            status, stop_reason = "interrupted", "interrupted"
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            bar.close()
+            summary = self._summary(status, stop_reason, evals, time.time() - start)
+            if status == "completed":
+                summary["checkpoint"] = str(self.save_checkpoint())
+            write_json(self.out / SUMMARY, summary)
+        if status == "interrupted":
+            raise KeyboardInterrupt
+        return summary
+
+    def _summary(self, status: str, stop_reason: str | None, evals: list[dict], wall: float) -> dict[str, Any]:
+        def acc(row: dict | None, kind: str) -> float | None:
+            return row[kind]["accuracy"] if row and kind in row else None
+
+        first = evals[0] if evals else None
+        last = evals[-1] if len(evals) > 1 else None
+        return {
+            "status": status,
+            "stop_reason": stop_reason,
+            "algo": self.config.algo_name,
+            "task": self.config.task_name,
+            "model": self.config.model,
+            "model_path": self.model_path,
+            "seed": self.config.seed,
+            "usage": self.meter.snapshot(),
+            "budget": dataclasses.asdict(self.config.budget),
+            "wall_seconds": round(wall, 1),
+            "eval_problems": len(self.eval_examples),
+            "initial": {"greedy": acc(first, "greedy"), "sampled": acc(first, "sampled")},
+            "final": {"greedy": acc(last, "greedy"), "sampled": acc(last, "sampled")},
+            "final_length": last["sampled"]["length_mean"] if last and "sampled" in last else None,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        }
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _options(section: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k != "name"}
+
+
+def train(config: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Run one training job end to end; returns its summary (also written to ``summary.json``)."""
+    return Trainer(config, progress=progress).run()
