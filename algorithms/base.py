@@ -88,6 +88,16 @@ class Algorithm(ABC):
         """:func:`agg_loss` with this algorithm's configured mode, for every term of its loss alike."""
         return agg_loss(per_token, mask, self.config.loss_agg, self.config.loss_norm_len)
 
+    def microbatch_weight(self, micro: RolloutBatch, whole: RolloutBatch) -> float:
+        """The share of ``whole``'s loss that ``micro`` carries when a minibatch is split to save memory.
+
+        Summing ``weight * loss(micro)`` over the micro-batches then equals ``loss(whole)`` exactly: token-mean
+        weighs by tokens, the seq-mean modes by sequences (every mode's terms use the same aggregation).
+        """
+        if self.config.loss_agg == "token-mean":
+            return float(micro.response_mask.sum() / whole.response_mask.sum().clamp(min=1.0))
+        return micro.size / whole.size
+
     @property
     def needs_reference(self) -> bool:
         return False

@@ -60,14 +60,15 @@ def run_options(func: Any) -> Any:
 
 @main.command()
 @run_options
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (a finished run is kept).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config_file: str | None, algo: str | None, task: str | None, model: str | None, seed: int | None,
-          out: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+          out: str | None, overrides: tuple[str, ...], resume: bool, quiet: bool) -> None:
     """Train one model with one algorithm on one task until the budget is spent."""
     config = resolve(config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out})
     from rlbench.engine.trainer import train as run_training
 
-    summary = run_training(config, progress=not quiet)
+    summary = run_training(config, progress=not quiet, resume=resume)
     click.echo(json.dumps({k: summary[k] for k in ("status", "stop_reason", "initial", "final", "usage", "wall_seconds")}, indent=2))
 
 
@@ -101,11 +102,70 @@ def warmstart(config_file: str | None, algo: str | None, task: str | None, model
     click.echo(json.dumps({"path": str(path), **report}, indent=2))
 
 
+@main.command()
+@click.option("--task", help="Task name (overrides the config file).")
+@click.option("--algos", required=True, help="Comma-separated algorithm names, e.g. em-pg,grpo,ppo,reinforce.")
+@click.option("--seeds", default="1,2,3", show_default=True, help="Comma-separated integer seeds.")
+@click.option("--budget", "budget_text", help="Matched budget, e.g. samples=3840 (or tokens=, steps=, seconds=; comma-joined).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Comparison directory.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP + " May hold algo_options: {NAME: {...}}.")
+@click.option("--model", help="'tiny', a hub id or a local model directory.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--jobs", type=int, default=None, help="Runs side by side (default: one per CPU core, at most 2; 1 on GPU).")
+@click.option("--no-report", is_flag=True, help="Skip writing the leaderboard at the end.")
+@click.option("--quiet", is_flag=True)
+def compare(task: str | None, algos: str, seeds: str, budget_text: str | None, out: str, config_file: str | None,
+            model: str | None, overrides: tuple[str, ...], jobs: int | None, no_report: bool, quiet: bool) -> None:
+    """Run algorithms x seeds at one matched budget (resumable: rerun the same command to finish)."""
+    import dataclasses
+    from pathlib import Path
+
+    from rlbench.compare import Comparison, command_line, parse_budget, run_comparison
+    from rlbench.config import load_yaml, merge_overrides
+
+    tree = load_yaml(config_file) if config_file else {}
+    algo_options = tree.pop("algo_options", {}) or {}
+    if not isinstance(algo_options, dict):
+        raise ConfigError("algo_options: expected a mapping of algorithm name to hyperparameters")
+    tree.pop("algo", None)
+    if task:
+        tree["task"] = {"name": task}
+    if model:
+        tree["model"] = model
+    if budget_text:
+        tree["budget"] = {k: v for k, v in dataclasses.asdict(parse_budget(budget_text)).items() if v is not None}
+    tree.setdefault("threads", 1)  # the same for every run, whatever --jobs is: results do not depend on it
+    tree = merge_overrides(tree, list(overrides))
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: expected comma-separated integers") from None
+    algo_list = [a.strip() for a in algos.split(",") if a.strip()]
+    comp = Comparison(Path(out), tree, algo_list, seed_list, algo_options, command_line())
+    if jobs is None:
+        import os
+
+        import torch
+
+        jobs = 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: must be >= 1")
+    audit = run_comparison(comp, jobs=jobs, progress=not quiet)
+    click.echo(f"audit: {'matched' if audit['matched'] else 'NOT matched: ' + '; '.join(audit['problems'])}")
+    if not no_report:
+        try:
+            from rlbench.report import write_report
+        except ModuleNotFoundError:
+            return
+        write_report([Path(out)], Path(out))
+        click.echo(f"report: {Path(out) / 'leaderboard.md'}, {Path(out) / 'index.html'}")
+
+
 def _add_optional_commands() -> None:
     """Commands that live in their own modules."""
     import importlib
 
-    for module, name in (("rlbench.cli_grade", "grade"),):
+    for module, name in (("rlbench.cli_grade", "grade"), ("rlbench.cli_eval", "eval"), ("rlbench.cli_report", "report")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -92,13 +92,13 @@ class BudgetConfig:
 class EvalConfig:
     split: str = "test"
     limit: int | None = 200  # held-out problems; None = all
-    every: int = 0  # evaluate every N optimiser steps during training (0 = start and end only)
+    points: int = 4  # evaluations at evenly spaced fractions of the budget (plus one before training)
     samples: int = 1  # sampled completions per problem (at the training temperature) besides the greedy one
     greedy: bool = True
 
     def validate(self) -> None:
         _check(self.limit is None or self.limit >= 1, "eval.limit", self.limit, "must be >= 1 or null")
-        _check(self.every >= 0, "eval.every", self.every, "must be >= 0")
+        _check(self.points >= 1, "eval.points", self.points, "must be >= 1 (the last point is the end of the budget)")
         _check(self.samples >= 0, "eval.samples", self.samples, "must be >= 0")
 
 
@@ -137,6 +137,7 @@ class RunConfig:
     precision: Literal["fp32", "bf16-mixed", "bf16"] = "fp32"
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int | None = None  # torch CPU threads; None leaves torch's default
+    checkpoint_every: int = 10  # optimiser steps between resumable checkpoints (0 = only at the end)
     out: str | None = None  # run directory; None = runs/<task>-<algo>-s<seed>
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -158,6 +159,7 @@ class RunConfig:
             section.validate()
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device", self.device, "must be auto, cpu or cuda[:N]")
         _check(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
         for key in ("algo", "task"):
             name = getattr(self, key).get("name")
             _check(isinstance(name, str) and bool(name), f"{key}.name", name, "must name a registered " + ("algorithm" if key == "algo" else "task"))

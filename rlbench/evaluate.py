@@ -53,6 +53,12 @@ def _lengths(scored: list[Scored]) -> dict[str, float | None]:
     }
 
 
+def _record(s: Scored) -> dict[str, Any]:
+    # Everything the aggregate metrics read, so they can be recomputed from records alone (rlbench.eval_chunks).
+    return {"completion": s.text, "reward": s.grade.reward, "correct": s.grade.correct, "reason": s.grade.reason,
+            "extracted": s.grade.extracted, "tokens": s.tokens, "truncated": s.truncated}
+
+
 def _run(generator: Generator, task: Task, prompt_ids, examples, **gen_kwargs) -> tuple[list[Scored], float, int]:
     start = time.perf_counter()
     gen = generator.generate(prompt_ids, **gen_kwargs)
@@ -92,7 +98,7 @@ def evaluate(
             "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
         }
         for rec, s in zip(records, scored):
-            rec["greedy"] = {"completion": s.text, "reward": s.grade.reward, "reason": s.grade.reason, "tokens": s.tokens}
+            rec["greedy"] = _record(s)
     if samples > 0:
         repeated = [p for p in prompt_ids for _ in range(samples)]
         rep_examples = [e for e in examples for _ in range(samples)]
@@ -117,7 +123,7 @@ def evaluate(
             sampled[f"maj@{samples}"] = statistics.fmean(majority_correct([s.grade for s in g]) for g in per_problem)
         result["sampled"] = sampled
         for rec, group in zip(records, per_problem):
-            rec["samples"] = [{"completion": s.text, "reward": s.grade.reward, "reason": s.grade.reason, "tokens": s.tokens} for s in group]
+            rec["samples"] = [_record(s) for s in group]
     if keep_records:
         result["records"] = records
     return result

@@ -12,7 +12,9 @@ EVALS = "eval.jsonl"
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
+EVAL_RECORDS = "eval_records.jsonl"
 CHECKPOINT = "checkpoint"
+STATE = "state"
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
 import math
+import os
 import platform
 import random
 import signal
+import shutil
 import statistics
 import time
 from contextlib import contextmanager
@@ -25,13 +28,16 @@ import yaml
 from tqdm.auto import tqdm
 
 from rlbench import registry
-from rlbench.config import RunConfig
+from rlbench.config import ConfigError, RunConfig
 from rlbench.engine.batch import RolloutBatch
-from rlbench.engine.budget import BudgetMeter
+from rlbench.engine.budget import BudgetMeter, Usage
 from rlbench.engine.policy import Policy, ValueHead, load_model, pick_device
 from rlbench.engine.rollout import HFGenerator, encode_prompt
 from rlbench.evaluate import evaluate
-from rlbench.results import CHECKPOINT, CONFIG, EVALS, METRICS, SAMPLES, SUMMARY, append_jsonl, write_json
+from rlbench.results import (
+    CHECKPOINT, CONFIG, EVAL_RECORDS, EVALS, METRICS, SAMPLES, STATE, SUMMARY, append_jsonl, read_jsonl, truncate_jsonl,
+    write_json,
+)
 from rlbench.algorithms.base import Algorithm, kl_penalty, masked_mean
 from rlbench.tasks.base import Example, Task
 
@@ -79,7 +85,7 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
-        self.out = Path(config.out or f"runs/{config.task_name}-{config.algo_name}-s{config.seed}")
+        self.out = run_dir(config)
         self.task: Task = registry.get_task(config.task_name).from_options(_options(config.task))
         self.algo: Algorithm = registry.get_algorithm(config.algo_name).from_options(_options(config.algo))
         self.device = pick_device(config.device)
@@ -155,7 +161,7 @@ class Trainer:
             rewards=torch.tensor([g.reward for g in grades], dtype=torch.float, device=self.device),
             group_ids=torch.arange(len(indices), device=self.device).repeat_interleave(n),
             truncated=gen.truncated,
-            info={"texts": gen.texts},
+            info={"texts": gen.texts, "prompt_ids_hash": hashlib.sha256(repr(indices).encode()).hexdigest()[:16]},
         )
         return batch, examples, grades
 
@@ -178,8 +184,7 @@ class Trainer:
                         if not algo.needs_entropy_grad:
                             out.entropy = out.entropy.detach()
                         loss, parts = algo.loss(micro, out)
-                        # each micro-batch counts in proportion to its rows, as if the minibatch ran at once
-                        (loss * (micro.size / mini.size)).backward()
+                        (loss * algo.microbatch_weight(micro, mini)).backward()
                         for k, v in {"loss": loss.item(), **parts}.items():
                             metrics.setdefault(k, []).append(float(v))
                         entropies.append(float(masked_mean(out.entropy.detach(), micro.response_mask)))
@@ -228,6 +233,7 @@ class Trainer:
         trained = tokens * self.algo.epochs
         row["train_tokens_per_s"] = round(trained / times["update"], 1) if times.get("update") else None
         row["usage"] = self.meter.snapshot()
+        row["prompt_ids_hash"] = batch.info["prompt_ids_hash"]  # lets a comparison audit that runs saw the same prompts
         append_jsonl(self.out / METRICS, row)
         for ex, text, g in list(zip(examples, batch.info["texts"], grades))[:SAMPLES_LOGGED_PER_STEP]:
             append_jsonl(self.out / SAMPLES, {"step": row["step"], "id": ex.id, "completion": text, "reason": g.reason})
@@ -235,15 +241,23 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ whole run
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, point: int, final: bool = False) -> dict[str, Any]:
+        """Evaluate at budget point ``point`` (0 = before training); the final one keeps per-problem records."""
         c = self.config
         res = evaluate(
             self.generator, self.task, self.eval_examples, max_new_tokens=c.sampling.max_new_tokens,
             temperature=c.sampling.temperature, top_p=c.sampling.top_p, greedy=c.eval.greedy,
-            samples=c.eval.samples, seed=derive_seed(c.seed, "eval"),
+            samples=c.eval.samples, ks=range(1, c.eval.samples + 1), seed=derive_seed(c.seed, "eval"),
+            keep_records=final,
         )
-        row = {"step": self.meter.used.steps, "usage": self.meter.snapshot(), **res}
+        records = res.pop("records", None)
+        row = {"point": point, "step": self.meter.used.steps, "usage": self.meter.snapshot(), **res}
         append_jsonl(self.out / EVALS, row)
+        if records is not None:
+            path = self.out / EVAL_RECORDS
+            path.unlink(missing_ok=True)
+            for record in records:
+                append_jsonl(path, record)
         return row
 
     def _write_config(self) -> None:
@@ -251,6 +265,7 @@ class Trainer:
         (self.out / CONFIG).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 
     def save_checkpoint(self) -> Path:
+        """The final model, loadable with ``from_pretrained`` like any hub model."""
         path = self.out / CHECKPOINT
         self.policy.model.save_pretrained(path)
         self.policy.tokenizer.save_pretrained(path)
@@ -258,28 +273,68 @@ class Trainer:
             torch.save(self.policy.value_head.state_dict(), path / "value_head.pt")
         return path
 
-    def run(self) -> dict[str, Any]:
+    def save_state(self, evals_done: int) -> None:
+        """Everything a resumed run needs to continue bit for bit: weights, optimiser, schedule, usage."""
+        state = {
+            "model": self.policy.model.state_dict(),
+            "value_head": self.policy.value_head.state_dict() if self.policy.value_head is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "usage": dataclasses.asdict(self.meter.used),
+            "evals_done": evals_done,
+        }
+        save_state_dir(self.out / STATE, state)
+
+    def _restore(self) -> int:
+        """Load the last state and drop every log row written after it; returns the evaluations already done."""
+        state = load_state_dir(self.out / STATE)
+        if state is None:
+            for name in (METRICS, SAMPLES, EVALS, EVAL_RECORDS):
+                (self.out / name).unlink(missing_ok=True)
+            return 0
+        self.policy.model.load_state_dict(state["model"])
+        if self.policy.value_head is not None:
+            self.policy.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.meter.used = Usage(**state["usage"])
+        steps = self.meter.used.steps
+        for name in (METRICS, SAMPLES):
+            truncate_jsonl(self.out / name, [r for r in read_jsonl(self.out / name) if r["step"] <= steps])
+        truncate_jsonl(self.out / EVALS, [r for r in read_jsonl(self.out / EVALS) if r["point"] < state["evals_done"]])
+        (self.out / EVAL_RECORDS).unlink(missing_ok=True)
+        return int(state["evals_done"])
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
         c = self.config
+        check_run_dir(self.out, c, resume)
         self._write_config()
-        status, stop_reason, evals = "running", None, []
+        evals_done = self._restore() if resume else 0
+        status, stop_reason = "running", None
         start = time.time()
-        bar = tqdm(total=1000, desc=f"{c.algo_name} on {c.task_name}", disable=not self.progress,
+        bar = tqdm(total=1000, desc=f"{c.algo_name} on {c.task_name} (seed {c.seed})", disable=not self.progress,
                    bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
         previous_handler = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            evals.append(self.evaluate())
+            if evals_done == 0:
+                self.evaluate(point=0)
+                evals_done = 1
             self.meter.start()
             while (stop_reason := self.meter.exhausted()) is None:
                 row = self.step()
                 bar.n = int(1000 * self.meter.fraction())
                 bar.set_postfix(step=row["step"], reward=f"{row['reward_mean']:.3f}", len=f"{row['length_mean']:.1f}")
-                if c.eval.every and row["step"] % c.eval.every == 0 and self.meter.exhausted() is None:
+                due = int(self.meter.fraction() * c.eval.points + 1e-9)
+                if due >= evals_done and self.meter.exhausted() is None:
                     self.meter.pause()
-                    evals.append(self.evaluate())
+                    self.evaluate(point=evals_done)
+                    evals_done += 1
                     self.meter.start()
+                if c.checkpoint_every and row["step"] % c.checkpoint_every == 0:
+                    self.save_state(evals_done)
             self.meter.pause()
-            evals.append(self.evaluate())
+            self.evaluate(point=evals_done, final=True)
             status = "completed"
         except KeyboardInterrupt:
             self.meter.pause()
@@ -287,9 +342,10 @@ class Trainer:
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             bar.close()
-            summary = self._summary(status, stop_reason, evals, time.time() - start)
+            summary = self._summary(status, stop_reason, read_jsonl(self.out / EVALS), time.time() - start)
             if status == "completed":
                 summary["checkpoint"] = str(self.save_checkpoint())
+                shutil.rmtree(self.out / STATE, ignore_errors=True)
             write_json(self.out / SUMMARY, summary)
         if status == "interrupted":
             raise KeyboardInterrupt
@@ -300,7 +356,7 @@ class Trainer:
             return row[kind]["accuracy"] if row and kind in row else None
 
         first = evals[0] if evals else None
-        last = evals[-1] if len(evals) > 1 else None
+        last = evals[-1] if status == "completed" else None
         return {
             "status": status,
             "stop_reason": stop_reason,
@@ -322,6 +378,40 @@ class Trainer:
         }
 
 
+def check_run_dir(out: Path, config: RunConfig, resume: bool) -> None:
+    """Refuse to overwrite a finished or different run: results already on disk are never lost."""
+    saved = out / CONFIG
+    if not saved.exists() or not any((out / name).exists() for name in (METRICS, EVALS, SUMMARY)):
+        return
+    if not resume:
+        raise ConfigError(f"out={str(out)!r}: the run directory already holds a run; pass --resume or choose another --out")
+    before = yaml.safe_load(saved.read_text())
+    now = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            raise ConfigError(f"{key}: differs from the config of the run being resumed in {out} ({before.get(key)!r} there)")
+
+
+def save_state_dir(path: Path, state: dict[str, Any]) -> None:
+    """Write to ``path.tmp``, then swap it in, so a kill at any moment leaves one complete state on disk."""
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / "trainer.pt")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state_dir(path: Path) -> dict[str, Any] | None:
+    for candidate in (path, path.with_name(path.name + ".old")):
+        if (candidate / "trainer.pt").exists():
+            return torch.load(candidate / "trainer.pt", weights_only=False)
+    return None
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -330,6 +420,18 @@ def _options(section: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k != "name"}
 
 
-def train(config: RunConfig, progress: bool = True) -> dict[str, Any]:
-    """Run one training job end to end; returns its summary (also written to ``summary.json``)."""
-    return Trainer(config, progress=progress).run()
+def train(config: RunConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Run one training job end to end; returns its summary (also written to ``summary.json``).
+
+    With ``resume``, a finished run is returned as it is and an unfinished one continues from its last state.
+    """
+    out = run_dir(config)
+    if resume and (out / SUMMARY).exists():
+        summary = json.loads((out / SUMMARY).read_text())
+        if summary.get("status") == "completed":
+            return summary
+    return Trainer(config, progress=progress).run(resume=resume)
+
+
+def run_dir(config: RunConfig) -> Path:
+    return Path(config.out or f"runs/{config.task_name}-{config.algo_name}-s{config.seed}")

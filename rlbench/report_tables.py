@@ -1,0 +1,158 @@
+"""The report's tables as plain rows of text, built once from the report dict and rendered as markdown or HTML."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlbench.behaviours import BEHAVIOURS
+from rlbench.report_runs import STAGES
+
+FLAG = "⚠"
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f}"
+
+
+def interval(cell: dict[str, Any] | None) -> str:
+    """Accuracy as percent: ``41.2 [38.0, 44.4]``; a single seed has no interval and says so."""
+    if not cell:
+        return "–"
+    if cell["lo"] is None:
+        return f"{pct(cell['mean'])} (n={cell['n']}, no CI)"
+    return f"{pct(cell['mean'])} [{pct(cell['lo'])}, {pct(cell['hi'])}]"
+
+
+def delta(cell: dict[str, Any] | None) -> str:
+    """Δ in percentage points, with its bootstrap interval when there is one."""
+    if not cell:
+        return "–"
+    text = f"{100 * cell['delta']:+.1f}"
+    if cell["lo"] is not None:
+        text += f" [{100 * cell['lo']:+.1f}, {100 * cell['hi']:+.1f}]"
+    return text
+
+
+def p_value(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def num(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if value >= 3600:
+        return f"{value / 3600:.2f} h"
+    if value >= 120:
+        return f"{value / 60:.1f} min"
+    return f"{value:.1f} s"
+
+
+def algo_name(row: dict[str, Any], reference: str) -> str:
+    name = row["algo"] + (" (ref)" if row["algo"] == reference else "")
+    return name + (f" {FLAG}" if row["flagged"] else "")
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def leaderboard(task: dict[str, Any], metric: str, level: float) -> Table:
+    ref = task["reference"]
+    columns = ["#", "algorithm", "seeds done", "greedy acc %", "sampled acc %", f"Δ {metric} vs {ref} (pp)", "p",
+               "length", "length correct", "length wrong", "truncated %"]
+    rows = []
+    for r in task["algorithms"]:
+        d = (r["delta"] or {}).get(metric)
+        length = r["length"][metric]
+        rows.append([
+            str(r["rank"] or "–"), algo_name(r, ref), f"{r['complete']}/{r['runs']}",
+            interval(r["accuracy"]["greedy"]), interval(r["accuracy"]["sampled"]),
+            "reference" if r["delta"] is None else delta(d), p_value(d["p"]) if d else "–",
+            num(length["length_mean"]), num(length["length_correct"]), num(length["length_wrong"]),
+            pct(length["truncated_frac"]),
+        ])
+    notes = [f"Ranked by mean final {metric} accuracy over completed seeds; accuracy in %, mean [{level:.0%} CI]; "
+             f"Δ in percentage points [{level:.0%} paired-bootstrap CI].",
+             f"Lengths: mean tokens per {metric} response in the final evaluation, averaged over seeds."]
+    if any(r["flagged"] for r in task["algorithms"]):
+        notes.append(f"{FLAG} at least one run of this algorithm is flagged by the audit (see Runs and Audit).")
+    incomplete = [i["name"] + f" ({i['status']})" for r in task["algorithms"] for i in r["incomplete"]]
+    if incomplete:
+        notes.append("Incomplete runs, left out of every number above: " + ", ".join(incomplete) + ".")
+    return Table("Leaderboard", columns, rows, notes)
+
+
+def cost(task: dict[str, Any]) -> Table:
+    columns = ["algorithm", "gen tokens/s", "s/step", *(f"{s} %" for s in STAGES), "other %", "train loop / run",
+               "wall / run"]
+    rows = []
+    for r in task["algorithms"]:
+        c = r["cost"]
+        rows.append([algo_name(r, task["reference"]), num(c["gen_tokens_per_s"]), num(c["seconds_per_step"], 2),
+                     *(num(c[f"{s}_pct"]) for s in (*STAGES, "other")), seconds(c["train_seconds"]),
+                     seconds(c["wall_seconds"])])
+    notes = ["Means over completed seeds. gen tokens/s = completion tokens generated / seconds spent generating "
+             "them; stage shares are of the training-loop time (evaluation excluded); wall = the whole run, "
+             "evaluations included."]
+    return Table("Cost and throughput", columns, rows, notes)
+
+
+def behaviour(task: dict[str, Any]) -> Table:
+    columns = ["algorithm", "kind", "responses", *(b.replace("_", "-") for b in BEHAVIOURS)]
+    rows = []
+    for r in task["algorithms"]:
+        for kind in ("greedy", "sampled"):
+            rates = r["behaviours"][kind]
+            n = rates[BEHAVIOURS[0]]["responses"]
+            if n:
+                rows.append([algo_name(r, task["reference"]), kind, str(n),
+                             *(num(rates[b]["per_100"]) for b in BEHAVIOURS)])
+    notes = ["Responses (of 100) in the final evaluation with at least one match of the behaviour's patterns "
+             "(rlbench/behaviours.py; lexical cues, not a classifier). All completed seeds pooled."]
+    if not rows:
+        notes.append("No per-problem records (eval_records.jsonl) to count in.")
+    return Table("Reasoning behaviours per 100 responses", columns, rows, notes)
+
+
+def runs(task: dict[str, Any]) -> Table:
+    columns = ["run", "status", "samples", "tokens", "steps", "train loop", "wall", "greedy %", "sampled %", "audit"]
+    rows = []
+    for r in task["runs"]:
+        u = r["usage"]
+        rows.append([r["name"], r["status"] + ("" if r["complete"] or r["status"] != "completed" else " (no final eval)"),
+                     _int(u["samples"]), _int(u["tokens"]), _int(u["steps"]), seconds(u["seconds"]),
+                     seconds(r["wall_seconds"]), pct(r["final"]["greedy"]), pct(r["final"]["sampled"]),
+                     f"{FLAG} " + "; ".join(r["audit_flags"]) if r["audit_flags"] else "ok"])
+    return Table("Runs", columns, rows)
+
+
+def summary(data: dict[str, Any]) -> Table:
+    s = data["summary"]
+    rows = [[a, *(interval(s["cells"][a][t]) for t in s["tasks"])] for a in s["algos"]]
+    level = data["intervals"]["level"]
+    return Table(f"Summary: final {s['metric']} accuracy % by task", ["algorithm", *s["tasks"]], rows,
+                 [f"Mean [{level:.0%} CI] over completed seeds; – = not compared on that task."])
+
+
+def _int(value: Any) -> str:
+    return "–" if value is None else f"{int(value):,}"
+
+
+def task_tables(task: dict[str, Any], data: dict[str, Any]) -> list[Table]:
+    return [leaderboard(task, data["metric"], data["intervals"]["level"]), cost(task), behaviour(task), runs(task)]

@@ -1,0 +1,311 @@
+"""rlbench report on synthetic comparison folders: numbers, flags, incomplete runs, bad input, self-contained HTML."""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from report_helpers import make_comparison, read_json
+from rlbench import stats
+from rlbench.cli import main
+from rlbench.report import build_report, write_report
+from rlbench.report_inputs import ReportInputError, load_comparison
+from rlbench.report_markdown import render_markdown
+
+SKILL = {"em-pg": 0.7, "grpo": 0.5, "ppo": 0.3, "reinforce": 0.6}
+
+
+def _report(path: Path, reference=None, metric="greedy", ci="t") -> dict:
+    return build_report([load_comparison(path)], reference, metric, ci, path)
+
+
+def _row(data: dict, algo: str, task: int = 0) -> dict:
+    return next(r for r in data["tasks"][task]["algorithms"] if r["algo"] == algo)
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(main, ["report", *args])
+
+
+@pytest.fixture()
+def comparison(tmp_path: Path) -> Path:
+    return make_comparison(tmp_path / "arith", SKILL)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory):
+    """One comparison reported through the CLI, shared by the tests that read the written files (plots are slow)."""
+    path = make_comparison(tmp_path_factory.mktemp("written") / "arith", SKILL)
+    return path, _cli(str(path))
+
+
+def test_cli_writes_three_files_that_agree(written):
+    comparison, result = written
+    assert result.exit_code == 0, result.output
+    data = read_json(comparison / "report.json")
+    md = (comparison / "leaderboard.md").read_text()
+    page = (comparison / "index.html").read_text()
+    ranked = [r["algo"] for r in data["tasks"][0]["algorithms"]]
+    assert ranked == sorted(SKILL, key=lambda a: -_row(data, a)["accuracy"]["greedy"]["mean"])
+    assert [r["rank"] for r in data["tasks"][0]["algorithms"]] == [1, 2, 3, 4]
+    for algo in SKILL:
+        cell = _row(data, algo)["accuracy"]["greedy"]
+        text = f"{100 * cell['mean']:.1f} [{100 * cell['lo']:.1f}, {100 * cell['hi']:.1f}]"
+        assert text in md and text in page
+    assert "arith (greedy, audit matched): 1. " in result.output
+
+
+def test_html_is_self_contained(written):
+    page = (written[0] / "index.html").read_text()
+    assert "<script" not in page
+    assert not re.search(r"""(?:src|href)\s*=\s*["'](?!data:)""", page)
+    assert not re.search(r"https?://", page)
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
+    assert images == ["Greedy accuracy during training", "Final accuracy", "Response length during training",
+                      "Where the training time goes"]
+    assert page.count("<table>") == 4 and "Audit" in page
+
+
+def test_report_is_deterministic(written):
+    comparison = written[0]
+    before = {name: (comparison / name).read_bytes() for name in ("report.json", "leaderboard.md", "index.html")}
+    write_report([comparison], comparison)
+    for name, content in before.items():
+        assert (comparison / name).read_bytes() == content, name
+
+
+def test_accuracy_is_the_mean_of_the_seeds_final_evaluations(comparison):
+    data = _report(comparison)
+    for algo in SKILL:
+        finals = [read_json(comparison / "runs" / f"{algo}-s{s}" / "summary.json")["final"] for s in (1, 2, 3)]
+        for metric in ("greedy", "sampled"):
+            cell = _row(data, algo)["accuracy"][metric]
+            expected = stats.t_interval([f[metric] for f in finals], bounds=(0.0, 1.0))
+            assert cell["mean"] == pytest.approx(statistics.fmean(f[metric] for f in finals))
+            assert (cell["lo"], cell["hi"], cell["n"]) == (pytest.approx(expected.lo), pytest.approx(expected.hi), 3)
+
+
+def test_delta_is_paired_over_seeds_and_problems(comparison):
+    data = _report(comparison)
+    assert data["tasks"][0]["reference"] == "em-pg" and _row(data, "em-pg")["delta"] is None
+
+    def correct(algo: str, seed: int) -> list[float]:
+        rows = (comparison / "runs" / f"{algo}-s{seed}" / "eval_records.jsonl").read_text().splitlines()
+        return [float(json.loads(r)["greedy"]["reason"] == "correct") for r in rows]
+
+    d = _row(data, "ppo")["delta"]["greedy"]
+    expected = statistics.fmean(a - b for s in (1, 2, 3) for a, b in zip(correct("ppo", s), correct("em-pg", s)))
+    assert d["delta"] == pytest.approx(expected)
+    assert (d["seeds"], d["problems"], d["paired_on"]) == (3, 30, "problems")
+    assert d["p"] < 0.01  # 0.3 vs 0.7 skill on 90 pairs
+    assert d["lo"] <= d["delta"] <= d["hi"]
+
+
+def test_older_records_without_correct_flag_use_the_reason(comparison):
+    before = _row(_report(comparison), "grpo")["delta"]
+    for run in (comparison / "runs").iterdir():
+        path = run / "eval_records.jsonl"
+        rows = [json.loads(r) for r in path.read_text().splitlines()]
+        for row in rows:
+            for item in [row["greedy"], *row["samples"]]:
+                del item["correct"]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _row(_report(comparison), "grpo")["delta"] == before
+
+
+def test_identical_algorithm_scores_delta_zero_and_p_one(tmp_path):
+    path = make_comparison(tmp_path / "c", {"em-pg": 0.6, "clone": 0.6}, twin={"clone": "em-pg"})
+    d = _row(_report(path), "clone")["delta"]
+    for metric in ("greedy", "sampled"):
+        assert d[metric]["delta"] == 0.0 and d[metric]["p"] == 1.0
+
+
+def test_reference_and_metric_options(comparison):
+    data = _report(comparison, reference="grpo", metric="sampled")
+    assert _row(data, "grpo")["delta"] is None
+    ranked = [r["accuracy"]["sampled"]["mean"] for r in data["tasks"][0]["algorithms"]]
+    assert ranked == sorted(ranked, reverse=True)
+    md = render_markdown(data)
+    assert "Δ sampled vs grpo (pp)" in md and "--reference grpo --metric sampled" in md
+
+
+def test_header_names_both_commands_protocol_ci_and_audit(comparison):
+    md = render_markdown(_report(comparison))
+    manifest = read_json(comparison / "manifest.json")
+    assert f"`{manifest['command']}`" in md
+    assert f"`rlbench report {comparison} --metric greedy --ci t`" in md
+    assert "95% Student-t interval over seeds" in md and f"multiplier is {stats.t_quantile(0.975, 2):.2f}" in md
+    assert "Paired bootstrap, 10,000 resamples, RNG seed 0" in md
+    assert "30 problems of the 'test' split" in md and "2 sampled completion(s)" in md
+    assert "**Audit**: matched" in md
+
+
+def test_bootstrap_ci_option_is_stated(comparison):
+    data = _report(comparison, ci="bootstrap")
+    cell = _row(data, "grpo")["accuracy"]["greedy"]
+    assert cell["method"] == "bootstrap"
+    assert "percentile bootstrap over seeds, 10,000 resamples" in render_markdown(data)
+
+
+def test_unmatched_run_is_marked_not_hidden(comparison):
+    audit = read_json(comparison / "audit.json")
+    audit["matched"] = False
+    audit["problems"] = ["seed 2: runs saw different prompts: em-pg-s2=aa, ppo-s2=bb, grpo-s2=aa, reinforce-s2=aa"]
+    audit["runs"]["reinforce-s1"]["matched"] = False
+    (comparison / "audit.json").write_text(json.dumps(audit))
+    data = _report(comparison)
+    task = data["tasks"][0]
+    # every run named in the problem is flagged; a run merely sharing a prefix ("ppo-s2" vs "ppo-s22") would not be
+    assert task["audit"]["flagged_runs"] == ["em-pg-s2", "grpo-s2", "ppo-s2", "reinforce-s1", "reinforce-s2"]
+    assert _row(data, "ppo")["flagged"] == ["ppo-s2"] and _row(data, "ppo")["complete"] == 3
+    md = render_markdown(data)
+    assert "**Audit**: NOT matched: 1 problem(s)" in md
+    assert "- seed 2: runs saw different prompts" in md
+    assert re.search(r"\| \d \| ppo ⚠ \|", md)
+    assert re.search(r"\| reinforce-s1 \| completed .*⚠ reinforce-s1: audit marks it unmatched \|", md)
+
+
+def test_incomplete_runs_are_listed_and_left_out(comparison):
+    summary_path = comparison / "runs" / "grpo-s3" / "summary.json"
+    summary = read_json(summary_path)
+    summary["status"] = "interrupted"
+    summary_path.write_text(json.dumps(summary))
+    (comparison / "runs" / "ppo-s1" / "summary.json").unlink()  # killed: logs, no summary
+    data = _report(comparison)
+    task = data["tasks"][0]
+    assert task["incomplete_runs"] == ["grpo-s3", "ppo-s1"]
+    grpo = _row(data, "grpo")
+    assert (grpo["complete"], grpo["runs"], grpo["accuracy"]["greedy"]["n"]) == (2, 3, 2)
+    assert grpo["incomplete"] == [{"name": "grpo-s3", "status": "interrupted"}]
+    assert _row(data, "ppo")["incomplete"] == [{"name": "ppo-s1", "status": "running"}]
+    assert _row(data, "ppo")["delta"]["greedy"]["seed_list"] == [2, 3]
+    md = render_markdown(data)
+    assert re.search(r"\| \d \| grpo \| 2/3 \|", md)
+    assert "Incomplete runs, left out of every number above: grpo-s3 (interrupted), ppo-s1 (running)." in md
+    assert re.search(r"\| ppo-s1 \| running \|", md)
+
+
+def test_missing_run_folder_is_reported_as_missing(comparison):
+    import shutil
+
+    shutil.rmtree(comparison / "runs" / "reinforce-s2")
+    data = _report(comparison)
+    run = next(r for r in data["tasks"][0]["runs"] if r["name"] == "reinforce-s2")
+    assert run["status"] == "missing" and not run["complete"]
+    assert _row(data, "reinforce")["complete"] == 2
+
+
+def test_behaviours_are_counted_in_final_completions(tmp_path):
+    texts = {"grpo": "Wait, let me verify: first 3+4=7. #### 7"}
+    path = make_comparison(tmp_path / "c", {"em-pg": 0.5, "grpo": 0.5}, texts=texts, problems=10, samples=3)
+    data = _report(path)
+    grpo, em = _row(data, "grpo")["behaviours"], _row(data, "em-pg")["behaviours"]
+    for kind, n in (("greedy", 30), ("sampled", 90)):
+        for name in ("self_verification", "backtracking", "decomposition"):
+            assert grpo[kind][name] == {"per_100": 100.0, "matches_per_100": 100.0, "responses": n}
+            assert em[kind][name]["per_100"] == 0.0  # " 3+4=7 #### 7" shows none: the tiny lab's true answer
+    assert data["behaviour_patterns"]["backtracking"][0] == r"\bwait\b"
+
+
+def test_several_tasks_make_one_leaderboard(tmp_path):
+    a = make_comparison(tmp_path / "arith", SKILL)
+    b = make_comparison(tmp_path / "gsm", {"em-pg": 0.4, "grpo": 0.45}, task="gsm8k")
+    _one_error_line(_cli(str(a), str(b)), "--out is required")
+    data = build_report([load_comparison(a), load_comparison(b)], None, "greedy", "t", tmp_path / "both")
+    assert data["summary"]["tasks"] == ["arith", "gsm8k"]
+    assert data["summary"]["cells"]["ppo"]["gsm8k"] is None
+    assert data["summary"]["cells"]["grpo"]["gsm8k"] == _row(data, "grpo", task=1)["accuracy"]["greedy"]
+    md = render_markdown(data)
+    assert f"--out {tmp_path / 'both'}" in md
+    assert "## Summary: final greedy accuracy % by task" in md
+    assert "## Task: arith" in md and "## Task: gsm8k" in md
+    assert re.search(r"\| ppo \| [\d.]+ \[[\d.]+, [\d.]+\] \| – \|", md)
+    assert "[-" not in md.split("## Task")[0]  # accuracy intervals never leave 0-100%
+
+
+def test_one_seed_says_it_has_no_interval(tmp_path):
+    path = make_comparison(tmp_path / "c", {"em-pg": 0.6, "grpo": 0.4}, seeds=(7,))
+    md = render_markdown(_report(path))
+    assert "(n=1, no CI)" in md
+
+
+# -------------------------------------------------------------------------------------------- bad input
+
+
+def _one_error_line(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_folder_without_manifest(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_error_line(_cli(str(tmp_path / "empty")), str(tmp_path / "empty" / "manifest.json"), "missing")
+
+
+def test_broken_manifest(comparison):
+    (comparison / "manifest.json").write_text('{"task": "arith", ')
+    _one_error_line(_cli(str(comparison)), "manifest.json", "not valid JSON")
+
+
+def test_manifest_missing_a_key(comparison):
+    manifest = read_json(comparison / "manifest.json")
+    del manifest["seeds"]
+    (comparison / "manifest.json").write_text(json.dumps(manifest))
+    _one_error_line(_cli(str(comparison)), "manifest.json", "missing key 'seeds'")
+
+
+def test_broken_jsonl_line_is_named(comparison):
+    path = comparison / "runs" / "ppo-s2" / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2][:20]
+    path.write_text("\n".join(lines) + "\n")
+    _one_error_line(_cli(str(comparison)), f"{path}:3", "not valid JSON")
+
+
+def test_record_without_id_is_named(comparison):
+    path = comparison / "runs" / "grpo-s1" / "eval_records.jsonl"
+    rows = [json.loads(r) for r in path.read_text().splitlines()]
+    del rows[4]["id"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _one_error_line(_cli(str(comparison)), f"{path}:5", "field 'id' missing")
+
+
+def test_broken_summary_is_named(comparison):
+    (comparison / "runs" / "em-pg-s1" / "summary.json").write_text("{")
+    _one_error_line(_cli(str(comparison)), "em-pg-s1/summary.json", "not valid JSON")
+
+
+def test_torn_last_line_is_forgiven(comparison):
+    path = comparison / "runs" / "ppo-s2" / "metrics.jsonl"
+    with path.open("a") as handle:
+        handle.write('{"step": 7, "usa')  # a writer killed mid-line
+    data = _report(comparison)
+    assert _row(data, "ppo")["complete"] == 3
+
+
+def test_unknown_reference(comparison):
+    _one_error_line(_cli(str(comparison), "--reference", "dpo"), "--reference dpo", "manifest.json")
+
+
+def test_sampled_metric_needs_a_sampled_evaluation(comparison):
+    manifest = read_json(comparison / "manifest.json")
+    manifest["eval"]["samples"] = 0
+    (comparison / "manifest.json").write_text(json.dumps(manifest))
+    _one_error_line(_cli(str(comparison), "--metric", "sampled"), "--metric sampled", "eval.samples = 0")
+
+
+def test_default_reference_falls_back_to_the_first_algorithm(tmp_path):
+    path = make_comparison(tmp_path / "c", {"grpo": 0.5, "ppo": 0.4})
+    assert _report(path)["tasks"][0]["reference"] == "grpo"
+
+
+def test_load_errors_are_report_input_errors(tmp_path):
+    with pytest.raises(ReportInputError, match="not a directory"):
+        load_comparison(tmp_path / "nowhere")
