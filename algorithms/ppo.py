@@ -54,8 +54,8 @@ class PPOConfig(AlgorithmConfig):
     vf_coef: float = 0.1  # weight of the value loss (TRL, whose value head also shares one optimiser)
     kl_coef: float = 0.0  # per-token k1 KL in the reward (verl: off by default; TRL 0.05)
     entropy_coef: float = 0.0  # entropy bonus (verl, TRL: 0)
-    epochs: int = 4  # passes over each batch (TRL num_ppo_epochs; verl ppo_epochs 1)
-    minibatches: int = 1  # optimiser steps per pass (TRL num_mini_batches)
+    epochs: int = 1  # passes over each batch (verl ppo_epochs; TRL num_ppo_epochs 4)
+    minibatches: int = 4  # optimiser steps per pass (verl: train batch / ppo_mini_batch_size = 4; TRL 1)
     whiten_advantages: bool = True  # over the valid tokens of the whole batch (TRL, verl)
     loss_agg: AggMode = "token-mean"  # TRL, verl
 
@@ -63,7 +63,7 @@ class PPOConfig(AlgorithmConfig):
 @register_algorithm
 class PPO(Algorithm):
     name = "ppo"
-    description = "PPO: GAE advantages from a value head, clipped policy and value losses, several epochs per batch"
+    description = "PPO: GAE advantages from a value head, clipped policy and value losses, minibatch updates per batch"
     Config = PPOConfig
 
     def validate(self) -> None:

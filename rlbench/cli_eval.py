@@ -13,7 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,9 @@ from rlbench import registry
 from rlbench.cli_grade import fail
 from rlbench.config import ConfigError, RunConfig, merge_overrides, resolve
 from rlbench.tasks.base import Example, Task
+
+if TYPE_CHECKING:
+    from rlbench.engine.policy import Policy
 
 DEFAULT_K = 4
 DEFAULT_BATCH = 64
@@ -67,7 +70,7 @@ def check_writable(path: Path, option: str) -> None:
         raise ConfigError(f"{option} {path}: folder is not writable")
 
 
-def load_policy(config: RunConfig, task: Task, progress: bool) -> tuple[Any, str]:
+def load_policy(config: RunConfig, task: Task, progress: bool) -> tuple[Policy, str]:
     """(Policy, resolved model path); ``tiny`` resolves to the tiny lab's cached warm-start (built if missing)."""
     import torch
 
@@ -287,6 +290,9 @@ def eval_(model: str, task_name: str, data: str | None, split: str, k: int | Non
         check_model(model)
         config = build_config(model, task_name, data, overrides, max_new_tokens, device, seed)
         task = build_task(config)
+        if model == "tiny" and not hasattr(task, "fresh_train_examples"):
+            # checked here too so that nothing is written to the warm-start cache for a task that cannot have one
+            raise ConfigError(f"--model tiny: the tiny lab warm-starts on a generated task (arith), not {task_name}")
         if harness == "lm-eval":
             from rlbench import lm_eval_bridge
 

@@ -56,7 +56,7 @@ class RolloutConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-6
+    lr: float = 1e-4  # the tiny lab's; 7B-class models want about 1e-6 (see configs/)
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.999
@@ -91,7 +91,7 @@ class BudgetConfig:
 @dataclass
 class EvalConfig:
     split: str = "test"
-    limit: int | None = 200  # held-out problems; None = all
+    limit: int | None = 500  # held-out problems; None = all
     points: int = 4  # evaluations at evenly spaced fractions of the budget (plus one before training)
     samples: int = 1  # sampled completions per problem (at the training temperature) besides the greedy one
     greedy: bool = True
@@ -114,7 +114,7 @@ class TinyConfig:
     sft_batch: int = 32
     sft_warmup: int = 50
     target_sampled_accuracy: float = 0.25  # stop SFT once held-out sampled accuracy reaches this
-    check_every: int = 100  # SFT steps between held-out checks
+    check_every: int = 50  # SFT steps between held-out checks
     max_steps: int = 4000
     max_seconds: float = 300.0
     seed: int = 0
@@ -142,7 +142,7 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(steps=100))
+    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(samples=6400))
     eval: EvalConfig = field(default_factory=EvalConfig)
     tiny: TinyConfig = field(default_factory=TinyConfig)
 

@@ -22,10 +22,12 @@ _ANSWER = re.compile(r"####\s*(-?\d+)\s*$")
 
 @dataclass
 class ArithConfig(TaskConfig):
+    # Single-digit operands with 2-3 operations: SFT of the tiny model reaches 20-30% sampled accuracy in a few
+    # hundred steps on every seed tried, while 2-digit operands took 1,000-3,000 steps with a seed-dependent jump.
     min_operand: int = 1
-    max_operand: int = 50
-    min_ops: int = 1  # number of + / - operations in a problem
-    max_ops: int = 2
+    max_operand: int = 9
+    min_ops: int = 2  # number of + / - operations in a problem
+    max_ops: int = 3
     train_size: int = 20000
     test_size: int = 500
     data_seed: int = 1234

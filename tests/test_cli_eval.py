@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from rlbench.cli_eval import eval_
 from rlbench.engine.policy import Policy, load_model
 from rlbench.engine.rollout import Generation, HFGenerator
-from rlbench.eval_chunks import evaluate_chunked, summarize
+from rlbench.eval_chunks import chunk_seed, evaluate_chunked, summarize
 from rlbench.evaluate import evaluate
 from rlbench.registry import get_task
 from rlbench.tiny.tokenizer import build_char_tokenizer
@@ -93,8 +93,11 @@ class ScriptedGenerator:
     def __init__(self, plan: dict[str, tuple[str, list[str]]]) -> None:
         self.plan = plan
         self.policy = SimpleNamespace(tokenizer=build_char_tokenizer())
+        self.seeds: list[int | None] = []
 
     def generate(self, prompt_ids, *, temperature, top_p, max_new_tokens, greedy=False, seed=None) -> Generation:
+        if not greedy:
+            self.seeds.append(seed)
         seen: dict[str, int] = {}
         texts = []
         for ids in prompt_ids:
@@ -135,10 +138,14 @@ def test_chunked_metrics_equal_one_call() -> None:
     assert 0 < one["sampled"]["pass@1"] < one["sampled"]["pass@4"] < 1  # the plan is not degenerate
     assert 0 < one["greedy"]["accuracy"] < 1 and 0 < one["greedy"]["truncated_frac"] < 1
     for chunk in (1, 3, 11, 50):
-        merged, records = evaluate_chunked(ScriptedGenerator(plan), task, examples, chunk_size=chunk,
-                                           max_new_tokens=30, samples=4, ks=ks, progress=False)
+        generator = ScriptedGenerator(plan)
+        merged, records = evaluate_chunked(generator, task, examples, chunk_size=chunk, max_new_tokens=30,
+                                           samples=4, ks=ks, seed=7, progress=False)
         assert records == one["records"]
         assert without_speed(merged) == without_speed(one)
+        # each chunk draws from its own seed, a function of (seed, chunk index) only
+        assert generator.seeds == [chunk_seed(7, i) for i in range(-(-len(examples) // chunk))]
+        assert len(set(generator.seeds)) == len(generator.seeds)
 
 
 def test_summarize_reproduces_evaluate_on_real_completions(tiny_qwen_dir: Path) -> None:
@@ -221,11 +228,15 @@ def test_tiny_uses_the_training_warm_start(tiny_qwen_dir: Path, tmp_path: Path, 
         (["--harness", "lm-eval", "--task", "gsm8k", "--k", "2"], "--k 2: the lm-eval harness decodes greedily only"),
         (["--harness", "lm-eval", "--task", "gsm8k", "--data", "openai/gsm8k"], "--data: the lm-eval harness reads a local file"),
         (["--out", "{dir}"], "is a directory"),
+        (["--model", "tiny", "--task", "gsm8k", "--data", "{gsm}"], "--model tiny: the tiny lab warm-starts on"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tiny_qwen_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_input_exits_2_with_one_line(tiny_qwen_dir: Path, tmp_path: Path, cache_dir: Path, args: list[str],
+                                        message: str) -> None:
     (tmp_path / "empty").mkdir()
-    subs = {"{empty}": str(tmp_path / "empty"), "{missing}": str(tmp_path / "missing.jsonl"), "{dir}": str(tmp_path)}
+    (tmp_path / "gsm.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    subs = {"{empty}": str(tmp_path / "empty"), "{missing}": str(tmp_path / "missing.jsonl"), "{dir}": str(tmp_path),
+            "{gsm}": str(tmp_path / "gsm.jsonl")}
     args = [subs.get(a, a) for a in args]
     base = {"--model": str(tiny_qwen_dir), "--task": "arith", "--out": str(tmp_path / "o.json")}
     for flag, value in base.items():
@@ -236,6 +247,7 @@ def test_bad_input_exits_2_with_one_line(tiny_qwen_dir: Path, tmp_path: Path, ar
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert message in result.stderr, result.stderr
     assert not (tmp_path / "o.json").exists()
+    assert not cache_dir.exists()  # nothing was started, not even a warm-start lock
 
 
 def test_missing_lm_eval_is_one_line(tiny_qwen_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

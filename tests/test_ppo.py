@@ -129,8 +129,8 @@ def test_defaults_and_needs():
     assert (c.gamma, c.lam, c.clip_low, c.clip_high) == (1.0, 0.95, 0.2, 0.2)
     assert (c.vf_clip, c.vf_coef, c.kl_coef, c.entropy_coef) == (0.2, 0.1, 0.0, 0.0)
     assert algo.needs_values and algo.needs_old_logprobs and not algo.needs_reference
-    assert (algo.epochs, algo.minibatches) == (4, 1)
-    assert not PPO(PPOConfig(epochs=1)).needs_old_logprobs
+    assert (algo.epochs, algo.minibatches) == (1, 4)
+    assert not PPO(PPOConfig(epochs=1, minibatches=1)).needs_old_logprobs
 
 
 def test_missing_value_head_output_is_a_clear_error():

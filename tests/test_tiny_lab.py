@@ -46,7 +46,7 @@ def test_arith_rejects_impossible_sizes():
     from rlbench.config import ConfigError
 
     with pytest.raises(ConfigError, match="task.test_size"):
-        Arith(ArithConfig(min_operand=1, max_operand=2, max_ops=1, test_size=100)).load("test")
+        Arith(ArithConfig(min_operand=1, max_operand=2, min_ops=1, max_ops=1, test_size=100)).load("test")
 
 
 def test_warmstart_is_cached_and_deterministic(cache_dir):

@@ -34,7 +34,9 @@ def test_train_two_steps_on_a_local_qwen2(tiny_qwen_dir, tmp_path):
         assert key in rows[0], key
     assert set(rows[0]["time"]) >= {"generate", "grade", "update", "sync"}
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals] == [0, 2] and evals[0]["problems"] == 4
+    # eval.points=4 over 2 steps: before training, after step 1 (half the budget), at the end
+    assert [e["step"] for e in evals] == [0, 1, 2] and [e["point"] for e in evals] == [0, 1, 2]
+    assert evals[0]["problems"] == 4
     assert (out / "checkpoint" / "config.json").exists()
 
 

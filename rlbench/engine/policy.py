@@ -6,14 +6,17 @@ model would be.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import inspect
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlbench.engine import fastpath
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
 
 
@@ -65,6 +68,9 @@ class Policy:
     device: torch.device
     precision: str = "fp32"
     value_head: ValueHead | None = None
+    share_prompts: bool = True  # run a prompt shared by several rows once (see forward); False = one plain forward
+    fast: bool = True  # Llama-family models: the packed forward of rlbench.engine.fastpath (checked on first use)
+    _fast_ok: dict = field(default_factory=dict, repr=False, compare=False)  # id(model) -> fast path matched
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16-mixed":
@@ -85,19 +91,21 @@ class Policy:
     ) -> PolicyOutput:
         """Log-probs ``[B, T]`` of the completion tokens (and optionally entropy and values).
 
-        Logits are computed for completion positions only (``logits_to_keep``), never over the prompt.
+        Logits are computed for completion positions only, never over the prompt. When several rows share a prompt
+        (GRPO's samples per prompt), the prompt is run once: its keys and values are computed for the distinct
+        prompts, repeated to every row that shares them, and the completions attend to them (the gradient flows back
+        through the repetition). Same function, fewer FLOPs. Three implementations, one result (up to rounding):
+
+        - Llama-family models (``fast``): :func:`rlbench.engine.fastpath.packed_logits`, which also skips padding;
+          checked against the model's own forward the first time it runs on a model (and never used again for that
+          model if it disagrees);
+        - any model, rows sharing prompts: the model's forward on the distinct prompts, then on the completions with
+          the prompts' KV cache repeated to their rows (:meth:`_forward_shared`);
+        - otherwise one forward over ``[B, P + T]`` with ``logits_to_keep``.
         """
-        T = batch.response_len
         with self.autocast():
-            out = self.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=position_ids_from_mask(batch.attention_mask),
-                logits_to_keep=T + 1,
-                output_hidden_states=with_values,
-                use_cache=False,
-            )
-        logits = out.logits[:, :-1].float()  # position i predicts token i+1: these predict the T completion tokens
+            logits, hidden = self._logits(batch, with_values)
+        logits = logits.float()
         if temperature != 1.0:
             logits = logits / temperature
         log_norm = torch.logsumexp(logits, dim=-1)
@@ -111,6 +119,135 @@ class Policy:
         if with_values:
             if self.value_head is None:
                 raise RuntimeError("values requested but the policy has no value head")
-            hidden = out.hidden_states[-1][:, -(T + 1) : -1]
             values = self.value_head(hidden) * batch.response_mask
         return PolicyOutput(logprobs=logprobs, entropy=entropy, values=values)
+
+    def _logits(self, batch: RolloutBatch, with_values: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[B, T, V]`` of the completion tokens (position t predicts token t) and, with values, the last
+        hidden states at the same positions."""
+        shared = shared_prompts(batch) if self.share_prompts else None
+        if not with_values and self._use_fast(batch, shared):
+            return self._packed(batch, shared), None
+        if shared is not None:
+            return self._forward_shared(batch, *shared, with_values)
+        return self._forward_plain(batch, with_values)
+
+    def _packed(self, batch: RolloutBatch, shared) -> torch.Tensor:
+        if shared is None:
+            shared = (torch.arange(batch.size, device=batch.input_ids.device),) * 2
+        return fastpath.packed_logits(self.model, batch.input_ids, batch.attention_mask,
+                                      position_ids_from_mask(batch.attention_mask), batch.prompt_len, *shared)
+
+    def _use_fast(self, batch: RolloutBatch, shared) -> bool:
+        key = id(self.model)
+        if not self.fast or self._fast_ok.get(key) is False or batch.prompt_len == 0:
+            return False
+        if not fastpath.supports(self.model, batch.input_ids.shape[1]):
+            return False
+        # the packed layout needs left-padded prompts (the last prompt column is real) and right-padded completions
+        if not bool(batch.attention_mask[:, batch.prompt_len - 1].all()):
+            return False
+        if key not in self._fast_ok:
+            with torch.no_grad():
+                mine = self._packed(batch, shared).float()
+                theirs = self._forward_plain(batch, False)[0].float()
+            mask = batch.response_mask.bool()
+            scale = 1.0 + float(theirs[mask].abs().max()) if bool(mask.any()) else 1.0
+            tol = (1e-3 if self.precision == "fp32" and mine.dtype == torch.float32 else 5e-2) * scale
+            ok = bool(((mine - theirs).abs().amax(-1)[mask] <= tol).all())
+            if not ok:
+                warnings.warn(f"{type(self.model).__name__}: the packed forward disagrees with the model's own; "
+                              "using the model's forward instead", RuntimeWarning, stacklevel=4)
+            self._fast_ok[key] = ok
+        return self._fast_ok[key]
+
+    def _forward_plain(self, batch: RolloutBatch, with_values: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        T = batch.response_len
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids_from_mask(batch.attention_mask),
+            logits_to_keep=T + 1,
+            output_hidden_states=with_values,
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]  # position i predicts token i+1: these predict the T completion tokens
+        hidden = out.hidden_states[-1][:, -(T + 1) : -1] if with_values else None
+        return logits, hidden
+
+    def _forward_shared(
+        self, batch: RolloutBatch, firsts: torch.Tensor, rows: torch.Tensor, with_values: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[B, T, V]`` (and last hidden states) with each distinct prompt run once.
+
+        1. the distinct prompts ``[U, P]`` -> a KV cache, and the logits of their last position (the first completion
+           token's distribution);
+        2. the cache repeated to the ``B`` rows (``rows[i]`` = the distinct prompt of row ``i``);
+        3. the completions ``[B, T]`` attend to it; position ``P + t`` predicts completion token ``t + 1``.
+        """
+        P, T = batch.prompt_len, batch.response_len
+        mask = batch.attention_mask
+        positions = position_ids_from_mask(mask)
+        cache = DynamicCache()
+        kw = _cache_kwarg(self.model)
+        head = self.model(
+            input_ids=batch.input_ids[firsts, :P], attention_mask=mask[firsts, :P], position_ids=positions[firsts, :P],
+            use_cache=True, logits_to_keep=1, output_hidden_states=with_values, **{kw: cache},
+        )
+        cache.batch_select_indices(rows)
+        tail = self.model(
+            input_ids=batch.input_ids[:, P:], attention_mask=mask, position_ids=positions[:, P:],
+            use_cache=True, output_hidden_states=with_values, **{kw: cache},
+        )
+        logits = torch.cat([head.logits[rows], tail.logits[:, :-1]], dim=1)
+        hidden = None
+        if with_values:
+            hidden = torch.cat([head.hidden_states[-1][rows, -1:], tail.hidden_states[-1][:, :-1]], dim=1)
+        return logits, hidden
+
+
+def shared_prompts(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`distinct_rows` of the batch's prompts (ids and mask); None when every prompt is distinct.
+
+    >>> import torch
+    >>> from rlbench.engine.batch import RolloutBatch
+    >>> ids = torch.tensor([[1, 5, 6, 7], [1, 5, 6, 8], [0, 1, 9, 7]])  # prompts (P=3): [1,5,6] twice, [0,1,9]
+    >>> b = RolloutBatch(ids, (ids != 0).long(), torch.ones(3, 1), 3, torch.zeros(3), torch.arange(3))
+    >>> shared_prompts(b)
+    (tensor([0, 2]), tensor([0, 0, 1]))
+    """
+    P = batch.prompt_len
+    if P == 0 or batch.response_len < 1:
+        return None
+    return distinct_rows(batch.input_ids[:, :P], batch.attention_mask[:, :P])
+
+
+def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(firsts, rows)`` when some rows of (``ids``, ``mask``) repeat, else None: ``firsts`` are the first row of
+    each distinct one, in order, and ``rows[i]`` is the index into ``firsts`` of row ``i`` (``ids[firsts][rows]``
+    is ``ids``).
+
+    >>> import torch
+    >>> distinct_rows(torch.tensor([[3, 4], [1, 2], [3, 4], [1, 2]]), torch.ones(4, 2))
+    (tensor([0, 1]), tensor([0, 1, 0, 1]))
+    """
+    B = ids.shape[0]
+    if B < 2:
+        return None
+    key = torch.cat([ids, mask.to(ids.dtype)], dim=1)
+    _, rows = torch.unique(key, dim=0, return_inverse=True)
+    n = int(rows.max()) + 1
+    if n == B:
+        return None
+    order = torch.arange(B, device=rows.device)
+    firsts = torch.full((n,), B, dtype=torch.long, device=rows.device).scatter_reduce_(0, rows, order, "amin")
+    sorted_firsts, perm = firsts.sort()
+    rank = torch.empty_like(firsts)
+    rank[perm] = torch.arange(n, device=rows.device)
+    return sorted_firsts, rank[rows]
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache``; accept both generations of models."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

@@ -6,13 +6,16 @@ right-padded to ``T``, every completion ending at its first EOS or at ``max_new_
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from rlbench.engine.policy import Policy, position_ids_from_mask
+from rlbench.engine import fastpath
+from rlbench.engine.fastpath import StaticKVDecoder
+from rlbench.engine.policy import Policy, distinct_rows, position_ids_from_mask
 
 
 @dataclass
@@ -61,7 +64,12 @@ def left_pad(prompt_ids: Sequence[list[int]], pad_id: int, device: torch.device)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row from ``softmax(logits / temperature)`` restricted to the top-p nucleus."""
+    """One token per row from ``softmax(logits / temperature)`` restricted to the top-p nucleus.
+
+    Inverse-CDF sampling: one uniform number per row (``torch.multinomial`` draws one per vocabulary entry), and no
+    sort unless ``top_p < 1``. The chosen index ``k`` satisfies ``cdf[k-1] < u * total <= cdf[k]`` with ``u`` in
+    ``(0, 1]``, so a token of probability 0 (outside the nucleus) can never be drawn.
+    """
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -69,20 +77,36 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
         sorted_probs = sorted_probs * keep
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.cumsum(-1)
+    u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    return (cdf < u * cdf[:, -1:]).sum(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+# Decoding checks which rows are still running every CHECK_EVERY steps (a device sync on GPUs), and drops the
+# finished rows from the batch once at most SHRINK_AT of its rows are still running (fast path only).
+CHECK_EVERY = 4
+SHRINK_AT = 0.75
 
 
 class HFGenerator:
-    """Batched decoding with a KV cache on the training model itself (weights are always in sync)."""
+    """Batched decoding with a KV cache on the training model itself (weights are always in sync).
 
-    def __init__(self, policy: Policy, batch_size: int | None = None) -> None:
+    Llama-family models (Llama, Mistral, Qwen2, Qwen3) decode through :mod:`rlbench.engine.fastpath`: the same
+    parameters, a pre-allocated KV cache and a minimal forward, checked against the model's own forward on first use.
+    Every other model (or ``fast=False``) decodes through ``model(...)`` with a ``DynamicCache``.
+    """
+
+    def __init__(self, policy: Policy, batch_size: int | None = None, fast: bool = True) -> None:
         self.policy = policy
         self.batch_size = batch_size
+        self.fast = fast
+        self._fast_ok: dict[int, bool] = {}  # id(model) -> the fast path matched the model's own forward
 
     def sync_weights(self, policy: Policy) -> None:
+        if policy.model is not self.policy.model:
+            self._fast_ok.clear()
         self.policy = policy
 
-    @torch.no_grad()
     def generate(
         self, prompt_ids: Sequence[list[int]], *, temperature: float, top_p: float, max_new_tokens: int,
         greedy: bool = False, seed: int | None = None,
@@ -104,50 +128,132 @@ class HFGenerator:
         eos, pad = tok.eos_token_id, tok.pad_token_id
         ids, mask = left_pad(prompt_ids, pad, device)
         B, P = ids.shape
-        out = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
-        alive = torch.ones(B, dtype=torch.bool, device=device)
-        lengths = torch.zeros(B, dtype=torch.long, device=device)
-        cache_kw = _cache_argument(model)
-        cache = DynamicCache()
+        N = max_new_tokens
         positions = position_ids_from_mask(mask)
-        step_ids, step_pos, full_mask = ids, positions, mask
         was_training = model.training
         model.eval()
         try:
-            for t in range(max_new_tokens):
-                with policy.autocast():
-                    logits = model(
-                        input_ids=step_ids, attention_mask=full_mask, position_ids=step_pos,
-                        use_cache=True, logits_to_keep=1, **{cache_kw: cache},
-                    ).logits[:, -1]
-                nxt = logits.argmax(-1) if greedy else sample_next(logits, temperature, top_p, rng)
-                nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
-                out[:, t] = nxt
-                lengths += alive.long()
-                alive = alive & (nxt != eos)
-                if not bool(alive.any()):
-                    break
-                step_ids = nxt[:, None]
-                step_pos = step_pos[:, -1:] + 1
-                full_mask = torch.cat([full_mask, torch.ones((B, 1), dtype=full_mask.dtype, device=device)], dim=1)
+            with torch.inference_mode(), policy.autocast():
+                decoder = self._fast_decoder(ids, mask, positions, N)
+                if decoder is not None:
+                    out, steps = _decode_fast(decoder, ids, mask, positions, N, eos, pad, greedy, temperature, top_p, rng)
+                else:
+                    out, steps = _decode_hf(model, ids, mask, positions, N, eos, pad, greedy, temperature, top_p, rng)
         finally:
             model.train(was_training)
-        T = int(lengths.max().item()) if B else 0
-        T = max(T, 1)
+        # out [steps, B]: a row's completion ends at its first EOS, or runs for every step taken
+        out = out[:steps].t().clone()
+        is_eos = out == eos
+        has_eos = is_eos.any(1)
+        lengths = torch.where(has_eos, is_eos.int().argmax(1) + 1, torch.full_like(has_eos, steps, dtype=torch.long))
+        T = max(int(lengths.max()) if B else 0, 1)
         out = out[:, :T]
         response_mask = (torch.arange(T, device=device)[None, :] < lengths[:, None]).float()
-        ended_with_eos = (out.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1) == eos) & (lengths > 0)
-        texts = tok.batch_decode(
-            [row[: int(n)].tolist() for row, n in zip(out, lengths)], skip_special_tokens=True
-        )
+        out = torch.where(response_mask.bool(), out, torch.full_like(out, pad))
+        texts = tok.batch_decode([row[: int(n)].tolist() for row, n in zip(out, lengths)], skip_special_tokens=True)
         return Generation(
             input_ids=torch.cat([ids, out], dim=1),
             attention_mask=torch.cat([mask, response_mask.long()], dim=1),
             response_mask=response_mask,
             prompt_len=P,
-            truncated=~ended_with_eos,
+            truncated=~has_eos,
             texts=texts,
         )
+
+    def _fast_decoder(self, ids, mask, positions, max_new_tokens) -> "StaticKVDecoder | None":
+        """The fast path's decoder for this batch, or None (unsupported model, or it disagreed with the model)."""
+        model = self.policy.model
+        key = id(model)
+        if not self.fast or self._fast_ok.get(key) is False or not fastpath.supports(model, ids.shape[1] + max_new_tokens):
+            return None
+        decoder = fastpath.StaticKVDecoder(model, ids.shape[1] + max_new_tokens)
+        if key not in self._fast_ok:
+            # first use on this model: the fast forward must give the model's own logits
+            n = min(ids.shape[0], 4)
+            probe = fastpath.StaticKVDecoder(model, ids.shape[1])
+            mine = probe.prefill(ids[:n], mask[:n], positions[:n]).float()
+            theirs = model(input_ids=ids[:n], attention_mask=mask[:n], position_ids=positions[:n],
+                           use_cache=False, logits_to_keep=1).logits[:, -1].float()
+            tol = (1e-3 if mine.dtype == theirs.dtype == torch.float32 and not self.policy.precision.startswith("bf16")
+                   else 5e-2) * (1.0 + float(theirs.abs().max()))
+            ok = bool((mine - theirs).abs().max() <= tol)
+            if not ok:
+                warnings.warn(f"{type(model).__name__}: the fast decoding path disagrees with the model's forward; "
+                              "decoding through model(...) instead", RuntimeWarning, stacklevel=3)
+            self._fast_ok[key] = ok
+            if not ok:
+                return None
+        return decoder
+
+
+def _pick(logits, greedy, temperature, top_p, rng) -> torch.Tensor:
+    return logits.argmax(-1) if greedy else sample_next(logits, temperature, top_p, rng)
+
+
+def _decode_fast(decoder, ids, mask, positions, N, eos, pad, greedy, temperature, top_p, rng):
+    """Tokens ``[N, B]`` (pad after a row's EOS) and the number of steps taken, dropping finished rows as it goes."""
+    B = ids.shape[0]
+    out = torch.full((N, B), pad, dtype=torch.long, device=ids.device)
+    rows = None  # original row of each row still in the batch (None: all of them, in order)
+    alive = torch.ones(B, dtype=torch.bool, device=ids.device)
+    pos = positions[:, -1] + 1
+    shared = distinct_rows(ids, mask)
+    if shared is None:
+        logits = decoder.prefill(ids, mask, positions)
+    else:  # repeated prompts (n samples per prompt): prefill each distinct prompt once, then copy its cache rows
+        firsts, copies = shared
+        logits = decoder.prefill(ids[firsts], mask[firsts], positions[firsts])[copies]
+        decoder.keep(copies)
+    steps = N
+    for t in range(N):
+        nxt = _pick(logits, greedy, temperature, top_p, rng)
+        nxt = torch.where(alive, nxt, pad)
+        if rows is None:
+            out[t] = nxt
+        else:
+            out[t].index_copy_(0, rows, nxt)
+        alive &= nxt != eos
+        if t == N - 1:
+            break
+        if (t + 1) % CHECK_EVERY == 0:
+            n_alive = int(alive.sum())
+            if n_alive == 0:
+                steps = t + 1
+                break
+            if n_alive <= SHRINK_AT * alive.shape[0]:
+                keep = alive.nonzero().squeeze(1)
+                decoder.keep(keep)
+                rows = keep if rows is None else rows[keep]
+                alive, nxt, pos = alive[keep], nxt[keep], pos[keep]
+        logits = decoder.step(nxt, pos)
+        pos = pos + 1
+    return out, steps
+
+
+def _decode_hf(model, ids, mask, positions, N, eos, pad, greedy, temperature, top_p, rng):
+    """Any causal LM, through its own forward with a DynamicCache; the attention mask is allocated once."""
+    B, P = ids.shape
+    out = torch.full((N, B), pad, dtype=torch.long, device=ids.device)
+    alive = torch.ones(B, dtype=torch.bool, device=ids.device)
+    full_mask = torch.cat([mask, torch.ones((B, N), dtype=mask.dtype, device=mask.device)], dim=1)
+    cache_kw = _cache_argument(model)
+    cache = DynamicCache()
+    step_ids, step_pos = ids, positions
+    steps = N
+    for t in range(N):
+        logits = model(
+            input_ids=step_ids, attention_mask=full_mask[:, : P + t], position_ids=step_pos,
+            use_cache=True, logits_to_keep=1, **{cache_kw: cache},
+        ).logits[:, -1]
+        nxt = torch.where(alive, _pick(logits, greedy, temperature, top_p, rng), pad)
+        out[t] = nxt
+        alive &= nxt != eos
+        if (t + 1) % CHECK_EVERY == 0 and not bool(alive.any()):
+            steps = t + 1
+            break
+        step_ids = nxt[:, None]
+        step_pos = step_pos[:, -1:] + 1
+    return out, steps
 
 
 def _cache_argument(model: torch.nn.Module) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -56,10 +57,17 @@ def prompt_indices(n_examples: int, seed: int, step: int, per_step: int) -> list
     start = step * per_step
     while len(out) < per_step:
         epoch, offset = divmod(start + len(out), n_examples)
-        order = list(range(n_examples))
-        random.Random(derive_seed(seed, "epoch", epoch)).shuffle(order)
+        order = _epoch_order(n_examples, seed, epoch)
         out.extend(order[offset : offset + per_step - len(out)])
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n_examples: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """One epoch's shuffle (cached: shuffling 20k indices every step cost ~25 ms, 3% of a tiny-lab step)."""
+    order = list(range(n_examples))
+    random.Random(derive_seed(seed, "epoch", epoch)).shuffle(order)
+    return tuple(order)
 
 
 @contextmanager
@@ -282,6 +290,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "usage": dataclasses.asdict(self.meter.used),
             "evals_done": evals_done,
+            "wall_seconds": time.time() - self._started,
         }
         save_state_dir(self.out / STATE, state)
 
@@ -298,6 +307,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.meter.used = Usage(**state["usage"])
+        self._started -= state["wall_seconds"]  # wall time counts every session of the run
         steps = self.meter.used.steps
         for name in (METRICS, SAMPLES):
             truncate_jsonl(self.out / name, [r for r in read_jsonl(self.out / name) if r["step"] <= steps])
@@ -309,9 +319,9 @@ class Trainer:
         c = self.config
         check_run_dir(self.out, c, resume)
         self._write_config()
+        self._started = time.time()
         evals_done = self._restore() if resume else 0
         status, stop_reason = "running", None
-        start = time.time()
         bar = tqdm(total=1000, desc=f"{c.algo_name} on {c.task_name} (seed {c.seed})", disable=not self.progress,
                    bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
         previous_handler = signal.getsignal(signal.SIGTERM)
@@ -342,7 +352,7 @@ class Trainer:
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             bar.close()
-            summary = self._summary(status, stop_reason, read_jsonl(self.out / EVALS), time.time() - start)
+            summary = self._summary(status, stop_reason, read_jsonl(self.out / EVALS), time.time() - self._started)
             if status == "completed":
                 summary["checkpoint"] = str(self.save_checkpoint())
                 shutil.rmtree(self.out / STATE, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Shared by the benchmarks: which tiny-lab model to time, arith prompts, peak matmul throughput, peak RSS."""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+MODEL_HELP = (
+    "auto (default): the cached tiny-lab warm-start if `rlbench warmstart` built one, else a randomly initialised "
+    "tiny-lab model (same architecture and speed; rewards ~0); random; tiny (build the warm-start if missing: minutes); "
+    "or a saved Hugging Face model directory"
+)
+
+
+def cached_warmstart() -> Path | None:
+    """The default settings' tiny-lab warm-start, if it is already on disk."""
+    from rlbench.config import RunConfig
+    from rlbench.tasks.arith import Arith
+    from rlbench.tiny.warmstart import cache_key, cache_root
+
+    config = RunConfig()
+    task = Arith()
+    path = cache_root() / "tiny" / f"{task.name}-{cache_key(config.tiny, task, config.sampling)}"
+    return path if (path / "warmstart.json").exists() else None
+
+
+def resolve_model(spec: str) -> tuple[str, str]:
+    """(directory, description) of the model to benchmark; a random one is saved to a temporary directory."""
+    if spec in ("auto", "tiny"):
+        path = cached_warmstart()
+        if path is None and spec == "tiny":
+            from rlbench.config import RunConfig
+            from rlbench.tasks.arith import Arith
+            from rlbench.tiny.warmstart import ensure_warmstart
+
+            config = RunConfig()
+            path = ensure_warmstart(config.tiny, Arith(), config.sampling)
+        if path is not None:
+            return str(path), f"tiny-lab SFT warm-start ({path})"
+        print("note: no cached tiny-lab warm-start (run `rlbench warmstart` to build one); using a random tiny-lab model",
+              file=sys.stderr)
+        spec = "random"
+    if spec == "random":
+        from rlbench.config import TinyConfig
+        from rlbench.tiny.model import build_tiny_model
+        from rlbench.tiny.tokenizer import build_char_tokenizer
+
+        torch.manual_seed(0)
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(TinyConfig(), tokenizer)
+        out = Path(tempfile.mkdtemp(prefix="rlbench-bench-model-"))
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return str(out), "tiny-lab architecture, random init (seed 0)"
+    if not (Path(spec) / "config.json").exists():
+        raise SystemExit(f"--model {spec}: not auto/random/tiny and not a saved model directory")
+    return spec, spec
+
+
+def arith_prompts(n: int, split: str = "test") -> list[str]:
+    from rlbench.tasks.arith import Arith
+
+    task = Arith()
+    examples = task.load(split)
+    return [task.prompt(examples[i % len(examples)]) for i in range(n)]
+
+
+def matmul_peak_gflops(size: int = 1024, seconds: float = 1.0) -> float:
+    """Best observed fp32 throughput of one ``size`` x ``size`` matmul at the current thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def contention() -> str:
+    """The 1-minute load average against the number of CPUs, to record how busy the machine was."""
+    try:
+        return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    except OSError:
+        return "load average unknown"
