@@ -1,6 +1,6 @@
 """Generated tokens/s: rlbench's HFGenerator vs ``transformers``' ``model.generate`` vs a bare DynamicCache loop.
 
-    python benchmarks/generation.py [--threads 1] [--batch-sizes 16,64,256] [--new-tokens 64] [--repeats 5]
+    python benchmarks/generation.py [--threads 1] [--batch-sizes 16,64,256] [--new-tokens 64] [--repeats 7]
                                     [--model auto|random|tiny|DIR]
 
 Same model, same prompts (the arith task's test prompts, left-padded), same sampling (T=1, top_p=1, no top-k), same
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--batch-sizes", default="16,64,256")
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--model", default="auto", help=MODEL_HELP)
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     args = ap.parse_args()

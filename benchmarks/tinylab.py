@@ -15,8 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 MODEL_HELP = (
-    "auto (default): the cached tiny-lab warm-start if `rlbench warmstart` built one, else a randomly initialised "
-    "tiny-lab model (same architecture and speed; rewards ~0); random; tiny (build the warm-start if missing: minutes); "
+    "auto (default): the default settings' tiny-lab warm-start if `rlbench warmstart` built it, else the newest "
+    "cached tiny-lab arith warm-start, else a randomly initialised tiny-lab model (same architecture; its completions "
+    "run to the length cap and its rewards are ~0); random; tiny (build the default warm-start if missing: minutes); "
     "or a saved Hugging Face model directory"
 )
 
@@ -33,10 +34,20 @@ def cached_warmstart() -> Path | None:
     return path if (path / "warmstart.json").exists() else None
 
 
+def newest_cached_warmstart() -> Path | None:
+    """Any finished tiny-lab arith warm-start in the cache (built with other settings), newest first."""
+    from rlbench.tiny.warmstart import cache_root
+
+    found = sorted((cache_root() / "tiny").glob("arith-*/warmstart.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1].parent if found else None
+
+
 def resolve_model(spec: str) -> tuple[str, str]:
     """(directory, description) of the model to benchmark; a random one is saved to a temporary directory."""
     if spec in ("auto", "tiny"):
         path = cached_warmstart()
+        if path is None and spec == "auto":
+            path = newest_cached_warmstart()
         if path is None and spec == "tiny":
             from rlbench.config import RunConfig
             from rlbench.tasks.arith import Arith

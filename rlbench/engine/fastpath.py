@@ -10,15 +10,21 @@ a training forward over a ``[B, P + T]`` batch spends up to a third of its matri
 runs every prompt once per sample. Here:
 
 - **decoding** (:class:`StaticKVDecoder`): keys/values are written in place into buffers grown a chunk at a time;
-  q/k/v and gate/up are one matrix product each; the padding mask is built once; rows that have finished leave the
-  batch (``keep``); a prompt shared by several rows is prefilled once and its cache rows copied.
+  the padding mask is built once; rows that have finished leave the batch (``keep``); a prompt shared by several
+  rows is prefilled once and its cache rows copied; the prefill's last layer runs attention and MLP for the last
+  position only.
 - **training** (:func:`packed_logits`): only real tokens go through the matrix products (packed ``[N, hidden]``; the
   last token of each completion, whose logits predict nothing, is skipped too); every distinct prompt is run once
   and its keys/values are shared by the rows that continue it; attention is the only step that sees the padded
   layout.
-- both: RoPE is one complex product (the rows of W_q and W_k are permuted within each head so that the pairs
-  ``(i, i + D/2)`` that ``rotate_half`` mixes are adjacent; queries and keys share the permutation, so their dot
-  products are unchanged), the softmax scale is folded into W_q, RMSNorm is ``F.rms_norm``.
+- both: queries and keys are one matrix product; RoPE is one complex product (the rows of W_q and W_k are permuted
+  within each head so that the pairs ``(i, i + D/2)`` that ``rotate_half`` mixes are adjacent; queries and keys
+  share the permutation, so their dot products are unchanged); the softmax scale is folded into W_q and each
+  RMSNorm's scale into the projection after it; attention is written out (matmul, softmax, matmul).
+
+torch.compile was tried and left out: compiling the MLP block alone took ~27 s on this CPU and saved ~10% of it, the
+shapes change every step (rows leave the batch, the cache grows, the packed token count varies), and a tiny-lab
+training step takes under a second.
 
 Supported (:func:`supports`): the Llama layout (``model.model.layers[i].self_attn.{q,k,v,o}_proj``,
 ``mlp.{gate,up,down}_proj``, RMSNorms ``input_layernorm`` / ``post_attention_layernorm``, ``model.model.norm``,
@@ -122,12 +128,12 @@ def _bias(linear: nn.Linear) -> torch.Tensor:
 
 
 class _Layer:
-    __slots__ = ("eps1", "w_qkv", "b_qkv", "q_norm", "k_norm", "w_o", "b_o", "eps2", "w_gu", "b_gu", "w_down", "b_down",
-                 "act")
+    __slots__ = ("eps1", "w_qkv", "b_qkv", "q_norm", "k_norm", "w_o", "b_o", "eps2", "w_g", "b_g", "w_u", "b_u", "w_down",
+                 "b_down", "act", "w_v", "b_v")
 
 
 class FusedWeights:
-    """The model's parameters arranged for the fast path: fused q/k/v and gate/up, RoPE-permuted, scale folded in.
+    """The model's parameters arranged for the fast path: fused q/k, RoPE-permuted, scales folded in.
 
     Built from the parameters by differentiable ops, so gradients reach the model's own parameters; build it again
     after the weights change (it is cheap: a copy of the attention and MLP weights).
@@ -160,16 +166,17 @@ class FusedWeights:
             q_scale = scale if q_norm is None else 1.0
             self.post_scale = 1.0 if q_norm is None else scale
             L.w_qkv = torch.cat([_permute_heads(attn.q_proj.weight, D, perm) * q_scale,
-                                 _permute_heads(attn.k_proj.weight, D, perm), attn.v_proj.weight]) * ln1
+                                 _permute_heads(attn.k_proj.weight, D, perm)]) * ln1
             L.b_qkv = None
-            if any(l.bias is not None for l in (attn.q_proj, attn.k_proj, attn.v_proj)):
+            if attn.q_proj.bias is not None or attn.k_proj.bias is not None:
                 L.b_qkv = torch.cat([_permute_heads(_bias(attn.q_proj), D, perm) * q_scale,
-                                     _permute_heads(_bias(attn.k_proj), D, perm), _bias(attn.v_proj)])
+                                     _permute_heads(_bias(attn.k_proj), D, perm)])
+            L.w_v, L.b_v = attn.v_proj.weight * ln1, attn.v_proj.bias
             L.w_o, L.b_o = attn.o_proj.weight, attn.o_proj.bias
-            L.w_gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * ln2
-            L.b_gu = None
-            if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
-                L.b_gu = torch.cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)])
+            # gate and up stay two products: fused, the backward of the split costs a copy of both gradients and
+            # SiLU runs on a strided half (measured ~10% slower for the MLP's forward + backward)
+            L.w_g, L.b_g = mlp.gate_proj.weight * ln2, mlp.gate_proj.bias
+            L.w_u, L.b_u = mlp.up_proj.weight * ln2, mlp.up_proj.bias
             L.w_down, L.b_down = mlp.down_proj.weight, mlp.down_proj.bias
             L.act = mlp.act_fn
             self.layers.append(L)
@@ -187,16 +194,16 @@ class FusedWeights:
     def qk_v(self, L: _Layer, x: torch.Tensor, rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotated queries+keys ``[..., Hq + Hkv, D]`` and values ``[..., Hkv, D]`` of hidden states ``x``."""
         Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
-        qkv = F.linear(_rms(x, L.eps1), L.w_qkv, L.b_qkv).view(*x.shape[:-1], Hq + 2 * Hkv, D)
-        qk = qkv[..., : Hq + Hkv, :]
+        h = _rms(x, L.eps1)
+        qk = F.linear(h, L.w_qkv, L.b_qkv).view(*x.shape[:-1], Hq + Hkv, D)
         if L.q_norm is not None:
             (wq, eq), (wk, ek) = L.q_norm, L.k_norm
             qk = torch.cat([_rms(qk[..., :Hq, :], eq, wq), _rms(qk[..., Hq:, :], ek, wk)], dim=-2)
-        return _rotate(qk, rotation), qkv[..., Hq + Hkv :, :]
+        return _rotate(qk, rotation), F.linear(h, L.w_v, L.b_v).view(*x.shape[:-1], Hkv, D)
 
     def mlp(self, L: _Layer, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(_rms(x, L.eps2), L.w_gu, L.b_gu).chunk(2, dim=-1)
-        return F.linear(L.act(gate) * up, L.w_down, L.b_down)
+        h = _rms(x, L.eps2)
+        return F.linear(L.act(F.linear(h, L.w_g, L.b_g)) * F.linear(h, L.w_u, L.b_u), L.w_down, L.b_down)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(_rms(x, self.norm_eps), self.lm_w, self.lm_b)
@@ -253,13 +260,18 @@ class StaticKVDecoder:
         self._reserve(end)
         x = F.embedding(ids, w.embed)
         rotation = self.table[positions][:, :, None]  # [B, S, 1, D/2]
-        for L, (k_cache, v_cache) in zip(w.layers, self.caches):
+        last = len(w.layers) - 1
+        for i, (L, (k_cache, v_cache)) in enumerate(zip(w.layers, self.caches)):
             qk, v = w.qk_v(L, x, rotation)
             k_cache[:, :, start:end] = qk[:, :, Hq:].transpose(1, 2)
             v_cache[:, :, start:end] = v.transpose(1, 2)
             keys, values = k_cache[:, :, :end], v_cache[:, :, :end]  # [B, Hkv, end, D]
+            if S > 1 and i == last:
+                # prefill's last layer: only the last position's output is used (the others' keys and values are
+                # in the cache already), so attention and MLP run for it alone; it attends to every real key
+                S, x, qk, bias = 1, x[:, -1:].contiguous(), qk[:, -1:], self.key_bias[:, :, :, :end]
             if S == 1:  # query head h reads kv head h // G, so [B, Hq, D] is [B, Hkv, G, D]
-                q = qk[:, 0, :Hq].view(B, Hkv, G, D)
+                q = qk[:, 0, :Hq].reshape(B, Hkv, G, D)
                 scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, Hkv, G, end]
                 if w.post_scale != 1.0:
                     scores.mul_(w.post_scale)
@@ -303,6 +315,23 @@ class StaticKVDecoder:
         self.batch = int(rows.shape[0])
 
 
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v, with ``bias`` additive (0 or the dtype's minimum).
+
+    Written out rather than ``F.scaled_dot_product_attention``: at the tiny lab's sizes (64 rows x 4 heads x ~30
+    queries x ~50 keys) its CPU kernel's backward measured ~25% slower for the whole training step.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if scale != 1.0:
+        scores = scores * scale
+    probs = torch.softmax(scores + bias, dim=-1, dtype=torch.float32).to(v.dtype)
+    return torch.matmul(probs, v)
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
 def _prefix_mask(mask: torch.Tensor) -> torch.Tensor:
     """``[B, P, P]`` bool: causal and not padding; a padding query sees itself (no row is empty, so no NaN)."""
     P = mask.shape[1]
@@ -342,9 +371,11 @@ def packed_logits(
     ids = torch.cat([input_ids[firsts, :P].flatten()[head_idx], input_ids[:, P : P + Tq].flatten()[tail_idx]])
     pos = torch.cat([positions[firsts, :P].flatten()[head_idx], positions[:, P : P + Tq].flatten()[tail_idx]])
     rotation = w.rotation(total)[pos][:, None]  # [N, 1, D/2]
-    head_attn = _prefix_mask(head_mask)[:, None]  # [U, 1, P, P]
+    dtype = w.embed.dtype if not torch.is_autocast_enabled(device.type) else torch.get_autocast_dtype(device.type)
+    head_bias = _additive(_prefix_mask(head_mask)[:, None], dtype)  # [U, 1, P, P]
     causal = torch.ones(Tq, Tq, dtype=torch.bool, device=device).tril()
-    tail_attn = torch.cat([head_mask[rows][:, None, :].expand(B, Tq, P), causal[None].expand(B, Tq, Tq)], dim=2)[:, None]
+    tail_bias = _additive(torch.cat([head_mask[rows][:, None, :].expand(B, Tq, P), causal[None].expand(B, Tq, Tq)],
+                                    dim=2)[:, None], dtype)  # [B, 1, Tq, P + Tq]
 
     def unpack(t: torch.Tensor, idx: torch.Tensor, n: int, length: int) -> torch.Tensor:
         """Packed ``[N, H, D]`` -> ``[n, H, length, D]`` with zeros where there is no token."""
@@ -359,19 +390,16 @@ def packed_logits(
     x = F.embedding(ids, w.embed)  # [N, hidden]
     for L in w.layers:
         qk, v = w.qk_v(L, x, rotation)  # [N, Hq + Hkv, D], [N, Hkv, D]
-        qkv = torch.cat([qk, v], dim=1)
-        head = unpack(qkv[:n_head], head_idx, U, P)  # [U, Hq + 2 Hkv, P, D]
-        q_h, k_h, v_h = head.split([Hq, Hkv, Hkv], dim=1)
-        o_h = F.scaled_dot_product_attention(q_h, w.expand_kv(k_h), w.expand_kv(v_h), attn_mask=head_attn,
-                                             scale=w.post_scale)
+        q_h, k_h = unpack(qk[:n_head], head_idx, U, P).split([Hq, Hkv], dim=1)  # [U, H, P, D]
+        v_h = unpack(v[:n_head], head_idx, U, P)
+        o_h = _attention(q_h, w.expand_kv(k_h), w.expand_kv(v_h), head_bias, w.post_scale)
         out = [pack(o_h, head_idx)]
         if Tq > 0:
-            tail = unpack(qkv[n_head:], tail_idx, B, Tq)  # [B, Hq + 2 Hkv, Tq, D]
-            q_t, k_t, v_t = tail.split([Hq, Hkv, Hkv], dim=1)
+            q_t, k_t = unpack(qk[n_head:], tail_idx, B, Tq).split([Hq, Hkv], dim=1)  # [B, H, Tq, D]
+            v_t = unpack(v[n_head:], tail_idx, B, Tq)
             keys = torch.cat([k_h[rows], k_t], dim=2)  # [B, Hkv, P + Tq, D]
             values = torch.cat([v_h[rows], v_t], dim=2)
-            o_t = F.scaled_dot_product_attention(q_t, w.expand_kv(keys), w.expand_kv(values), attn_mask=tail_attn,
-                                                 scale=w.post_scale)
+            o_t = _attention(q_t, w.expand_kv(keys), w.expand_kv(values), tail_bias, w.post_scale)
             out.append(pack(o_t, tail_idx))
         x = x + F.linear(torch.cat(out), L.w_o, L.b_o)
         x = x + w.mlp(L, x)

@@ -147,17 +147,23 @@ class Policy:
         # the packed layout needs left-padded prompts (the last prompt column is real) and right-padded completions
         if not bool(batch.attention_mask[:, batch.prompt_len - 1].all()):
             return False
-        if key not in self._fast_ok:
+        if key not in self._fast_ok:  # first use on this model: the packed forward must give the model's logits
             with torch.no_grad():
-                mine = self._packed(batch, shared).float()
                 theirs = self._forward_plain(batch, False)[0].float()
+                try:
+                    mine = self._packed(batch, shared).float()
+                except (ValueError, RuntimeError, IndexError) as exc:
+                    mine, why = None, f"{type(exc).__name__}: {exc}"
             mask = batch.response_mask.bool()
-            scale = 1.0 + float(theirs[mask].abs().max()) if bool(mask.any()) else 1.0
-            tol = (1e-3 if self.precision == "fp32" and mine.dtype == torch.float32 else 5e-2) * scale
-            ok = bool(((mine - theirs).abs().amax(-1)[mask] <= tol).all())
+            if mine is not None:
+                scale = 1.0 + float(theirs[mask].abs().max()) if bool(mask.any()) else 1.0
+                tol = (1e-3 if self.precision == "fp32" and mine.dtype == torch.float32 else 5e-2) * scale
+                error = float((mine - theirs).abs().amax(-1)[mask].max()) if bool(mask.any()) else 0.0
+                why = f"max logit difference {error:.3g} > {tol:.3g}"
+            ok = mine is not None and error <= tol
             if not ok:
-                warnings.warn(f"{type(self.model).__name__}: the packed forward disagrees with the model's own; "
-                              "using the model's forward instead", RuntimeWarning, stacklevel=4)
+                warnings.warn(f"{type(self.model).__name__}: the packed forward disagrees with the model's own "
+                              f"({why}); using the model's forward instead", RuntimeWarning, stacklevel=4)
             self._fast_ok[key] = ok
         return self._fast_ok[key]
 

@@ -5,7 +5,6 @@ right-padded to ``T``, every completion ending at its first EOS or at ``max_new_
 """
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -15,7 +14,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from rlbench.engine import fastpath
 from rlbench.engine.fastpath import StaticKVDecoder
-from rlbench.engine.policy import Policy, distinct_rows, position_ids_from_mask
+from rlbench.engine.policy import Policy, _cache_kwarg, distinct_rows, position_ids_from_mask
 
 
 @dataclass
@@ -166,24 +165,32 @@ class HFGenerator:
         key = id(model)
         if not self.fast or self._fast_ok.get(key) is False or not fastpath.supports(model, ids.shape[1] + max_new_tokens):
             return None
-        decoder = fastpath.StaticKVDecoder(model, ids.shape[1] + max_new_tokens)
         if key not in self._fast_ok:
-            # first use on this model: the fast forward must give the model's own logits
+            # first use on this model: the fast forward must give the model's own logits (prefill, then one step)
             n = min(ids.shape[0], 4)
-            probe = fastpath.StaticKVDecoder(model, ids.shape[1])
-            mine = probe.prefill(ids[:n], mask[:n], positions[:n]).float()
-            theirs = model(input_ids=ids[:n], attention_mask=mask[:n], position_ids=positions[:n],
-                           use_cache=False, logits_to_keep=1).logits[:, -1].float()
-            tol = (1e-3 if mine.dtype == theirs.dtype == torch.float32 and not self.policy.precision.startswith("bf16")
-                   else 5e-2) * (1.0 + float(theirs.abs().max()))
-            ok = bool((mine - theirs).abs().max() <= tol)
+            ids_n, mask_n, pos_n = ids[:n], mask[:n], positions[:n]
+            theirs = model(input_ids=ids_n, attention_mask=mask_n, position_ids=pos_n, use_cache=False).logits[:, -1]
+            nxt = theirs.argmax(-1)
+            ids_2, mask_2 = torch.cat([ids_n, nxt[:, None]], 1), torch.cat([mask_n, torch.ones_like(mask_n[:, :1])], 1)
+            pos_2 = torch.cat([pos_n, pos_n[:, -1:] + 1], 1)
+            theirs_2 = model(input_ids=ids_2, attention_mask=mask_2, position_ids=pos_2, use_cache=False).logits[:, -1]
+            try:
+                probe = fastpath.StaticKVDecoder(model, ids.shape[1] + 1)
+                mine = probe.prefill(ids_n, mask_n, pos_n).float()
+                mine_2 = probe.step(nxt, pos_2[:, -1]).float()
+                error = max(float((mine - theirs.float()).abs().max()), float((mine_2 - theirs_2.float()).abs().max()))
+                tol = (1e-3 if mine.dtype == theirs.dtype == torch.float32 and not self.policy.precision.startswith("bf16")
+                       else 5e-2) * (1.0 + float(theirs.float().abs().max()))
+                ok, why = error <= tol, f"max logit difference {error:.3g} > {tol:.3g}"
+            except (ValueError, RuntimeError, IndexError) as exc:
+                ok, why = False, f"{type(exc).__name__}: {exc}"
             if not ok:
-                warnings.warn(f"{type(model).__name__}: the fast decoding path disagrees with the model's forward; "
-                              "decoding through model(...) instead", RuntimeWarning, stacklevel=3)
+                warnings.warn(f"{type(model).__name__}: the fast decoding path disagrees with the model's forward "
+                              f"({why}); decoding through model(...) instead", RuntimeWarning, stacklevel=3)
             self._fast_ok[key] = ok
             if not ok:
                 return None
-        return decoder
+        return fastpath.StaticKVDecoder(model, ids.shape[1] + max_new_tokens)
 
 
 def _pick(logits, greedy, temperature, top_p, rng) -> torch.Tensor:
@@ -256,10 +263,7 @@ def _decode_hf(model, ids, mask, positions, N, eos, pad, greedy, temperature, to
     return out, steps
 
 
-def _cache_argument(model: torch.nn.Module) -> str:
-    """transformers 5.x renamed ``past_key_values`` to ``cache``; accept both generations of models."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+_cache_argument = _cache_kwarg
 
 
 def _concat(parts: list[Generation], pad: int) -> Generation:

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -145,7 +146,12 @@ def run_sft(tiny: TinyConfig, task: Task, sampling: SamplingConfig, out: Path, p
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     last = history[-1] if history else {}
+    stopped_by = "target" if reached else ("max_steps" if step >= tiny.max_steps else "max_seconds")
+    if stopped_by == "max_seconds":
+        warnings.warn(f"tiny-lab warm-start stopped on tiny.max_seconds={tiny.max_seconds} at step {step}: "
+                      "the result depends on this machine's speed", stacklevel=2)
     return {
+        "stopped_by": stopped_by,
         "steps": step,
         "seconds": round(time.perf_counter() - start, 1),
         "reached_target": reached,
