@@ -66,10 +66,11 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     """One token per row from ``softmax(logits / temperature)`` restricted to the top-p nucleus.
 
     Inverse-CDF sampling: one uniform number per row (``torch.multinomial`` draws one per vocabulary entry), and no
-    sort unless ``top_p < 1``. The chosen index ``k`` satisfies ``cdf[k-1] < u * total <= cdf[k]`` with ``u`` in
-    ``(0, 1]``, so a token of probability 0 (outside the nucleus) can never be drawn.
+    sort unless ``top_p < 1``. The chosen index ``k`` satisfies ``cdf[k-1] <= u * total < cdf[k]`` with ``u`` in
+    ``[0, 1)``, so a token of probability 0 (outside the nucleus) can never be drawn.
     """
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    probs = torch.softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # keep a token if the mass before it is below top_p (so the first token is always kept)
@@ -77,14 +78,15 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         sorted_probs = sorted_probs * keep
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     cdf = probs.cumsum(-1)
-    u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
-    return (cdf < u * cdf[:, -1:]).sum(-1).clamp_(max=probs.shape[-1] - 1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    # (the clamp only guards u * total rounding up to total)
+    return (cdf <= u.mul_(cdf[:, -1:])).sum(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 # Decoding checks which rows are still running every CHECK_EVERY steps (a device sync on GPUs), and drops the
 # finished rows from the batch once at most SHRINK_AT of its rows are still running (fast path only).
-CHECK_EVERY = 4
-SHRINK_AT = 0.75
+CHECK_EVERY = 2
+SHRINK_AT = 0.85
 
 
 class HFGenerator:
