@@ -204,7 +204,13 @@ def run_comparison(comp: Comparison, jobs: int = 1, progress: bool = True) -> di
 def _prepare_model(config: RunConfig, progress: bool) -> None:
     """Build the tiny lab's warm-start once, in the parent, rather than in racing children."""
     if config.model == "tiny":
+        import torch
+
         from rlbench.engine.trainer import resolve_model_path
+
+        if config.threads:
+            # the same thread count as the runs: CPU results depend on it, and it avoids oversubscribing the cores
+            torch.set_num_threads(config.threads)
 
         task = registry.get_task(config.task_name).from_options({k: v for k, v in config.task.items() if k != "name"})
         resolve_model_path(config, task, progress)

@@ -51,6 +51,10 @@ def _batch(policy: Policy, repeats: int = 2, new_tokens: int = 9) -> RolloutBatc
     batch = RolloutBatch(gen.input_ids, gen.attention_mask, gen.response_mask, gen.prompt_len,
                          rewards=torch.zeros(n), group_ids=torch.arange(n))
     batch.advantages = torch.linspace(-1, 1, n)[:, None] * gen.response_mask
+    # a sampled token that happens to be the pad id is a real token (nn.Embedding gives its row no gradient)
+    batch.input_ids[0, gen.prompt_len] = policy.tokenizer.pad_token_id
+    batch.attention_mask[0, gen.prompt_len] = 1
+    batch.response_mask[0, 0] = 1
     return batch
 
 

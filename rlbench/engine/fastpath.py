@@ -147,6 +147,7 @@ class FusedWeights:
         self.groups = self.n_heads // self.n_kv
         scale = self.head_dim ** -0.5
         self.embed = body.embed_tokens.weight
+        self.padding_idx = getattr(body.embed_tokens, "padding_idx", None)  # its row gets no gradient, as in nn.Embedding
         self.norm_eps = body.norm.variance_epsilon
         self.lm_w, self.lm_b = model.lm_head.weight * body.norm.weight, model.lm_head.bias
         self.rotary = body.rotary_emb
@@ -258,7 +259,7 @@ class StaticKVDecoder:
         D, Hq, Hkv, G = w.head_dim, w.n_heads, w.n_kv, w.groups
         start, end = self.length, self.length + S
         self._reserve(end)
-        x = F.embedding(ids, w.embed)
+        x = F.embedding(ids, w.embed, w.padding_idx)
         rotation = self.table[positions][:, :, None]  # [B, S, 1, D/2]
         last = len(w.layers) - 1
         for i, (L, (k_cache, v_cache)) in enumerate(zip(w.layers, self.caches)):
@@ -387,7 +388,7 @@ def packed_logits(
         n, H, length, _ = t.shape
         return t.transpose(1, 2).reshape(n * length, H * D)[idx]
 
-    x = F.embedding(ids, w.embed)  # [N, hidden]
+    x = F.embedding(ids, w.embed, w.padding_idx)  # [N, hidden]
     for L in w.layers:
         qk, v = w.qk_v(L, x, rotation)  # [N, Hq + Hkv, D], [N, Hkv, D]
         q_h, k_h = unpack(qk[:n_head], head_idx, U, P).split([Hq, Hkv], dim=1)  # [U, H, P, D]
