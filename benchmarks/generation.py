@@ -15,6 +15,7 @@ and completion, plus 4 * layers * hidden * context for attention (QK^T and PV) p
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import sys
 import time
@@ -69,11 +70,13 @@ def run_bare_loop(policy, prompt_ids, new_tokens, seed) -> tuple[int, int]:
     B = ids.shape[0]
     rng = torch.Generator().manual_seed(seed)
     cache, pos, step_ids = DynamicCache(), position_ids_from_mask(mask), ids
+    params = inspect.signature(model.forward).parameters  # transformers 5.x renamed past_key_values to cache
+    cache_kw = "cache" if "cache" in params else "past_key_values"
     alive = torch.ones(B, dtype=torch.bool)
     lengths = torch.zeros(B, dtype=torch.long)
     for _ in range(new_tokens):
-        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                       **{cache_kw: cache}).logits[:, -1]
         nxt = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=rng).squeeze(-1)
         lengths += alive.long()
         alive &= nxt != tok.eos_token_id

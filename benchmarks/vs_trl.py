@@ -116,16 +116,31 @@ def child_trl(args) -> dict:
         shuffle_dataset=False, seed=args.seed, dataloader_num_workers=0,
     )
 
+    generate_seconds = [0.0]
+    plain_generate = model.generate
+
+    def timed_generate(*a, **k):  # TRL calls model.generate once per step (no vLLM): time it as its own stage
+        start = time.perf_counter()
+        try:
+            return plain_generate(*a, **k)
+        finally:
+            generate_seconds[0] += time.perf_counter() - start
+
+    model.generate = timed_generate
+
     class Clock(TrainerCallback):
         def __init__(self) -> None:
             self.marks: list[float] = []
             self.rewards: list[float] = []
+            self.generate: list[float] = []
 
         def on_train_begin(self, *a, **k):
             self.marks.append(time.perf_counter())
 
         def on_step_end(self, *a, **k):
             self.marks.append(time.perf_counter())
+            self.generate.append(generate_seconds[0])
+            generate_seconds[0] = 0.0
 
         def on_log(self, _args, _state, _control, logs=None, **k):
             if logs and "reward" in logs:
@@ -137,7 +152,8 @@ def child_trl(args) -> dict:
     torch.set_num_threads(args.threads)  # after accelerate's set-up, which may change it
     trainer.train()
     times = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
-    return {"times": times, "rewards": clock.rewards, "threads": torch.get_num_threads()}
+    stages = [{"generate": g, "rest": t - g} for t, g in zip(times, clock.generate)]
+    return {"times": times, "rewards": clock.rewards, "stages": stages, "threads": torch.get_num_threads()}
 
 
 # ------------------------------------------------------------------------------------------------ parent
@@ -225,11 +241,12 @@ def main() -> None:
               f"{s['reward_all']:.3f} |")
     print(f"\nrlbench / TRL seconds per step: {rl['s_per_step'] / tr['s_per_step']:.2f}x "
           f"(TRL / rlbench: {tr['s_per_step'] / rl['s_per_step']:.2f}x)")
-    stages = [r["stages"] for r in runs["rlbench"]]
-    if stages:
-        keys = sorted({k for run in stages for row in run for k in row})
-        mean = {k: statistics.median(row.get(k, 0.0) for run in stages for row in run[1:] or run) for k in keys}
-        print("rlbench median seconds per stage: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    for name in ("rlbench", "trl"):
+        stages = [r["stages"] for r in runs[name] if r.get("stages")]
+        if stages:
+            keys = sorted({k for run in stages for row in run for k in row})
+            med = {k: statistics.median(row.get(k, 0.0) for run in stages for row in run[1:] or run) for k in keys}
+            print(f"{name} median seconds per stage: " + ", ".join(f"{k} {v:.3f}" for k, v in med.items() if v >= 5e-4))
     print(f"threads seen in the runs: rlbench {rl['threads']}, TRL {tr['threads']}; {contention()} at end; "
           f"wall {time.perf_counter() - start:.0f} s")
 

@@ -128,8 +128,8 @@ def _bias(linear: nn.Linear) -> torch.Tensor:
 
 
 class _Layer:
-    __slots__ = ("eps1", "w_qkv", "b_qkv", "q_norm", "k_norm", "w_o", "b_o", "eps2", "w_g", "b_g", "w_u", "b_u", "w_down",
-                 "b_down", "act", "w_v", "b_v")
+    __slots__ = ("eps1", "w_qkv", "b_qkv", "w_v", "b_v", "q_norm", "k_norm", "w_o", "b_o", "eps2", "w_g", "b_g",
+                 "w_u", "b_u", "w_down", "b_down", "act")
 
 
 class FusedWeights:
@@ -147,7 +147,8 @@ class FusedWeights:
         self.groups = self.n_heads // self.n_kv
         scale = self.head_dim ** -0.5
         self.embed = body.embed_tokens.weight
-        self.padding_idx = getattr(body.embed_tokens, "padding_idx", None)  # its row gets no gradient, as in nn.Embedding
+        # the padding row gets no gradient, as in nn.Embedding(padding_idx=...)
+        self.padding_idx = getattr(body.embed_tokens, "padding_idx", None)
         self.norm_eps = body.norm.variance_epsilon
         self.lm_w, self.lm_b = model.lm_head.weight * body.norm.weight, model.lm_head.bias
         self.rotary = body.rotary_emb

@@ -145,7 +145,11 @@ class Policy:
         if not fastpath.supports(self.model, batch.input_ids.shape[1]):
             return False
         # the packed layout needs left-padded prompts (the last prompt column is real) and right-padded completions
+        # (each completion's tokens come first, then padding only)
+        completion = batch.attention_mask[:, batch.prompt_len :]
         if not bool(batch.attention_mask[:, batch.prompt_len - 1].all()):
+            return False
+        if bool((completion[:, 1:] > completion[:, :-1]).any()):
             return False
         if key not in self._fast_ok:  # first use on this model: the packed forward must give the model's logits
             with torch.no_grad():

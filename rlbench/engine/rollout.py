@@ -137,9 +137,10 @@ class HFGenerator:
             with torch.inference_mode(), policy.autocast():
                 decoder = self._fast_decoder(ids, mask, positions, N)
                 if decoder is not None:
-                    out, steps = _decode_fast(decoder, ids, mask, positions, N, eos, pad, greedy, temperature, top_p, rng)
+                    run, first = _decode_fast, decoder
                 else:
-                    out, steps = _decode_hf(model, ids, mask, positions, N, eos, pad, greedy, temperature, top_p, rng)
+                    run, first = _decode_hf, model
+                out, steps = run(first, ids, mask, positions, N, eos, pad, greedy, temperature, top_p, rng)
         finally:
             model.train(was_training)
         # out [steps, B]: a row's completion ends at its first EOS, or runs for every step taken
@@ -165,7 +166,9 @@ class HFGenerator:
         """The fast path's decoder for this batch, or None (unsupported model, or it disagreed with the model)."""
         model = self.policy.model
         key = id(model)
-        if not self.fast or self._fast_ok.get(key) is False or not fastpath.supports(model, ids.shape[1] + max_new_tokens):
+        if not self.fast or self._fast_ok.get(key) is False:
+            return None
+        if not fastpath.supports(model, ids.shape[1] + max_new_tokens):
             return None
         if key not in self._fast_ok:
             # first use on this model: the fast forward must give the model's own logits (prefill, then one step)
@@ -181,8 +184,8 @@ class HFGenerator:
                 mine = probe.prefill(ids_n, mask_n, pos_n).float()
                 mine_2 = probe.step(nxt, pos_2[:, -1]).float()
                 error = max(float((mine - theirs.float()).abs().max()), float((mine_2 - theirs_2.float()).abs().max()))
-                tol = (1e-3 if mine.dtype == theirs.dtype == torch.float32 and not self.policy.precision.startswith("bf16")
-                       else 5e-2) * (1.0 + float(theirs.float().abs().max()))
+                fp32 = mine.dtype == theirs.dtype == torch.float32 and not self.policy.precision.startswith("bf16")
+                tol = (1e-3 if fp32 else 5e-2) * (1.0 + float(theirs.float().abs().max()))
                 ok, why = error <= tol, f"max logit difference {error:.3g} > {tol:.3g}"
             except (ValueError, RuntimeError, IndexError) as exc:
                 ok, why = False, f"{type(exc).__name__}: {exc}"
