@@ -8,7 +8,6 @@ run is reproducible for a given seed, chunk size and batch size, and differs (as
 """
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ from typing import Any, Mapping, Sequence
 from rlbench.engine.policy import Policy
 from rlbench.engine.rollout import Generation, Generator
 from rlbench.engine.trainer import derive_seed
-from rlbench.evaluate import Scored, _lengths, evaluate, majority_correct, pass_at_k
+from rlbench.evaluate import Scored, _lengths, evaluate, sampled_metrics
 from rlbench.tasks.base import Example, Grade, Task
 
 MODES = ("greedy", "sampled")
@@ -93,23 +92,8 @@ def summarize(
         if any(len(group) != samples for group in per_problem):
             raise ValueError("records hold different numbers of samples per problem; they are not from one evaluation")
         scored = [s for group in per_problem for s in group]
-        sampled: dict[str, Any] = {
-            "k": samples,
-            "temperature": temperature,
-            "top_p": top_p,
-            "accuracy": sum(s.grade.correct for s in scored) / len(scored),
-            "reasons": dict(Counter(s.grade.reason for s in scored)),
-            **_lengths(scored),
-            "tokens_per_second": _speed(scored, seconds.get("sampled")),
-        }
-        for k in ks:
-            if 1 <= k <= samples:
-                sampled[f"pass@{k}"] = statistics.fmean(
-                    pass_at_k(samples, sum(s.grade.correct for s in group), k) for group in per_problem
-                )
-        if samples > 1:
-            sampled[f"maj@{samples}"] = statistics.fmean(majority_correct([s.grade for s in g]) for g in per_problem)
-        result["sampled"] = sampled
+        speed = _speed(scored, seconds.get("sampled"))
+        result["sampled"] = sampled_metrics(per_problem, samples, temperature, top_p, ks, speed)
     return result
 
 

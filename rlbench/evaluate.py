@@ -69,6 +69,31 @@ def _run(generator: Generator, task: Task, prompt_ids, examples, **gen_kwargs) -
     return scored, seconds, gen.num_tokens
 
 
+def sampled_metrics(
+    per_problem: Sequence[Sequence[Scored]], samples: int, temperature: float, top_p: float, ks: Sequence[int],
+    tokens_per_second: float | None,
+) -> dict[str, Any]:
+    """mean@k, unbiased pass@k, maj@k, reasons and lengths from ``samples`` graded completions per problem."""
+    scored = [s for group in per_problem for s in group]
+    sampled: dict[str, Any] = {
+        "k": samples,
+        "temperature": temperature,
+        "top_p": top_p,
+        "accuracy": sum(s.grade.correct for s in scored) / len(scored),  # mean@k
+        "reasons": dict(Counter(s.grade.reason for s in scored)),
+        **_lengths(scored),
+        "tokens_per_second": tokens_per_second,
+    }
+    for k in ks:
+        if 1 <= k <= samples:
+            sampled[f"pass@{k}"] = statistics.fmean(
+                pass_at_k(samples, sum(s.grade.correct for s in group), k) for group in per_problem
+            )
+    if samples > 1:
+        sampled[f"maj@{samples}"] = statistics.fmean(majority_correct([s.grade for s in g]) for g in per_problem)
+    return sampled
+
+
 def evaluate(
     generator: Generator,
     task: Task,
@@ -105,23 +130,8 @@ def evaluate(
         scored, seconds, tokens = _run(generator, task, repeated, rep_examples, greedy=False, seed=seed,
                                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         per_problem = [scored[i * samples : (i + 1) * samples] for i in range(len(examples))]
-        sampled: dict[str, Any] = {
-            "k": samples,
-            "temperature": temperature,
-            "top_p": top_p,
-            "accuracy": sum(s.grade.correct for s in scored) / len(scored),  # mean@k
-            "reasons": dict(Counter(s.grade.reason for s in scored)),
-            **_lengths(scored),
-            "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
-        }
-        for k in ks:
-            if 1 <= k <= samples:
-                sampled[f"pass@{k}"] = statistics.fmean(
-                    pass_at_k(samples, sum(s.grade.correct for s in group), k) for group in per_problem
-                )
-        if samples > 1:
-            sampled[f"maj@{samples}"] = statistics.fmean(majority_correct([s.grade for s in g]) for g in per_problem)
-        result["sampled"] = sampled
+        speed = round(tokens / seconds, 1) if seconds > 0 else None
+        result["sampled"] = sampled_metrics(per_problem, samples, temperature, top_p, ks, speed)
         for rec, group in zip(records, per_problem):
             rec["samples"] = [_record(s) for s in group]
     if keep_records:

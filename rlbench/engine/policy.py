@@ -195,7 +195,7 @@ class Policy:
         2. the cache repeated to the ``B`` rows (``rows[i]`` = the distinct prompt of row ``i``);
         3. the completions ``[B, T]`` attend to it; position ``P + t`` predicts completion token ``t + 1``.
         """
-        P, T = batch.prompt_len, batch.response_len
+        P = batch.prompt_len
         mask = batch.attention_mask
         positions = position_ids_from_mask(mask)
         cache = DynamicCache()
