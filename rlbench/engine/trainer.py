@@ -19,6 +19,7 @@ import random
 import signal
 import shutil
 import statistics
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -208,14 +209,19 @@ class Trainer:
         return result
 
     def step(self) -> dict[str, Any]:
-        c, step = self.config, self.meter.used.steps
         times: dict[str, float] = {}
-        batch, examples, grades = self.rollout(step, times)
+        batch, examples, grades = self.rollout(self.meter.used.steps, times)
         self._fill_logprobs(batch, times)
         adv_metrics = self.algo.compute_advantages(batch)
         upd = self.update(batch, times)
         with _timer(times, "sync"):
             self.generator.sync_weights(self.policy)
+        with _interrupts_deferred():  # a step is counted and logged together, or not at all
+            return self._record(batch, examples, grades, adv_metrics, upd, times)
+
+    def _record(self, batch: RolloutBatch, examples: list[Example], grades: list[Any], adv_metrics: dict[str, float],
+                upd: dict[str, float], times: dict[str, float]) -> dict[str, Any]:
+        c = self.config
         tokens = int(batch.response_mask.sum())
         self.meter.add(prompts=c.rollout.prompts_per_step, samples=batch.size, tokens=tokens, steps=1)
         lengths = batch.response_mask.sum(1)
@@ -424,6 +430,24 @@ def load_state_dir(path: Path) -> dict[str, Any] | None:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM until the block ends, then raise it, so the block's writes are never half done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if any(previous[sig] is not signal.SIG_IGN for sig in caught):
+        raise KeyboardInterrupt
 
 
 def _options(section: dict[str, Any]) -> dict[str, Any]:
