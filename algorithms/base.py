@@ -98,6 +98,16 @@ class Algorithm(ABC):
             return float(micro.response_mask.sum() / whole.response_mask.sum().clamp(min=1.0))
         return micro.size / whole.size
 
+    def inert_rows(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """A ``[B]`` bool mask of rows whose loss terms are exactly 0 with exactly 0 gradient, or None.
+
+        The trainer leaves these rows out of the forward and backward pass (they still count in every
+        normaliser through :meth:`microbatch_weight`), so the update is the same at less cost. Called once per
+        step, after :meth:`compute_advantages`. Only claim rows whose every loss term vanishes: a KL, entropy or
+        value term makes a row live whatever its advantage.
+        """
+        return None
+
     @property
     def needs_reference(self) -> bool:
         return False
@@ -281,6 +291,15 @@ def per_token(seq_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             [-1., -0., -0.]])
     """
     return seq_values[:, None].to(mask.dtype) * mask
+
+
+def zero_advantage_rows(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` True where every completion token's advantage is 0 (e.g. a GRPO group whose rewards all agree).
+
+    >>> zero_advantage_rows(torch.tensor([[0., 0., 5.], [0., 1., 1.]]), torch.tensor([[1., 1., 0.], [1., 1., 1.]]))
+    tensor([ True, False])
+    """
+    return (advantages * mask == 0).all(dim=1)
 
 
 def outcome_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,7 @@ from .base import (
     require,
     returns_to_go,
     whiten,
+    zero_advantage_rows,
 )
 
 WHITEN_EPS = 1e-8  # inside the square root, as in the author's code (verl's masked_whiten)
@@ -101,6 +102,12 @@ class EMPG(Algorithm):
         if kl is not None:
             metrics["kl_reward_penalty"] = float(masked_sum(kl, mask, dim=1).mean())
         return metrics
+
+    def inert_rows(self, batch: RolloutBatch) -> torch.Tensor | None:
+        # e.g. baseline=group on a group whose rewards agree; a KL or entropy term keeps every row live
+        if self.config.kl_coef > 0 or self.config.entropy_coef > 0:
+            return None
+        return zero_advantage_rows(batch.advantages, batch.response_mask)
 
     def loss(self, batch: RolloutBatch, out: PolicyOutput) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch.response_mask

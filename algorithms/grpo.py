@@ -24,7 +24,10 @@ import torch
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
 from rlbench.registry import register_algorithm
 
-from .base import AggMode, Algorithm, AlgorithmConfig, clipped_pg_loss, group_stats, kl_penalty, per_token, require
+from .base import (
+    AggMode, Algorithm, AlgorithmConfig, clipped_pg_loss, group_stats, kl_penalty, per_token, require,
+    zero_advantage_rows,
+)
 
 STD_EPS = 1e-6  # added to the group std (verl's epsilon; TRL uses 1e-4)
 
@@ -81,6 +84,10 @@ class GRPO(Algorithm):
         batch.advantages = per_token(advantage, batch.response_mask)
         # the trainer already logs the fraction of zero-spread groups (whose advantages are all 0)
         return {"advantage_abs_mean": float(advantage.abs().mean())}
+
+    def inert_rows(self, batch: RolloutBatch) -> torch.Tensor | None:
+        # A = 0 makes both clipped terms 0 whatever the ratio; only the KL term could still move such a row
+        return zero_advantage_rows(batch.advantages, batch.response_mask) if self.config.beta == 0 else None
 
     def loss(self, batch: RolloutBatch, out: PolicyOutput) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch.response_mask

@@ -16,7 +16,9 @@ import torch
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
 from rlbench.registry import register_algorithm
 
-from .base import AggMode, Algorithm, AlgorithmConfig, group_stats, kl_penalty, masked_sum, per_token, require
+from .base import (
+    AggMode, Algorithm, AlgorithmConfig, group_stats, kl_penalty, masked_sum, per_token, require, zero_advantage_rows,
+)
 
 
 @dataclass
@@ -59,6 +61,10 @@ class Reinforce(Algorithm):
             reward = torch.where(count > 1, (reward - mean) * count / (count - 1).clamp(min=1), torch.zeros_like(reward))
         batch.advantages = per_token(reward, batch.response_mask)
         return metrics
+
+    def inert_rows(self, batch: RolloutBatch) -> torch.Tensor:
+        # the loss is A * log pi alone (any KL is already inside A)
+        return zero_advantage_rows(batch.advantages, batch.response_mask)
 
     def loss(self, batch: RolloutBatch, out: PolicyOutput) -> tuple[torch.Tensor, dict[str, float]]:
         loss = self.aggregate(-batch.advantages * out.logprobs, batch.response_mask)

@@ -131,8 +131,10 @@ class Trainer:
         return self.prompt_cache[index]
 
     def _micro(self, batch: RolloutBatch) -> list[torch.Tensor]:
-        size = self.config.rollout.micro_batch_size or batch.size
-        return list(torch.arange(batch.size).split(size))
+        return self._micro_of(torch.arange(batch.size))
+
+    def _micro_of(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        return list(rows.split(self.config.rollout.micro_batch_size or len(rows)))
 
     @torch.no_grad()
     def _fill_logprobs(self, batch: RolloutBatch, times: dict[str, float]) -> None:
@@ -177,35 +179,46 @@ class Trainer:
     def update(self, batch: RolloutBatch, times: dict[str, float]) -> dict[str, float]:
         algo, c = self.algo, self.config
         metrics: dict[str, list[float]] = {}
+        losses: list[float] = []
         grad_norms: list[float] = []
         entropies: list[float] = []
+        inert = algo.inert_rows(batch)
+        inert = inert.cpu() if inert is not None else None
         gen = torch.Generator().manual_seed(derive_seed(c.seed, "minibatch", self.meter.used.steps))
         with _timer(times, "update"):
             for _ in range(algo.epochs):
                 order = torch.randperm(batch.size, generator=gen) if algo.minibatches > 1 else torch.arange(batch.size)
                 for rows in order.tensor_split(algo.minibatches):
                     mini = batch.select(rows.to(self.device))
+                    live, scale = _live_rows(rows, inert)
                     self.optimizer.zero_grad(set_to_none=True)
-                    for micro_rows in self._micro(mini):
-                        micro = mini.select(micro_rows.to(self.device))
+                    loss_sum = 0.0
+                    for micro_rows in self._micro_of(live):
+                        micro = batch.select(micro_rows.to(self.device))
                         out = self.policy.forward(micro, c.sampling.temperature, with_entropy=True,
                                                   with_values=algo.needs_values)
                         if not algo.needs_entropy_grad:
                             out.entropy = out.entropy.detach()
                         loss, parts = algo.loss(micro, out)
-                        (loss * algo.microbatch_weight(micro, mini)).backward()
-                        for k, v in {"loss": loss.item(), **parts}.items():
+                        weight = scale * algo.microbatch_weight(micro, mini)
+                        (loss * weight).backward()
+                        loss_sum += weight * loss.item()
+                        for k, v in parts.items():
                             metrics.setdefault(k, []).append(float(v))
                         entropies.append(float(masked_mean(out.entropy.detach(), micro.response_mask)))
+                    losses.append(loss_sum)
                     clip = c.optim.grad_clip
                     params = [p for p in self.policy.parameters() if p.grad is not None]
                     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
                     grad_norms.append(float(norm))
                     self.optimizer.step()
             self.scheduler.step()
+        # the loss is the whole minibatch's; the other terms and the entropy average over the rows trained on
         result = {k: statistics.fmean(v) for k, v in metrics.items()}
+        result["loss"] = statistics.fmean(losses)
         result["grad_norm"] = statistics.fmean(grad_norms)
         result["entropy"] = statistics.fmean(entropies)
+        result["inert_rows_frac"] = float(inert.float().mean()) if inert is not None else 0.0
         return result
 
     def step(self) -> dict[str, Any]:
@@ -426,6 +439,18 @@ def load_state_dir(path: Path) -> dict[str, Any] | None:
         if (candidate / "trainer.pt").exists():
             return torch.load(candidate / "trainer.pt", weights_only=False)
     return None
+
+
+def _live_rows(rows: torch.Tensor, inert: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    """The rows of a minibatch that carry gradient, and the factor on their loss.
+
+    When every row is inert, one row runs at weight 0: the optimiser must still step with zero gradients on the
+    same parameters (AdamW moves on its momentum), exactly as when the inert rows are not left out.
+    """
+    if inert is None:
+        return rows, 1.0
+    live = rows[~inert[rows]]
+    return (live, 1.0) if len(live) else (rows[:1], 0.0)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
