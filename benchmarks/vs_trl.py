@@ -16,7 +16,11 @@ Equal work, both sides (TRL 1.16 defaults checked in its source):
 Every run is a fresh subprocess (so peak RSS is per framework); the two frameworks alternate, ``--repeats`` runs each.
 A run's seconds per step is the median over its steps after the first (the first pays one-off warm-up); the table
 reports the median over runs. Rewards are the mean over each run's last half of steps, averaged over runs: the two
-should be close (same model, same prompts; the samples differ).
+should be close (same model, same prompts; the samples differ), and :func:`reward_check` tests that they are.
+
+The update is the same on both sides; rlbench does less work for it: rows whose advantage is 0 (a group whose rewards
+all agree) have exactly zero gradient with beta=0, and rlbench's trainer leaves them out of the forward and backward
+pass (``Algorithm.inert_rows``) while TRL runs them.
 """
 from __future__ import annotations
 
@@ -187,6 +191,23 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
+def reward_check(rl_runs: list[dict], trl_runs: list[dict]) -> str:
+    """Do the two frameworks' rewards agree within sampling noise? Paired by step, as both see the same prompts.
+
+    Each step's reward is the mean over its completions (averaged over a framework's runs); the verdict is whether
+    the 95% Student-t interval of the per-step differences rlbench - TRL contains 0.
+    """
+    from rlbench.stats import t_interval
+
+    per_step = [[statistics.fmean(s) for s in zip(*(r["rewards"] for r in runs))] for runs in (rl_runs, trl_runs)]
+    diff = t_interval([a - b for a, b in zip(*per_step)])
+    if diff.lo is None:
+        return f"reward difference rlbench - TRL {diff.mean:+.3f} (too few steps for an interval)"
+    verdict = "within noise" if diff.lo <= 0 <= diff.hi else "NOT within noise"
+    return (f"reward difference rlbench - TRL, paired over {diff.n} steps: {diff.mean:+.3f} "
+            f"[{diff.lo:+.3f}, {diff.hi:+.3f}] (95% t interval): {verdict}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads in every run (default 1)")
@@ -239,6 +260,7 @@ def main() -> None:
         spread = ", ".join(f"{x:.3f}" for x in s["s_per_step_runs"])
         print(f"| {name} | {s['s_per_step']:.3f} | {spread} | {s['rss_mb']:.0f} MB | {s['final_reward']:.3f} | "
               f"{s['reward_all']:.3f} |")
+    print(reward_check(runs["rlbench"], runs["trl"]))
     print(f"\nrlbench / TRL seconds per step: {rl['s_per_step'] / tr['s_per_step']:.2f}x "
           f"(TRL / rlbench: {tr['s_per_step'] / rl['s_per_step']:.2f}x)")
     for name in ("rlbench", "trl"):
