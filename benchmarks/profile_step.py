@@ -2,8 +2,8 @@
 
     python benchmarks/profile_step.py [--threads 1] [--steps 12] [--profiled 4] [--model auto|random|tiny|DIR]
 
-The settings are vs_trl.py's (16 prompts x 4 samples, <= 40 tokens, beta=0, token-mean, lr 2e-4). The first step is
-left out of the medians (one-off warm-up); ``inert`` is the mean share of rows the update left out.
+The settings are vs_trl.py's defaults (its ``rlbench_config``: 16 prompts x 4 samples, <= 40 tokens, beta=0,
+token-mean, lr 2e-4, seed 0). The first step is left out of the medians (one-off warm-up).
 """
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tinylab import MODEL_HELP, contention, resolve_model  # noqa: E402
+from vs_trl import rlbench_config  # noqa: E402
 
-import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from rlbench.config import build_run_config  # noqa: E402
 from rlbench.engine.trainer import Trainer  # noqa: E402
 
 
@@ -33,14 +32,8 @@ def main() -> None:
     ap.add_argument("--model", default="auto", help=MODEL_HELP)
     args = ap.parse_args()
     model_dir, desc = resolve_model(args.model)
-    config = build_run_config({
-        "model": model_dir, "seed": 0, "threads": args.threads, "device": "cpu", "precision": "fp32",
-        "out": tempfile.mkdtemp(prefix="rlbench-profile-"), "checkpoint_every": 0,
-        "algo": {"name": "grpo", "beta": 0.0, "loss_agg": "token-mean"}, "task": {"name": "arith"},
-        "rollout": {"batch_size": 64, "samples_per_prompt": 4}, "sampling": {"max_new_tokens": 40},
-        "optim": {"lr": 2e-4, "weight_decay": 0.0, "grad_clip": 1.0, "warmup_steps": 0},
-        "budget": {"steps": args.steps + args.profiled}, "eval": {"limit": 1},
-    })
+    config = rlbench_config(model_dir, threads=args.threads, seed=0, steps=args.steps + args.profiled, batch_size=64,
+                            max_tokens=40, lr=2e-4, out=tempfile.mkdtemp(prefix="rlbench-profile-"))
     trainer = Trainer(config, progress=False)
     print(f"model: {desc}; {args.threads} thread(s); {contention()} at start")
     rows = []

@@ -56,25 +56,33 @@ def step_prompts(n_examples: int, seed: int, steps: int, per_step: int) -> list[
 # ------------------------------------------------------------------------------------------------ rlbench child
 
 
-def child_rlbench(args) -> dict:
-    import torch
-
+def rlbench_config(model_dir: str, *, threads: int, seed: int, steps: int, batch_size: int, max_tokens: int,
+                   lr: float, out: str):
+    """The rlbench side of the equal-work GRPO settings (also what profile_step.py profiles)."""
     from rlbench.config import build_run_config
-    from rlbench.engine.trainer import Trainer
 
-    out = tempfile.mkdtemp(prefix="rlbench-vs-trl-")
-    config = build_run_config({
-        "model": args.model_dir, "seed": args.seed, "threads": args.threads, "device": "cpu", "precision": "fp32",
+    return build_run_config({
+        "model": model_dir, "seed": seed, "threads": threads, "device": "cpu", "precision": "fp32",
         "out": out, "checkpoint_every": 0,
         "algo": {"name": "grpo", "beta": 0.0, "iterations": 1, "minibatches": 1, "scale_rewards": True,
                  "clip_low": 0.2, "clip_high": 0.2, "loss_agg": "token-mean"},
         "task": {"name": "arith"},
-        "rollout": {"batch_size": args.batch_size, "samples_per_prompt": SAMPLES_PER_PROMPT},
-        "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": args.max_completion_length},
-        "optim": {"lr": args.lr, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "grad_clip": 1.0,
+        "rollout": {"batch_size": batch_size, "samples_per_prompt": SAMPLES_PER_PROMPT},
+        "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": max_tokens},
+        "optim": {"lr": lr, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "grad_clip": 1.0,
                   "warmup_steps": 0},
-        "budget": {"steps": args.steps}, "eval": {"limit": 1},
+        "budget": {"steps": steps}, "eval": {"limit": 1},
     })
+
+
+def child_rlbench(args) -> dict:
+    import torch
+
+    from rlbench.engine.trainer import Trainer
+
+    config = rlbench_config(args.model_dir, threads=args.threads, seed=args.seed, steps=args.steps,
+                            batch_size=args.batch_size, max_tokens=args.max_completion_length, lr=args.lr,
+                            out=tempfile.mkdtemp(prefix="rlbench-vs-trl-"))
     trainer = Trainer(config, progress=False)
     times, rewards, stages = [], [], []
     for _ in range(args.steps):
