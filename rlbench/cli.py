@@ -8,13 +8,15 @@ from typing import Any
 import click
 
 from rlbench.config import ConfigError, resolve
+from rlbench.results import RunFileError
 
+EXIT_DIVERGED = 3  # distinct from 2 (bad input): the inputs were valid, the training itself blew up
 CONFIG_HELP = "YAML config file (RunConfig keys); --set and the shorthand flags override it."
 SET_HELP = "Override any config key, e.g. --set optim.lr=1e-4 --set algo.baseline=rloo (repeatable)."
 
 
 class OneLineErrors(click.Group):
-    """Usage and config errors print one line naming the bad flag or key, and exit 2."""
+    """Usage, config and file errors print one line naming the bad flag, key or file, and exit 2."""
 
     def main(self, args: Any = None, prog_name: str | None = None, **kwargs: Any) -> Any:
         try:
@@ -26,7 +28,7 @@ class OneLineErrors(click.Group):
             where = exc.ctx.command_path if exc.ctx else "rlbench"
             click.echo(f"{where}: error: {exc.format_message()}", err=True)
             sys.exit(2)
-        except ConfigError as exc:
+        except (ConfigError, RunFileError) as exc:
             click.echo(f"rlbench: error: {exc}", err=True)
             sys.exit(2)
         except click.exceptions.Abort:
@@ -39,7 +41,12 @@ class OneLineErrors(click.Group):
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """rlbench: race RL algorithms for LLM reasoning under matched budgets."""
+    """rlbench: race RL algorithms for LLM reasoning under matched budgets.
+
+    \b
+    Exit codes: 0 done; 2 bad flag, config value or file (one line names it, e.g. a full disk);
+    3 the training run diverged (non-finite loss, gradient norm or weights); 130 interrupted.
+    """
 
 
 def run_options(func: Any) -> Any:
@@ -64,12 +71,22 @@ def run_options(func: Any) -> Any:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config_file: str | None, algo: str | None, task: str | None, model: str | None, seed: int | None,
           out: str | None, overrides: tuple[str, ...], resume: bool, quiet: bool) -> None:
-    """Train one model with one algorithm on one task until the budget is spent."""
+    """Train one model with one algorithm on one task until the budget is spent.
+
+    A run whose loss, gradient norm or weights stop being finite ends with status "diverged" in summary.json, keeps
+    its last good state, saves no final model and exits with code 3.
+    """
+    from rlbench.lifeline import follow_parent
+
+    follow_parent()  # a run started by `compare` must not outlive it
     config = resolve(config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out})
     from rlbench.engine.trainer import train as run_training
 
     summary = run_training(config, progress=not quiet, resume=resume)
-    click.echo(json.dumps({k: summary[k] for k in ("status", "stop_reason", "initial", "final", "usage", "wall_seconds")}, indent=2))
+    if summary["status"] == "diverged":
+        click.echo(f"rlbench: error: run diverged at {summary['stop_reason']}", err=True)
+        sys.exit(EXIT_DIVERGED)
+    click.echo(json.dumps({k: summary[k] for k in ("status", "stop_reason", "initial", "final", "score", "usage", "wall_seconds")}, indent=2))
 
 
 @main.command("list")
@@ -104,25 +121,36 @@ def warmstart(config_file: str | None, algo: str | None, task: str | None, model
 
 @main.command()
 @click.option("--task", help="Task name (overrides the config file).")
-@click.option("--algos", required=True, help="Comma-separated algorithm names, e.g. em-pg,grpo,ppo,reinforce.")
+@click.option("--algos", required=True,
+              help="Comma-separated rows: algorithm names, or NAME[key=value,...] for an algorithm with other options, "
+                   "e.g. 'em-pg,em-pg[baseline=mean],grpo,ppo'.")
 @click.option("--seeds", default="1,2,3", show_default=True, help="Comma-separated integer seeds.")
 @click.option("--budget", "budget_text", help="Matched budget, e.g. samples=3840 (or tokens=, steps=, seconds=; comma-joined).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Comparison directory.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP + " May hold algo_options: {NAME: {...}}.")
 @click.option("--model", help="'tiny', a hub id or a local model directory.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--reference", default=None, help="Row the others are tested against (default: em-pg, else the first).")
+@click.option("--control", is_flag=True,
+              help="Add an A/A control: a second copy of the reference whose rollouts draw from an independent random "
+                   "stream (same prompts, same budget). Its gap to the reference is the measured noise floor.")
 @click.option("--jobs", type=int, default=None, help="Runs side by side (default: one per CPU core, at most 2; 1 on GPU).")
 @click.option("--no-report", is_flag=True, help="Skip writing the leaderboard at the end.")
 @click.option("--quiet", is_flag=True)
 def compare(task: str | None, algos: str, seeds: str, budget_text: str | None, out: str, config_file: str | None,
-            model: str | None, overrides: tuple[str, ...], jobs: int | None, no_report: bool, quiet: bool) -> None:
+            model: str | None, overrides: tuple[str, ...], reference: str | None, control: bool, jobs: int | None,
+            no_report: bool, quiet: bool) -> None:
     """Run algorithms x seeds at one matched budget (resumable: rerun the same command to finish)."""
     import dataclasses
     from pathlib import Path
 
-    from rlbench.compare import Comparison, command_line, parse_budget, run_comparison
+    from rlbench.compare import Comparison, command_line, is_comparison_folder, parse_budget, run_comparison
     from rlbench.config import load_yaml, merge_overrides
+    from rlbench.locks import hold, refuse_foreign, refuse_several_ranks
+    from rlbench.report import DEFAULT_REFERENCE
+    from rlbench.variants import control_of, parse_rows
 
+    refuse_several_ranks()
     tree = load_yaml(config_file) if config_file else {}
     algo_options = tree.pop("algo_options", {}) or {}
     if not isinstance(algo_options, dict):
@@ -140,8 +168,14 @@ def compare(task: str | None, algos: str, seeds: str, budget_text: str | None, o
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds {seeds!r}: expected comma-separated integers") from None
-    algo_list = [a.strip() for a in algos.split(",") if a.strip()]
-    comp = Comparison(Path(out), tree, algo_list, seed_list, algo_options, command_line())
+    rows = parse_rows(algos)
+    labels = [r.label for r in rows]
+    if reference is not None and reference not in labels:
+        raise ConfigError(f"--reference {reference}: not one of the rows ({', '.join(labels)})")
+    ref = reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE in labels else labels[0])
+    if control:
+        rows.append(control_of(next(r for r in rows if r.label == ref)))
+    comp = Comparison(Path(out), tree, rows, seed_list, algo_options, command_line(), ref)
     if jobs is None:
         import os
 
@@ -150,15 +184,22 @@ def compare(task: str | None, algos: str, seeds: str, budget_text: str | None, o
         jobs = 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be >= 1")
-    audit = run_comparison(comp, jobs=jobs, progress=not quiet)
-    click.echo(f"audit: {'matched' if audit['matched'] else 'NOT matched: ' + '; '.join(audit['problems'])}")
-    if not no_report:
-        try:
-            from rlbench.report import write_report
-        except ModuleNotFoundError:
-            return
-        write_report([Path(out)], Path(out))
-        click.echo(f"report: {Path(out) / 'leaderboard.md'}, {Path(out) / 'index.html'}")
+    comp.validate()  # before the folder is made: a bad command leaves nothing behind
+    refuse_foreign(comp.out, "comparison", is_comparison_folder(comp.out))
+    with hold(comp.out, "comparison"):  # one writer for the whole comparison, report included
+        audit = run_comparison(comp, jobs=jobs, progress=not quiet)
+        click.echo(f"audit: {'matched' if audit['matched'] else 'NOT matched: ' + '; '.join(audit['problems'])}")
+        if not no_report:
+            try:
+                from rlbench.report import write_report
+            except ModuleNotFoundError:
+                return
+            write_report([Path(out)], Path(out))
+            click.echo(f"report: {Path(out) / 'leaderboard.md'}, {Path(out) / 'index.html'}")
+        if audit["failed_runs"]:
+            click.echo(f"rlbench: error: {len(audit['failed_runs'])} run(s) did not complete: "
+                       + "; ".join(audit["failed_runs"]), err=True)
+            sys.exit(1)
 
 
 def _add_optional_commands() -> None:

@@ -95,11 +95,9 @@ def load_policy(config: RunConfig, task: Task, progress: bool) -> tuple[Policy, 
 
 
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    from rlbench.results import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def versions() -> dict[str, str]:

@@ -1,13 +1,15 @@
 """``rlbench grade``: score a JSONL file of completions against a task's references, without any model.
 
 Each input line is a JSON object with ``completion`` and either ``index`` (row number in the task's split) or ``id``
-(the Example id); with both, they must name the same row. Bad input exits with code 2 and one line naming the file,
-line and field, before anything is graded.
+(the Example id); with both, they must name the same row, and no row may be named twice. Bad input exits with code 2
+and one line naming the file, line and field, before anything is graded. ``--out`` is written atomically and never
+over the completions file.
 """
 from __future__ import annotations
 
 import collections
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import click
 
 from rlbench import registry
 from rlbench.config import ConfigError, merge_overrides
+from rlbench.results import RunFileError, write_bytes_atomic
 from rlbench.tasks.base import Example, Grade, Task
 
 #: Completions graded per grade_many call: big enough for the task's pool to run in parallel, small for the bar.
@@ -58,6 +61,7 @@ def build_task(name: str, data: str | None, overrides: tuple[str, ...]) -> Task:
 def read_rows(path: Path, examples: list[Example]) -> list[Row]:
     by_id = {e.id: i for i, e in enumerate(examples)}
     rows: list[Row] = []
+    first_line: dict[int, int] = {}  # split row -> input line naming it
     try:
         handle = path.open("r", encoding="utf-8")
     except OSError as exc:
@@ -65,8 +69,15 @@ def read_rows(path: Path, examples: list[Example]) -> list[Row]:
     with handle:
         try:
             for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    rows.append(_row(path, number, line, examples, by_id))
+                if not line.strip():
+                    continue
+                row = _row(path, number, line, examples, by_id)
+                # A row graded twice would count one problem twice in the accuracy.
+                if row.index in first_line:
+                    first = first_line[row.index]
+                    raise InputError(f"{path}:{number}: duplicate id {row.example.id!r} (row {row.index}), first on line {first}")
+                first_line[row.index] = number
+                rows.append(row)
         except UnicodeDecodeError as exc:
             raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from None
     if not rows:
@@ -111,14 +122,51 @@ def grade_rows(task: Task, rows: list[Row]) -> list[Grade]:
     with tqdm(total=len(rows), unit="row", file=sys.stderr, disable=len(rows) < PROGRESS_MIN_ROWS, desc="grading") as bar:
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start : start + CHUNK]
-            grades.extend(task.grade_many([r.completion for r in chunk], [r.example for r in chunk]))
+            try:
+                grades.extend(task.grade_many([r.completion for r in chunk], [r.example for r in chunk]))
+            except UnicodeError:
+                # Valid JSON can hold text no codec accepts (a lone surrogate); a grader that chokes on it costs only
+                # the rows it chokes on, so grade the chunk again one row at a time.
+                grades.extend(_grade_one(task, r) for r in chunk)
             bar.update(len(chunk))
     return grades
 
 
-def fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+def _grade_one(task: Task, row: Row) -> Grade:
+    try:
+        return task.grade_many([row.completion], [row.example])[0]
+    except UnicodeError:
+        return Grade.fail("unparsable")  # the grader could not read the text, so it cannot be right
+
+
+def fail(message: str, command: str | None = None) -> None:
+    """One line on stderr, exit 2. With ``command``: ``rlbench grade: error: ...``; without: ``error: ...``."""
+    click.echo(f"rlbench {command}: error: {message}" if command else f"error: {message}", err=True)
     sys.exit(2)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file, however spelled (``./x`` and ``x``, a symlink, a hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either one missing: a file that does not exist yet cannot be the input
+        return False
+
+
+def write_lines(path: Path, lines: list[bytes]) -> None:
+    """Atomically replace ``path`` (through a symlink: the link stays a link); an existing file is untouched on
+    failure, and the new one gets the umask's mode."""
+    write_bytes_atomic(Path(os.path.realpath(path)), b"".join(lines))
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One JSON line in UTF-8. Text UTF-8 cannot hold (a lone surrogate from the input) is written as a \\u
+    escape, which reads back as the same string."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
 
 
 @click.command("grade")
@@ -135,21 +183,20 @@ def fail(message: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write per-row grades (JSONL)")
 def grade(task_name: str, data: str | None, split: str, overrides: tuple[str, ...], completions: Path, out: Path | None) -> None:
     """Grade completions against a task's references; print accuracy and the failure reasons."""
+    if out is not None and same_file(completions, out):
+        fail(f"--out {out}: same file as --completions {completions}; writing it would destroy the input", "grade")
     try:
         task = build_task(task_name, data, overrides)
         examples = task.load(split)
         rows = read_rows(completions, examples)
     except (ConfigError, InputError) as exc:
-        fail(str(exc))
+        fail(str(exc), "grade")
     grades = grade_rows(task, rows)
     if out is not None:
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("w", encoding="utf-8") as handle:
-                for row, g in zip(rows, grades):
-                    handle.write(json.dumps(_grade_record(row, g), ensure_ascii=False) + "\n")
-        except OSError as exc:
-            fail(f"--out {out}: cannot write ({exc.strerror})")
+            write_lines(out, [encode_record(_grade_record(row, g)) for row, g in zip(rows, grades)])
+        except RunFileError as exc:
+            fail(f"{out}: {str(exc).rsplit(': ', 1)[-1]}", "grade")
     correct = sum(g.correct for g in grades)
     click.echo(f"task {task_name} split {split}: accuracy {correct / len(grades):.4f} ({correct}/{len(grades)})")
     reasons = collections.Counter(g.reason for g in grades)

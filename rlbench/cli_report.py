@@ -30,7 +30,10 @@ def fail(message: str) -> None:
               help="Accuracy that ranks, is tested and is plotted.")
 @click.option("--ci", type=click.Choice(CI_METHODS), default="t", show_default=True,
               help="Interval over seeds: Student-t, or percentile bootstrap.")
-def report(dirs: tuple[Path, ...], out: Path | None, reference: str | None, metric: str, ci: str) -> None:
+@click.option("--include-flagged", is_flag=True,
+              help="Keep runs the audit flags in the means and tests (they are left out by default).")
+def report(dirs: tuple[Path, ...], out: Path | None, reference: str | None, metric: str, ci: str,
+           include_flagged: bool) -> None:
     """Leaderboard of comparison folders written by `rlbench compare` (one folder per task)."""
     from rlbench.report import write_report
 
@@ -39,7 +42,7 @@ def report(dirs: tuple[Path, ...], out: Path | None, reference: str | None, metr
             fail("--out is required with several comparison folders")
         out = dirs[0]
     try:
-        data = write_report(list(dirs), out, reference=reference, metric=metric, ci=ci)
+        data = write_report(list(dirs), out, reference=reference, metric=metric, ci=ci, include_flagged=include_flagged)
     except ReportInputError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -47,7 +50,8 @@ def report(dirs: tuple[Path, ...], out: Path | None, reference: str | None, metr
     for task in data["tasks"]:
         audit = task["audit"]
         verdict = "no audit" if not audit["present"] else "matched" if audit["matched"] else "NOT matched"
-        ranked = ", ".join(f"{r['rank'] or '-'}. {r['algo']} {_pct(r['accuracy'][metric])}" for r in task["algorithms"])
+        ranked = ", ".join(f"{r['rank'] or ('control' if r['control'] else '-')} {r['algo']} "
+                           f"{_pct(r['accuracy'][metric])}" for r in task["algorithms"])
         incomplete = f"; incomplete: {', '.join(task['incomplete_runs'])}" if task["incomplete_runs"] else ""
         click.echo(f"{task['label']} ({metric}, audit {verdict}): {ranked}{incomplete}")
     click.echo(f"report: {out / 'leaderboard.md'}, {out / 'index.html'}, {out / 'report.json'}")

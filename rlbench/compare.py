@@ -6,7 +6,6 @@ Every run is an ordinary ``rlbench train`` run in ``DIR/runs/<algo>-s<seed>``, s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -24,7 +23,12 @@ from tqdm.auto import tqdm
 
 from rlbench import registry
 from rlbench.config import BudgetConfig, ConfigError, RunConfig, build_dataclass, build_run_config
-from rlbench.results import METRICS, SUMMARY, read_jsonl, write_json
+from rlbench.lifeline import ORPHAN_GRACE_S, child_env
+from rlbench.locks import REQUEST, hold, is_run_folder, lock_kind, refuse_foreign
+from rlbench.audit import audit_comparison, first_difference
+from rlbench.report_inputs import load_comparison
+from rlbench.results import CONFIG, SUMMARY, write_json, write_text_atomic
+from rlbench.variants import Row
 
 MANIFEST = "manifest.json"
 AUDIT = "audit.json"
@@ -53,28 +57,44 @@ def run_name(algo: str, seed: int) -> str:
 class Comparison:
     out: Path
     base: dict[str, Any]  # RunConfig tree shared by every run (algo and seed excluded)
-    algos: list[str]
+    rows: list[Row]  # one per leaderboard row: an algorithm with its options, or the A/A control
     seeds: list[int]
-    algo_options: dict[str, dict[str, Any]]  # per-algorithm hyperparameters
+    algo_options: dict[str, dict[str, Any]]  # per-algorithm hyperparameters (the YAML form), under each row's own
     command: str
+    reference: str | None = None  # the label the others are tested against; None = the report's default
 
-    def run_config(self, algo: str, seed: int) -> RunConfig:
+    @property
+    def algos(self) -> list[str]:
+        return [row.label for row in self.rows]
+
+    def run_config(self, row: Row, seed: int) -> RunConfig:
         tree = json.loads(json.dumps(self.base))
-        tree["algo"] = {"name": algo, **self.algo_options.get(algo, {})}
+        tree["algo"] = {"name": row.algo, **self.algo_options.get(row.algo, {}), **row.options}
+        if row.control:
+            tree.setdefault("rollout", {})["sample_stream"] = 1
         tree["seed"] = seed
-        tree["out"] = str(self.out / RUNS / run_name(algo, seed))
-        return build_run_config(tree)
+        tree["out"] = str(self.out / RUNS / run_name(row.slug, seed))
+        try:
+            return build_run_config(tree)
+        except ConfigError as exc:
+            raise ConfigError(f"--algos {row.label}: {exc}") from None
 
     def validate(self) -> None:
-        if not self.algos:
+        if not self.rows:
             raise ConfigError("--algos: name at least one algorithm")
         if not self.seeds:
             raise ConfigError("--seeds: name at least one seed")
+        twice = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if twice:
+            raise ConfigError(f"--seeds: seed {twice[0]} is named twice; two runs would write one folder")
+        names = {row.algo for row in self.rows}
         for name in self.algo_options:
-            if name not in self.algos:
-                raise ConfigError(f"algo_options.{name}: not one of the compared algorithms ({', '.join(self.algos)})")
-        for algo in self.algos:
-            self.run_config(algo, self.seeds[0])  # raises ConfigError naming the bad key
+            if name not in names:
+                raise ConfigError(f"algo_options.{name}: not one of the compared algorithms ({', '.join(sorted(names))})")
+        if self.reference is not None and self.reference not in self.algos:
+            raise ConfigError(f"--reference {self.reference}: not one of the rows ({', '.join(self.algos)})")
+        for row in self.rows:
+            self.run_config(row, self.seeds[0])  # raises ConfigError naming the row and the bad key
 
     def manifest(self) -> dict[str, Any]:
         config = build_run_config(self.base)
@@ -83,12 +103,15 @@ class Comparison:
             "task": config.task_name,
             "model": config.model,
             "algos": self.algos,
+            "rows": [{**row.to_dict(), "resolved": self.run_config(row, self.seeds[0]).algo} for row in self.rows],
+            "reference": self.reference,
             "seeds": self.seeds,
             "budget": dataclasses.asdict(config.budget),
             "config": self.base,
             "algo_options": self.algo_options,
             "eval": {"split": config.eval.split, "problems": config.eval.limit, "samples": config.eval.samples,
-                     "greedy": config.eval.greedy, "points": config.eval.points},
+                     "greedy": config.eval.greedy, "every": config.eval.every,
+                     "final_mean_of": config.eval.final_mean_of},
             "code_version": code_version(),
             "packages": package_versions(),
             "machine": machine(),
@@ -133,20 +156,33 @@ def machine() -> dict[str, Any]:
 def _check_manifest(path: Path, fresh: dict[str, Any]) -> None:
     """A rerun must be the same comparison; otherwise its runs would not be comparable."""
     old = json.loads(path.read_text())
-    for key in ("task", "model", "algos", "seeds", "budget", "config", "algo_options"):
+    for key in ("task", "model", "rows", "reference", "seeds", "budget", "config", "algo_options"):
         if old.get(key) != fresh.get(key):
             raise ConfigError(f"{key}: differs from the comparison already in {path.parent} ({old.get(key)!r} there); "
                               "use another --out")
 
 
+def is_comparison_folder(folder: Path) -> bool:
+    """A folder ``compare`` wrote: only then may it write (or overwrite its own report) there."""
+    if (folder / MANIFEST).exists() or lock_kind(folder) == "comparison":
+        return True
+    # only rlbench runs, where this comparison puts its own: kept, and the manifest check names how they differ
+    runs = folder / RUNS
+    return (folder.is_dir() and [p.name for p in folder.iterdir()] == [RUNS] and runs.is_dir()
+            and all(is_run_folder(p) for p in runs.iterdir()))
+
+
 def _spawn(config: RunConfig, jobs_log: Path) -> subprocess.Popen:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    request = out / "request.yaml"
-    request.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    refuse_foreign(out, "run", is_run_folder(out), flag="run folder")
+    # under the run's lock: a run of a killed comparison may still be writing (it is ending; see rlbench.lifeline)
+    with hold(out, "run", wait=ORPHAN_GRACE_S):
+        request = out / REQUEST
+        write_text_atomic(request, yaml.safe_dump(config.to_dict(), sort_keys=False))
     cmd = [sys.executable, "-m", "rlbench.cli", "train", "--config", str(request), "--resume", "--quiet"]
     log = open(jobs_log, "a")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(config.threads or 1)})
+    env = {**os.environ, "OMP_NUM_THREADS": str(config.threads or 1), **child_env()}
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def _finished(config: RunConfig) -> bool:
@@ -155,7 +191,8 @@ def _finished(config: RunConfig) -> bool:
 
 
 def run_comparison(comp: Comparison, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Run (or finish) every algorithm x seed, then write the audit. Returns the audit."""
+    """Run (or finish) every row x seed, then write the audit. Returns the audit, with the runs whose process
+    failed (diverged runs among them) under ``failed_runs``."""
     comp.validate()
     comp.out.mkdir(parents=True, exist_ok=True)
     manifest = comp.manifest()
@@ -164,7 +201,9 @@ def run_comparison(comp: Comparison, jobs: int = 1, progress: bool = True) -> di
         _check_manifest(path, manifest)
         manifest["created"] = json.loads(path.read_text()).get("created", manifest["created"])
     write_json(path, manifest)
-    configs = [comp.run_config(a, s) for s in comp.seeds for a in comp.algos]
+    configs = [comp.run_config(row, s) for s in comp.seeds for row in comp.rows]
+    for config in configs:
+        _check_adoptable(config)
     _prepare_model(configs[0], progress)
     todo = [c for c in configs if not _finished(c)]
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="comparison runs", unit="run", disable=not progress)
@@ -187,7 +226,7 @@ def run_comparison(comp: Comparison, jobs: int = 1, progress: bool = True) -> di
                     failed.append(f"{name} (exit {proc.returncode}; see {log})")
                 bar.update(1)
                 bar.write(f"{name}: {'done' if proc.returncode == 0 else 'FAILED'} in {time.time() - started:.0f} s")
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM's KeyboardInterrupt, or a refused run folder: no run outlives this loop
         for _, proc, _ in running:
             proc.terminate()
         for _, proc, _ in running:
@@ -195,10 +234,33 @@ def run_comparison(comp: Comparison, jobs: int = 1, progress: bool = True) -> di
         raise
     finally:
         bar.close()
-    audit = write_audit(comp.out, configs)
-    if failed:
-        raise RuntimeError("runs failed: " + "; ".join(failed))
+    audit = audit_comparison(load_comparison(comp.out))
+    write_json(comp.out / AUDIT, audit)
+    audit["failed_runs"] = failed  # reported by the caller after the leaderboard, which lists them as incomplete
     return audit
+
+
+def _check_adoptable(config: RunConfig) -> None:
+    """A folder already under runs/ is continued or reused only if it holds this comparison's run."""
+    saved = Path(config.out) / CONFIG
+    if not saved.exists():
+        return
+    try:
+        before = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{saved}: unreadable ({exc}); remove the folder or use another --out") from None
+    now = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if before != now:
+        where = first_difference(before, now)
+        there = _at(before, where)
+        raise ConfigError(f"{saved}: {where} = {there!r} there, {_at(now, where)!r} in this comparison; it is another "
+                          "run, so it is not adopted: remove it or use another --out")
+
+
+def _at(tree: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
 
 
 def _prepare_model(config: RunConfig, progress: bool) -> None:
@@ -214,46 +276,6 @@ def _prepare_model(config: RunConfig, progress: bool) -> None:
 
         task = registry.get_task(config.task_name).from_options({k: v for k, v in config.task.items() if k != "name"})
         resolve_model_path(config, task, progress)
-
-
-def write_audit(out: Path, configs: list[RunConfig]) -> dict[str, Any]:
-    """Did every run consume the same budget (to within one batch) and see the same prompts for its seed?"""
-    runs: dict[str, Any] = {}
-    problems: list[str] = []
-    for config in configs:
-        run = Path(config.out)
-        name = run.name
-        summary = json.loads((run / SUMMARY).read_text()) if (run / SUMMARY).exists() else {}
-        rows = read_jsonl(run / METRICS)
-        digest = hashlib.sha256()
-        for row in rows:
-            digest.update(str(row.get("prompt_ids_hash")).encode())
-        usage = summary.get("usage", {})
-        runs[name] = {"algo": config.algo_name, "seed": config.seed, "status": summary.get("status", "missing"),
-                      **{k: usage.get(k) for k in ("samples", "tokens", "steps", "seconds")},
-                      "prompt_hash": digest.hexdigest()[:16], "batch_size": config.rollout.batch_size}
-        if runs[name]["status"] != "completed":
-            problems.append(f"{name}: status {runs[name]['status']}")
-    by_seed: dict[int, list[str]] = {}
-    for name, r in runs.items():
-        by_seed.setdefault(r["seed"], []).append(name)
-    for seed, names in by_seed.items():
-        done = [n for n in names if runs[n]["status"] == "completed"]
-        if len({runs[n]["prompt_hash"] for n in done}) > 1:
-            problems.append(f"seed {seed}: runs saw different prompts: " + ", ".join(f"{n}={runs[n]['prompt_hash']}" for n in done))
-    done = [r for r in runs.values() if r["status"] == "completed"]
-    if done:
-        for key in ("samples", "tokens", "steps"):
-            values = [r[key] for r in done if r[key] is not None]
-            if not values:
-                continue
-            spread = max(values) - min(values)
-            allowed = {"samples": done[0]["batch_size"], "steps": 1, "tokens": None}[key]
-            if allowed is not None and spread > allowed:
-                problems.append(f"{key}: runs consumed {min(values)}..{max(values)}, more than one batch apart")
-    audit = {"matched": not problems, "runs": runs, "problems": problems}
-    write_json(out / AUDIT, audit)
-    return audit
 
 
 def command_line() -> str:

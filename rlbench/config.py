@@ -5,6 +5,7 @@ Every error is a :class:`ConfigError` whose message names the offending key; the
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: a config is a few hundred bytes; anything near this is a mistake or an attack
 
 
 class ConfigError(ValueError):
@@ -36,6 +39,9 @@ class RolloutConfig:
     samples_per_prompt: int = 4
     generation_batch_size: int = 256  # rows decoded at once (rollouts and evaluation)
     micro_batch_size: int | None = None  # rows per forward/backward; None = a whole minibatch at once
+    # 0 draws rollouts from the run seed's stream; another value from an independent one with the same prompts
+    # (the A/A control of `rlbench compare --control` measures how far two such runs drift apart)
+    sample_stream: int = 0
 
     @property
     def prompts_per_step(self) -> int:
@@ -46,6 +52,7 @@ class RolloutConfig:
         _check(self.batch_size >= 1, "rollout.batch_size", self.batch_size, "must be >= 1")
         _check(self.generation_batch_size >= 1, "rollout.generation_batch_size", self.generation_batch_size, "must be >= 1")
         _check(self.micro_batch_size is None or self.micro_batch_size >= 1, "rollout.micro_batch_size", self.micro_batch_size, "must be >= 1 or null")
+        _check(self.sample_stream >= 0, "rollout.sample_stream", self.sample_stream, "must be >= 0")
         _check(
             self.batch_size % self.samples_per_prompt == 0,
             "rollout.batch_size",
@@ -92,14 +99,21 @@ class BudgetConfig:
 class EvalConfig:
     split: str = "test"
     limit: int | None = 500  # held-out problems; None = all
-    points: int = 4  # evaluations at evenly spaced fractions of the budget (plus one before training)
-    samples: int = 1  # sampled completions per problem (at the training temperature) besides the greedy one
+    # The paper's protocol: evaluate every `every` optimiser steps (plus before training and at the end of the
+    # budget) and score a run by the mean of its last `final_mean_of` evaluations, which averages out the
+    # step-to-step wobble a single final evaluation would rank on.
+    every: int = 25  # optimiser steps between evaluations; 0 = only before training and at the end
+    final_mean_of: int = 1  # K: a run's score is the mean over its last K evaluations after training started
+    samples: int = 4  # sampled completions per problem (at the training temperature) besides the greedy one
     greedy: bool = True
 
     def validate(self) -> None:
         _check(self.limit is None or self.limit >= 1, "eval.limit", self.limit, "must be >= 1 or null")
-        _check(self.points >= 1, "eval.points", self.points, "must be >= 1 (the last point is the end of the budget)")
+        _check(self.every >= 0, "eval.every", self.every, "must be >= 0 (0 = only before training and at the end)")
+        _check(self.final_mean_of >= 1, "eval.final_mean_of", self.final_mean_of, "must be >= 1")
         _check(self.samples >= 0, "eval.samples", self.samples, "must be >= 0")
+        _check(self.samples == 0 or self.samples >= 4, "eval.samples", self.samples,
+               "must be 0 (greedy only) or >= 4: one sample per problem makes sampled accuracy mostly sampling noise")
 
 
 @dataclass
@@ -226,14 +240,19 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}={value!r}: expected a number")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}={value!r}: expected a number")
+        if number is None:
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        if not math.isfinite(number):  # lr=inf passes "> 0" and then silently trains a NaN model
+            raise ConfigError(f"{key}={value!r}: must be a finite number")
+        return number
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -277,8 +296,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError:  # an alias bomb too: kept as the (harmless) string it is
         value = raw
     if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
         value = raw
@@ -299,14 +318,41 @@ def merge_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
+class AliasRefused(yaml.composer.ComposerError):
+    """A YAML alias (``*name``) in user YAML."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases: no config needs them, and a few hundred bytes of nested aliases expand to
+    billions of nodes once the tree is copied or dumped (the "billion laughs" bomb). Anchors alone are harmless."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise AliasRefused(None, None, f"YAML aliases (*{event.anchor}) are not allowed in a config",
+                               event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str | bytes) -> Any:
+    """``yaml.safe_load`` for YAML from the user: refuses aliases (:class:`AliasRefused`, a ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_NoAliasLoader)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's top-level mapping; too large, aliased or invalid YAML raises a ConfigError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as handle:
+            text = handle.read(MAX_CONFIG_BYTES + 1)  # never more: a 50 MB file took minutes and GBs to reject
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from exc
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config {path}: larger than 1 MiB, the most a config file may be")
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
+    except AliasRefused as exc:
+        raise ConfigError(f"--config {path} line {exc.problem_mark.line + 1}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -346,9 +392,11 @@ def build_run_config(tree: dict[str, Any]) -> RunConfig:
         task_cls = registry.get_task(config.task_name)
     except registry.UnknownNameError as exc:
         raise ConfigError(("algo.name: " if "algorithm" in str(exc) else "task.name: ") + str(exc)) from exc
-    # Instantiating the option dataclasses checks every key and type now, before any work starts.
-    algo_cls.from_options({k: v for k, v in config.algo.items() if k != "name"})
+    # Instantiating the option dataclasses checks every key and type now, before any work starts. The run keeps
+    # every algorithm option, defaults included, so that its config.yaml says what ran even if a default changes.
+    algo = algo_cls.from_options({k: v for k, v in config.algo.items() if k != "name"})
     task_cls.from_options({k: v for k, v in config.task.items() if k != "name"})
+    config.algo = {"name": config.algo_name, **dataclasses.asdict(algo.config)}
     return config
 
 

@@ -6,14 +6,16 @@ in docs/report.md.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlbench import behaviours, stats
+from rlbench import behaviours, stats, verdicts
+from rlbench.audit import audit_comparison
 from rlbench.report_inputs import ComparisonFiles, ReportInputError, RunFiles, load_comparison
 from rlbench.report_runs import METRICS, STAGES, audit_flags, completions, dig, number, record_scores, run_row
+from rlbench.results import write_json, write_text_atomic
 
 DEFAULT_REFERENCE = "em-pg"
 CI_METHODS = ("t", "bootstrap")
@@ -23,21 +25,21 @@ COST_KEYS = ("gen_tokens_per_s", "seconds_per_step", *(f"{s}_pct" for s in (*STA
 
 
 def write_report(dirs: Sequence[Path], out: Path, reference: str | None = None, metric: str = "greedy",
-                 ci: str = "t") -> dict[str, Any]:
+                 ci: str = "t", include_flagged: bool = False) -> dict[str, Any]:
     """Read the comparison folders, write report.json, leaderboard.md and index.html into ``out``; return the data."""
     from rlbench.report_html import render_html
     from rlbench.report_markdown import render_markdown
 
-    data = build_report([load_comparison(Path(d)) for d in dirs], reference, metric, ci, out)
+    data = build_report([load_comparison(Path(d)) for d in dirs], reference, metric, ci, out, include_flagged)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    (out / "leaderboard.md").write_text(render_markdown(data), encoding="utf-8")
-    (out / "index.html").write_text(render_html(data), encoding="utf-8")
+    write_json(out / "report.json", data)  # atomic: a report being rebuilt is never seen half written
+    write_text_atomic(out / "leaderboard.md", render_markdown(data))
+    write_text_atomic(out / "index.html", render_html(data))
     return data
 
 
 def build_report(comparisons: Sequence[ComparisonFiles], reference: str | None, metric: str, ci: str,
-                 out: Path | None = None) -> dict[str, Any]:
+                 out: Path | None = None, include_flagged: bool = False) -> dict[str, Any]:
     if metric not in METRICS:
         raise ReportInputError(f"--metric {metric!r}: must be one of {', '.join(METRICS)}")
     if ci not in CI_METHODS:
@@ -55,33 +57,50 @@ def build_report(comparisons: Sequence[ComparisonFiles], reference: str | None, 
                 raise ReportInputError(f"--metric sampled: {comp.path / 'manifest.json'} says eval.samples = 0 "
                                        "(no sampled evaluation); use --metric greedy")
     labels = _labels(comparisons)
-    tasks = [analyse_task(c, label, reference, metric, ci) for c, label in zip(comparisons, labels)]
+    tasks = [analyse_task(c, label, reference, metric, ci, include_flagged) for c, label in zip(comparisons, labels)]
     return {
-        "report_command": _command(comparisons, out, reference, metric, ci),
+        "report_command": _command(comparisons, out, reference, metric, ci, include_flagged),
+        "include_flagged": include_flagged,
         "metric": metric,
         "reference": reference,
         "intervals": {"method": ci, "level": stats.DEFAULT_LEVEL, "resamples": stats.DEFAULT_RESAMPLES,
                       "rng_seed": stats.DEFAULT_SEED},
-        "paired_test": {"method": "paired bootstrap, crossed over seeds and problems", "resamples": stats.DEFAULT_RESAMPLES,
-                        "rng_seed": stats.DEFAULT_SEED, "sided": "two"},
+        "paired_test": {"method": "paired t over seeds, Holm-adjusted across the rows tested against the reference; "
+                                  "exact sign-flip permutation over seeds alongside where it can reach p < 0.05",
+                        "unit": "seed", "alpha": verdicts.ALPHA, "sided": "two",
+                        "secondary": {"method": "paired bootstrap over problems of the final evaluation and seeds, "
+                                                "conditional on the trained models (descriptive, not a test of the "
+                                                "algorithms)", "resamples": stats.DEFAULT_RESAMPLES,
+                                      "rng_seed": stats.DEFAULT_SEED}},
         "behaviour_patterns": {k: list(v) for k, v in behaviours.PATTERNS.items()},
         "tasks": tasks,
         "summary": _summary(tasks, metric),
     }
 
 
-def analyse_task(comp: ComparisonFiles, label: str, reference: str | None, metric: str, ci: str) -> dict[str, Any]:
+def analyse_task(comp: ComparisonFiles, label: str, reference: str | None, metric: str, ci: str,
+                 include_flagged: bool = False) -> dict[str, Any]:
+    """One comparison's numbers. The audit is recomputed from the run files (audit.json is only its record), and
+    the runs it flags are left out of every mean and test unless ``include_flagged``."""
     m = comp.manifest
     algos: list[str] = list(m["algos"])
-    ref = reference if reference is not None else (DEFAULT_REFERENCE if DEFAULT_REFERENCE in algos else algos[0])
-    flags = audit_flags(comp.audit, [r.name for r in comp.runs])
-    runs = {r.name: run_row(r, flags[r.name]) for r in comp.runs}
+    ref = reference or m.get("reference") or (DEFAULT_REFERENCE if DEFAULT_REFERENCE in algos else algos[0])
+    audit = audit_comparison(comp)
+    flags = audit_flags(audit, [r.name for r in comp.runs])
+    if not include_flagged:
+        comp = dataclasses.replace(comp, runs=[_set_aside(r) if flags[r.name] and r.complete else r for r in comp.runs])
+    runs = {r.name: run_row(r, flags[r.name], comp.final_mean_of) for r in comp.runs}
     by_algo = {a: [r for r in comp.runs if r.algo == a] for a in algos}
     rows = [_algo_row(a, by_algo[a], runs, by_algo[ref], a == ref, metric, ci) for a in algos]
-    rows.sort(key=lambda r: -r["accuracy"][metric]["mean"] if r["accuracy"][metric] else float("inf"))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank if row["accuracy"][metric] else None
-    audit = comp.audit
+    for row in rows:
+        row["control"] = row["algo"] in comp.controls
+    rows.sort(key=lambda r: (r["control"], -r["accuracy"][metric]["mean"] if r["accuracy"][metric] else float("inf")))
+    scores = {row["algo"]: row["seed_scores"][metric] for row in rows}
+    ranked = [row["algo"] for row in rows if not row["control"] and row["accuracy"][metric]]
+    verdict = verdicts.verdicts(scores, ranked, ref, comp.controls)
+    for row in rows:
+        row["rank"] = verdict["ranks"].get(row["algo"])
+        row["test"] = verdict["control"].get(row["algo"]) if row["control"] else verdict["vs_reference"].get(row["algo"])
     return {
         "label": label,
         "task": comp.task,
@@ -95,6 +114,11 @@ def analyse_task(comp: ComparisonFiles, label: str, reference: str | None, metri
         "created": m.get("created"),
         "packages": m.get("packages"),
         "reference": ref,
+        "metric": metric,
+        "final_mean_of": comp.final_mean_of,
+        "row_options": _row_options(m),
+        "verdicts": {k: verdict[k] for k in ("alpha", "power", "statement", "control")},
+        "not_above_start": _not_above_start([r for r in runs.values() if r["complete"]], metric),
         "audit": {
             "present": audit is not None,
             "matched": bool(audit.get("matched")) if audit else None,
@@ -112,9 +136,10 @@ def _algo_row(algo: str, runs: list[RunFiles], rows: dict[str, dict], ref_runs: 
               metric: str, ci: str) -> dict[str, Any]:
     done = [r for r in runs if r.complete]
     done_rows = [rows[r.name] for r in done]
-    accuracy = {}
+    accuracy, seed_scores = {}, {}
     for m in METRICS:
-        values = [v for v in (row["final"][m] for row in done_rows) if v is not None]
+        seed_scores[m] = {row["seed"]: row["score"][m] for row in done_rows if row["score"][m] is not None}
+        values = list(seed_scores[m].values())
         accuracy[m] = {**stats.interval(values, ci, bounds=ACCURACY_RANGE).to_dict(), "values": values} if values else None
     return {
         "algo": algo,
@@ -123,7 +148,9 @@ def _algo_row(algo: str, runs: list[RunFiles], rows: dict[str, dict], ref_runs: 
         "incomplete": [{"name": r.name, "status": r.status} for r in runs if not r.complete],
         "flagged": sorted(r.name for r in runs if rows[r.name]["audit_flags"]),
         "accuracy": accuracy,
-        "delta": None if is_ref else {m: paired_delta(done, [r for r in ref_runs if r.complete], m) for m in METRICS},
+        "seed_scores": seed_scores,
+        "problem_delta": None if is_ref else {m: paired_delta(done, [r for r in ref_runs if r.complete], m)
+                                              for m in METRICS},
         "length": {m: {k: _mean_of(row["length"][m][k] for row in done_rows) for k in LENGTH_KEYS} for m in METRICS},
         "cost": {k: _mean_of(row["throughput"][k] for row in done_rows) for k in COST_KEYS}
         | {"wall_seconds": _mean_of(row["wall_seconds"] for row in done_rows),
@@ -134,7 +161,10 @@ def _algo_row(algo: str, runs: list[RunFiles], rows: dict[str, dict], ref_runs: 
 
 
 def paired_delta(runs: list[RunFiles], ref_runs: list[RunFiles], metric: str) -> dict[str, Any] | None:
-    """Δ = algorithm - reference on ``metric``, paired on (seed, problem id), with the paired bootstrap p-value.
+    """Δ = algorithm - reference on ``metric`` in the final evaluation, paired on (seed, problem id): descriptive.
+
+    Its bootstrap interval treats the trained models as given (conditional on them); it is not a test of the
+    algorithms, whose replicates are seeds (rlbench.verdicts), and the leaderboard never ranks on it.
 
     Uses the seeds both completed and the problem ids both evaluated. Without per-problem records it falls back to
     the mean over shared seeds of the per-seed accuracy difference, with no p-value.
@@ -198,6 +228,22 @@ def _summary(tasks: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     return {"metric": metric, "tasks": [t["label"] for t in tasks], "algos": algos, "cells": cells}
 
 
+def _not_above_start(rows: list[dict[str, Any]], metric: str) -> list[str]:
+    """Runs whose score is not above their evaluation before training: they did not learn on this metric."""
+    return [r["name"] for r in rows if r["score"][metric] is not None and r["start"][metric] is not None
+            and r["score"][metric] <= r["start"][metric]]
+
+
+def _row_options(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each row's algorithm and every option it ran with (defaults included), from the manifest."""
+    out = []
+    for row in manifest.get("rows") or []:
+        resolved = row.get("resolved") if isinstance(row.get("resolved"), dict) else {}
+        out.append({"label": row.get("label"), "algo": row.get("algo"), "control": bool(row.get("control")),
+                    "given": row.get("options") or {}, "options": {k: v for k, v in resolved.items() if k != "name"}})
+    return out
+
+
 def _eval_protocol(manifest: dict[str, Any]) -> dict[str, Any]:
     ev = manifest.get("eval") if isinstance(manifest.get("eval"), dict) else {}
     sampling = dig(manifest, "config", "sampling") or {}
@@ -210,15 +256,20 @@ def _labels(comparisons: Sequence[ComparisonFiles]) -> list[str]:
     return [t if tasks.count(t) == 1 else f"{t} ({c.path.name})" for t, c in zip(tasks, comparisons)]
 
 
+def _set_aside(run: RunFiles) -> RunFiles:
+    """A flagged run, reported as such and kept out of the numbers (its files are left as they are)."""
+    return dataclasses.replace(run, status="flagged")
+
+
 def _command(comparisons: Sequence[ComparisonFiles], out: Path | None, reference: str | None, metric: str,
-             ci: str) -> str:
+             ci: str, include_flagged: bool = False) -> str:
     """The ``rlbench report`` command that rebuilds this report (whoever called it: the CLI or ``compare``)."""
     parts = ["rlbench", "report", *(str(c.path) for c in comparisons)]
     if out is not None and not (len(comparisons) == 1 and Path(out) == comparisons[0].path):
         parts += ["--out", str(out)]
     if reference is not None:
         parts += ["--reference", reference]
-    parts += ["--metric", metric, "--ci", ci]
+    parts += ["--metric", metric, "--ci", ci] + (["--include-flagged"] if include_flagged else [])
     return " ".join(shlex.quote(p) for p in parts)
 
 

@@ -59,10 +59,17 @@ class ComparisonFiles:
     audit: dict[str, Any] | None
     runs: list[RunFiles]
     extra_runs: list[str]  # folders under runs/ that the manifest does not name
+    controls: list[str] = field(default_factory=list)  # labels of A/A control rows (never ranked)
 
     @property
     def task(self) -> str:
         return str(self.manifest["task"])
+
+    @property
+    def final_mean_of(self) -> int:
+        """K of the run score (mean of the last K evaluations); 1, the final evaluation, for older manifests."""
+        k = (self.manifest.get("eval") or {}).get("final_mean_of")
+        return k if isinstance(k, int) and not isinstance(k, bool) and k >= 1 else 1
 
 
 def run_name(algo: str, seed: int) -> str:
@@ -84,11 +91,27 @@ def load_comparison(path: Path) -> ComparisonFiles:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ReportInputError(f"{path / MANIFEST}: 'seeds' must be a non-empty list of integers")
     audit = _read_json(path / AUDIT, required=False)
-    runs = [load_run(path / RUNS / run_name(a, s), a, s) for a in manifest["algos"] for s in manifest["seeds"]]
+    folders, controls = _row_folders(path, manifest)
+    runs = [load_run(path / RUNS / run_name(folders[a], s), a, s) for a in manifest["algos"] for s in manifest["seeds"]]
     named = {r.name for r in runs}
     runs_dir = path / RUNS
     extra = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in named) if runs_dir.is_dir() else []
-    return ComparisonFiles(path, manifest, audit, runs, extra)
+    return ComparisonFiles(path, manifest, audit, runs, extra, controls)
+
+
+def _row_folders(path: Path, manifest: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Row label -> folder slug, and the control rows' labels (a manifest without rows: label = algorithm = slug)."""
+    rows = manifest.get("rows")
+    if rows is None:
+        return {a: a for a in manifest["algos"]}, []
+    where = path / MANIFEST
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("label"), str)
+                                             and isinstance(r.get("slug"), str) for r in rows):
+        raise ReportInputError(f"{where}: 'rows' must be a list of objects with a 'label' and a 'slug'")
+    folders = {r["label"]: r["slug"] for r in rows}
+    if sorted(folders) != sorted(manifest["algos"]) or len(folders) != len(rows):
+        raise ReportInputError(f"{where}: 'rows' labels do not match 'algos'")
+    return folders, [r["label"] for r in rows if r.get("control")]
 
 
 def load_run(path: Path, algo: str, seed: int) -> RunFiles:

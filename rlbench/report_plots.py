@@ -41,8 +41,11 @@ def task_plots(task: dict[str, Any], data: dict[str, Any]) -> list[Plot]:
         Plot(f"{metric.capitalize()} accuracy during training",
              f"Held-out {metric} accuracy at each evaluation point, against training samples consumed and against "
              f"training-loop seconds (evaluation time excluded); {band}.", _accuracy(rows, metric, col)),
-        Plot("Final accuracy", f"Final held-out accuracy, mean over seeds with {level:.0%} CI bars; dots are single seeds.",
-             _final(rows, col)),
+        Plot("Run scores", f"Each run's score (held-out accuracy, mean of its last {task['final_mean_of']} "
+             f"evaluation(s)), mean over seeds with {level:.0%} CI bars; dots are single seeds.", _final(rows, col)),
+        Plot(f"Difference from {task['reference']}",
+             f"Δ = row − {task['reference']} in run score, paired on seeds: mean with its {level:.0%} paired-t interval; "
+             "dots are single seeds. Grey: the A/A control, the gap chance alone produced.", _deltas(task, col)),
         Plot("Response length during training",
              "Mean completion length (tokens) of the training rollouts at each step, mean over seeds.",
              _length(rows, col)),
@@ -96,11 +99,34 @@ def _final(rows: list[dict[str, Any]], col: dict[str, str]) -> str:
                    edgecolor="white" if not hatch else "black", alpha=0.85)
             ax.scatter([x] * len(cell["values"]), [100 * v for v in cell["values"]], s=12, color="black", zorder=3)
     ax.set_xticks(range(len(rows)), [r["algo"] for r in rows])
-    ax.set_ylabel("final accuracy (%)")
+    ax.set_ylabel("run score: accuracy (%)")
     keys = [Patch(facecolor="white", edgecolor="black", label="greedy"),
             Patch(facecolor="white", edgecolor="black", hatch="//", label="sampled")]
     ax.legend(handles=keys, loc="upper right", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _deltas(task: dict[str, Any], col: dict[str, str]) -> str:
+    rows = [r for r in task["algorithms"] if r.get("test")]
+    if not rows:
+        return ""
+    height = 1.0 + 0.45 * len(rows)
+    fig = Figure(figsize=(12, height), dpi=DPI)
+    fig.subplots_adjust(left=0.2, right=0.99, top=1 - 0.15 / height, bottom=0.55 / height)
+    ax = fig.subplots()
+    for i, r in enumerate(rows):
+        t = r["test"]
+        colour = "grey" if r["control"] else col.get(r["algo"], "C0")
+        ax.scatter([100 * d for d in t["differences"]], [i] * len(t["differences"]), s=14, color=colour, alpha=0.6)
+        if t["lo"] is not None:
+            ax.plot([100 * t["lo"], 100 * t["hi"]], [i, i], color=colour, lw=2)
+        ax.plot([100 * t["delta"]], [i], marker="D", color=colour, ms=7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [r["algo"] for r in rows], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Δ run score vs {task['reference']} (pp)")
+    ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
 

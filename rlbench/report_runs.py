@@ -36,6 +36,20 @@ def final_eval(run: RunFiles) -> dict[str, Any] | None:
     return run.evals[-1] if run.complete else None
 
 
+def run_score(run: RunFiles, metric: str, k: int) -> float | None:
+    """The run's score: mean ``metric`` accuracy over its last ``k`` evaluations after training started.
+
+    Read from eval.jsonl rather than summary.json so that the report recomputes it from the logs. None unless the
+    run completed and each of those evaluations holds the metric.
+    """
+    if not run.complete:
+        return None
+    values = [number(dig(row, metric, "accuracy")) for row in run.evals[1:][-k:]]
+    if not values or any(v is None for v in values):
+        return None
+    return math.fsum(values) / len(values)  # type: ignore[arg-type]
+
+
 def usage(run: RunFiles) -> dict[str, Any]:
     """What the run consumed: the summary's usage, else the last metrics row's (a run still going)."""
     found = dig(run.summary, "usage") or (run.metrics[-1].get("usage") if run.metrics else None)
@@ -113,14 +127,17 @@ def audit_flags(audit: dict[str, Any] | None, names: list[str]) -> dict[str, lis
     return flags
 
 
-def run_row(run: RunFiles, flags: list[str]) -> dict[str, Any]:
-    """Everything the report says about one run."""
+def run_row(run: RunFiles, flags: list[str], k: int) -> dict[str, Any]:
+    """Everything the report says about one run; ``score`` is the mean of its last ``k`` evaluations."""
     used = usage(run)
     last = final_eval(run)
     return {
         "name": run.name,
         "algo": run.algo,
         "seed": run.seed,
+        "score": {m: run_score(run, m, k) for m in METRICS},
+        "start": {m: number(dig(run.evals[0], m, "accuracy")) if run.evals else None for m in METRICS},
+        "score_steps": [dig(row, "step") for row in run.evals[1:][-k:]] if run.complete else [],
         "status": run.status,
         "complete": run.complete,
         "stop_reason": dig(run.summary, "stop_reason"),

@@ -35,7 +35,7 @@ def interval(cell: dict[str, Any] | None) -> str:
 
 
 def delta(cell: dict[str, Any] | None) -> str:
-    """Δ in percentage points, with its bootstrap interval when there is one."""
+    """Δ in percentage points, with its interval when there is one."""
     if not cell:
         return "–"
     text = f"{100 * cell['delta']:+.1f}"
@@ -69,26 +69,39 @@ def algo_name(row: dict[str, Any], reference: str) -> str:
     return name + (f" {FLAG}" if row["flagged"] else "")
 
 
+def score_header(task: dict[str, Any]) -> str:
+    k = task["final_mean_of"]
+    return "final" if k == 1 else f"mean of last {k} evals"
+
+
 # ------------------------------------------------------------------------------------------------ tables
 
 
 def leaderboard(task: dict[str, Any], metric: str, level: float) -> Table:
     ref = task["reference"]
-    columns = ["#", "algorithm", "seeds done", "greedy acc %", "sampled acc %", f"Δ {metric} vs {ref} (pp)", "p",
-               "length", "length correct", "length wrong", "truncated %"]
+    score = score_header(task)
+    columns = ["#", "algorithm", "seeds done", f"greedy % ({score})", f"sampled % ({score})",
+               f"Δ {metric} vs {ref} (pp)", "p (Holm)", "p (sign-flip)", "length", "length correct", "length wrong",
+               "truncated %"]
     rows = []
-    for r in task["algorithms"]:
-        d = (r["delta"] or {}).get(metric)
+    for r in (r for r in task["algorithms"] if not r["control"]):
+        t = r["test"]
         length = r["length"][metric]
         rows.append([
-            str(r["rank"] or "–"), algo_name(r, ref), f"{r['complete']}/{r['runs']}",
+            r["rank"] or "–", algo_name(r, ref), f"{r['complete']}/{r['runs']}",
             interval(r["accuracy"]["greedy"]), interval(r["accuracy"]["sampled"]),
-            "reference" if r["delta"] is None else delta(d), p_value(d["p"]) if d else "–",
+            "reference" if r["algo"] == ref else delta(t), p_value(t.get("p_holm")) if t else "–",
+            p_value(t.get("p_perm")) if t else "–",
             num(length["length_mean"]), num(length["length_correct"]), num(length["length_wrong"]),
             pct(length["truncated_frac"]),
         ])
-    notes = [f"Ranked by mean final {metric} accuracy over completed seeds; accuracy in %, mean [{level:.0%} CI]; "
-             f"Δ in percentage points [{level:.0%} paired-bootstrap CI].",
+    notes = [f"Scores: each run's {metric} accuracy averaged over its last {task['final_mean_of']} evaluation(s), "
+             f"then mean over completed seeds [{level:.0%} Student-t CI over seeds], in %.",
+             f"# groups rows that cannot be told apart: a row shares the leader's rank (1=) unless a paired t-test "
+             f"over seeds, Holm-corrected, finds it worse at α = {task['verdicts']['alpha']}.",
+             f"Δ = row − {ref}, paired on seeds [{level:.0%} paired-t CI]; p (Holm): paired t over seeds, "
+             "Holm-adjusted across the rows tested; p (sign-flip): exact permutation over seeds, shown where it can "
+             "reach p below 0.05 (6 or more seeds).",
              f"Lengths: mean tokens per {metric} response in the final evaluation, averaged over seeds."]
     if any(r["flagged"] for r in task["algorithms"]):
         notes.append(f"{FLAG} at least one run of this algorithm is flagged by the audit (see Runs and Audit).")
@@ -96,6 +109,36 @@ def leaderboard(task: dict[str, Any], metric: str, level: float) -> Table:
     if incomplete:
         notes.append("Incomplete runs, left out of every number above: " + ", ".join(incomplete) + ".")
     return Table("Leaderboard", columns, rows, notes)
+
+
+def control(task: dict[str, Any], level: float) -> Table | None:
+    """The A/A control rows: the reference against a copy of itself, the measured noise floor."""
+    ref = task["reference"]
+    rows = []
+    for r in (r for r in task["algorithms"] if r["control"]):
+        t = r["test"]
+        rows.append([algo_name(r, ref), f"{r['complete']}/{r['runs']}", interval(r["accuracy"][task["metric"]]),
+                     delta(t), p_value(t["p"]) if t else "–", p_value(t.get("p_perm")) if t else "–"])
+    if not rows:
+        return None
+    notes = [f"A second copy of {ref} whose rollouts draw from an independent random stream (same prompts, same "
+             "budget): its gap to the reference is what chance alone produces here. It is not ranked, and a "
+             "difference between rows no larger than this gap is not evidence of anything.",
+             f"Δ = control − {ref}, paired on seeds [{level:.0%} paired-t CI]; p: paired t over seeds (not part of "
+             "the Holm family); p (sign-flip): exact permutation over seeds (6 or more seeds)."]
+    return Table("A/A control (noise floor)", ["row", "seeds done", f"{task['metric']} % ({score_header(task)})",
+                                               f"Δ vs {ref} (pp)", "p", "p (sign-flip)"], rows, notes)
+
+
+def row_options(task: dict[str, Any]) -> Table | None:
+    """What each row ran: its algorithm and every option, so a default that changes later cannot hide."""
+    rows = [[r["label"], r["algo"], ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "–",
+             ", ".join(f"{k}={v}" for k, v in r["given"].items()) or ("copy of the reference" if r["control"] else "–")]
+            for r in task["row_options"]]
+    if not rows:
+        return None
+    return Table("Rows and their options", ["row", "algorithm", "options (all, defaults included)", "set on the row"],
+                 rows, ["From manifest.json; `rlbench list` gives each option's meaning and default."])
 
 
 def cost(task: dict[str, Any]) -> Table:
@@ -131,13 +174,16 @@ def behaviour(task: dict[str, Any]) -> Table:
 
 
 def runs(task: dict[str, Any]) -> Table:
-    columns = ["run", "status", "samples", "tokens", "steps", "train loop", "wall", "greedy %", "sampled %", "audit"]
+    columns = ["run", "status", "samples", "tokens", "steps", "train loop", "wall", "greedy % (start → score)",
+               "sampled % (start → score)", "greedy % (final)", "audit"]
     rows = []
     for r in task["runs"]:
         u = r["usage"]
         rows.append([r["name"], r["status"] + ("" if r["complete"] or r["status"] != "completed" else " (no final eval)"),
                      _int(u["samples"]), _int(u["tokens"]), _int(u["steps"]), seconds(u["seconds"]),
-                     seconds(r["wall_seconds"]), pct(r["final"]["greedy"]), pct(r["final"]["sampled"]),
+                     seconds(r["wall_seconds"]), f"{pct(r['start']['greedy'])} → {pct(r['score']['greedy'])}",
+                     f"{pct(r['start']['sampled'])} → {pct(r['score']['sampled'])}",
+                     pct(r["final"]["greedy"]),
                      f"{FLAG} " + "; ".join(r["audit_flags"]) if r["audit_flags"] else "ok"])
     return Table("Runs", columns, rows)
 
@@ -155,4 +201,8 @@ def _int(value: Any) -> str:
 
 
 def task_tables(task: dict[str, Any], data: dict[str, Any]) -> list[Table]:
-    return [leaderboard(task, data["metric"], data["intervals"]["level"]), cost(task), behaviour(task), runs(task)]
+    level = data["intervals"]["level"]
+    aa = control(task, level)
+    options = row_options(task)
+    return [leaderboard(task, data["metric"], level), *([aa] if aa else []), *([options] if options else []),
+            cost(task), behaviour(task), runs(task)]

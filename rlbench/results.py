@@ -1,11 +1,19 @@
-"""Run-directory files: append-only JSONL metrics and atomic JSON writes, so a crash never leaves a broken file."""
+"""Run-directory files: append-only JSONL metrics and atomic whole-file writes, so a crash never leaves a broken file.
+
+Every writer here turns an ``OSError`` (a full disk, a read-only folder) into a :class:`RunFileError` naming the file,
+which the CLI prints as one line (exit 2), and leaves nothing half written behind. JSON is strict: a non-finite
+float is written as ``null``, never as the bare ``NaN`` / ``Infinity`` tokens most parsers reject.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 METRICS = "metrics.jsonl"
 EVALS = "eval.jsonl"
@@ -15,30 +23,85 @@ CONFIG = "config.yaml"
 EVAL_RECORDS = "eval_records.jsonl"
 CHECKPOINT = "checkpoint"
 STATE = "state"
+FINGERPRINT = "fingerprint.json"
+
+
+def token_hash(items: Any, digits: int = 16) -> str:
+    """A short sha256 of a JSON-able value (token-id lists, ids), the same on every machine."""
+    return hashlib.sha256(json.dumps(items, separators=(",", ":")).encode()).hexdigest()[:digits]
+
+
+class RunFileError(Exception):
+    """A file rlbench cannot write, or a run file it cannot read back; the message names the file."""
+
+
+def cannot_write(path: Path, exc: BaseException) -> RunFileError:
+    """``PATH: cannot write (No space left on device)``: the file the user knows, not a temp name, and the reason."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().split("\n")[0]
+    return RunFileError(f"{path}: cannot write ({reason or type(exc).__name__})")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see the old or the new file, never half.
+
+    The temp file is opened with mode 0666 like any new file, so the umask applies (``mkstemp`` would make it 0600);
+    a failed write removes it and leaves the old file as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise cannot_write(path, exc) from exc
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=_jsonable)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, dumps_strict(data, indent=2) + "\n")
+
+
+def dumps_strict(data: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that every parser accepts: NaN and infinities become null (tensors, Paths are converted)."""
+    return json.dumps(_finite(data), allow_nan=False, **kwargs)
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """One ``write`` of one complete line, flushed, so an interrupt can only lose whole lines."""
-    line = json.dumps(row, default=_jsonable) + "\n"
-    with open(path, "a") as f:
-        f.write(line)
-        f.flush()
+    append_jsonl_many(path, [row])
+
+
+def append_jsonl_many(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append whole lines and fsync them; a failed write is cut back to the old end, so no torn line is left."""
+    data = "".join(dumps_strict(row) + "\n" for row in rows).encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, end)  # shrinking frees blocks: this works on a full disk
+            raise
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -61,13 +124,80 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def truncate_jsonl(path: Path, keep: Iterable[dict[str, Any]]) -> None:
     """Rewrite ``path`` atomically with only ``keep`` (used when resuming drops rows past the checkpoint)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        for row in keep:
-            f.write(json.dumps(row, default=_jsonable) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(dumps_strict(row) + "\n" for row in keep))
+
+
+def write_dir_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Fill ``path.tmp`` with ``write``, fsync it, swap it in for ``path``: a kill leaves one complete folder on disk
+    (``path``, or ``path.old`` during the swap).
+
+    A failed write removes ``path.tmp`` and raises :class:`RunFileError` naming the file it could not write.
+    """
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        for file in sorted(tmp.rglob("*")):
+            if file.is_file():
+                _fsync_file(file)
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # safetensors reports a failed write as a RuntimeError
+            name = getattr(exc, "filename", None)
+            target = path / Path(name).relative_to(tmp) if name and Path(name).is_relative_to(tmp) else path
+            raise cannot_write(target, exc) from exc
+        raise
+    fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; a filesystem that cannot fsync a folder only costs that durability."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(file: Path) -> None:
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        exc.filename = str(file)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # os.write may write less than asked; loop until every byte is out
+        view = view[os.write(fd, view):]
+
+
+def _finite(value: Any) -> Any:
+    """A JSON-able copy of ``value`` with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return _finite(_jsonable(value))
 
 
 def _jsonable(value: Any) -> Any:

@@ -11,6 +11,15 @@ Two interval methods for "mean over seeds":
   interval is known to be too narrow (it undercovers), so the report uses it only when asked.
 
 :func:`paired_bootstrap` compares two algorithms on the same held-out problems under the same seeds.
+
+Seed-level inference (the headline comparison): a training seed is the unit of replication, because each training
+run shifts its accuracy on *every* problem by its own random amount. Resampling problems (even crossed with seeds,
+as :func:`paired_bootstrap` does) lets the problem count pose as replication and rejects a true null far more often
+than 5% once that run-to-run shift is a few points (``tests/test_calibration.py`` measures it). So the headline is
+:func:`seed_test` on per-seed scores: the paired t over seeds (:func:`paired_t`), with the exact sign-flip
+permutation test (:func:`sign_flip_test`) beside it when there are enough seeds for it to reach p < 0.05.
+:func:`holm` adjusts a family of such p-values; :func:`min_detectable_difference` and :func:`seeds_needed` say what
+a given number of seeds can resolve.
 """
 from __future__ import annotations
 
@@ -25,6 +34,12 @@ DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
 #: Resamples processed at once by the paired bootstrap; bounds memory at chunk x problems floats.
 _CHUNK = 1_000
+#: Largest seed count for which :func:`sign_flip_test` enumerates all 2^n sign patterns; above it, Monte Carlo.
+SIGN_FLIP_EXACT_MAX = 20
+#: Random sign patterns drawn by :func:`sign_flip_test` above :data:`SIGN_FLIP_EXACT_MAX` seeds.
+SIGN_FLIP_DRAWS = 100_000
+#: Sign patterns evaluated at once by :func:`sign_flip_test`; bounds memory at chunk x seeds floats.
+_FLIP_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,30 @@ class PairedTest:
     seeds: int
     problems: int
     resamples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SeedTest:
+    """Seed-level comparison of two algorithms (:func:`seed_test`, :func:`paired_t`) from per-seed scores.
+
+    ``delta`` = mean over seeds of a - b; ``lo``/``hi`` its paired-t interval at ``level`` and ``p`` its two-sided
+    paired-t p-value (the headline), all None with fewer than 2 seeds. ``p_perm`` is the exact sign-flip p-value, None
+    when there are too few seeds for it to reach ``1 - level`` (fewer than 6 at the 95% level). ``n`` counts the
+    seeds and ``sd`` is the SD of the per-seed differences (None below 2 seeds).
+    """
+
+    delta: float
+    lo: float | None
+    hi: float | None
+    p: float | None
+    p_perm: float | None
+    n: int
+    sd: float | None
+    method: str
+    level: float = DEFAULT_LEVEL
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -205,6 +244,209 @@ def paired_bootstrap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(stars, [alpha, 1.0 - alpha])
     return PairedTest(delta, float(lo), float(hi), (1 + extreme) / (resamples + 1), n_seeds, n_problems, resamples)
+
+
+def _differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    da, db = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if da.shape != db.shape or da.ndim != 1 or da.size == 0:
+        raise ValueError(f"need two equal, non-empty per-seed score lists, got shapes {da.shape} and {db.shape}")
+    return da - db
+
+
+def paired_t(a: Sequence[float], b: Sequence[float], level: float = DEFAULT_LEVEL) -> SeedTest:
+    """Paired t-test over seeds: ``a[s]`` and ``b[s]`` are the two algorithms' scores under the same seed ``s``.
+
+    Δ = mean(d) for d = a - b; CI = Δ ± t_{(1+level)/2, n-1} · s_d/√n; p two-sided from Student's t with n-1 df.
+    The seed is the unit of replication, so this stays at its nominal level when training runs differ by a random
+    effect (which problem-level resampling cannot see). One seed gives no interval and no p (None). When every
+    difference is the same (s_d = 0, up to float noise) there is no spread to test against: Δ = 0 gives p = 1, and a
+    nonzero Δ gives p = 0.0 -- formally infinitely significant, i.e. the data cannot say how uncertain it is; with so
+    few seeds that this happens, read it as "run more seeds", not as proof.
+
+    >>> t = paired_t([0.50, 0.60, 0.55], [0.45, 0.50, 0.52])  # d = .05, .10, .03: s_d = .036056, t = 2.8823, df 2
+    >>> round(t.delta, 4), round(t.sd, 6), round(t.lo, 4), round(t.hi, 4), round(t.p, 4)
+    (0.06, 0.036056, -0.0296, 0.1496, 0.1022)
+    >>> paired_t([0.5, 0.6], [0.4, 0.5]).p, paired_t([0.5, 0.6], [0.5, 0.6]).p
+    (0.0, 1.0)
+    >>> paired_t([0.5], [0.4]).p is None
+    True
+    """
+    d = _differences(a, b)
+    n = int(d.size)
+    delta = float(math.fsum(d) / n)
+    if n < 2:
+        return SeedTest(delta, None, None, None, None, n, None, "paired-t", level)
+    sd = float(np.std(d, ddof=1))
+    if sd <= 1e-12 * max(1.0, float(np.abs(d).max())):  # every difference equal (float noise aside)
+        sd = 0.0
+        return SeedTest(delta, delta, delta, 1.0 if delta == 0.0 else 0.0, None, n, sd, "paired-t", level)
+    se = sd / math.sqrt(n)
+    half = t_quantile(0.5 + level / 2.0, n - 1) * se
+    p = min(1.0, 2.0 * t_cdf(-abs(delta) / se, n - 1))  # the lower tail is computed directly: accurate for tiny p
+    return SeedTest(delta, delta - half, delta + half, p, None, n, sd, "paired-t", level)
+
+
+def sign_flip_min_p(n: int) -> float:
+    """The smallest two-sided p the exact sign-flip test can give with ``n`` seeds: 2 / 2^n (capped at 1).
+
+    So it can reach p < 0.05 only from 6 seeds on (2/64 = 0.031; 5 seeds give 2/32 = 0.0625).
+
+    >>> sign_flip_min_p(3), sign_flip_min_p(5), sign_flip_min_p(6)
+    (0.25, 0.0625, 0.03125)
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return min(1.0, 2.0 ** (1 - n))
+
+
+def sign_flip_test(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided sign-flip permutation test over seeds of mean(a - b) = 0; exact, and free of any normality.
+
+    Under "no difference" each per-seed difference d_s is as likely to be -d_s (the two algorithms' runs are
+    exchangeable), so all 2^n sign patterns σ are equally likely: p = #{|Σ σ·d| >= |Σ d|} / 2^n (a tiny tolerance
+    keeps float noise from splitting exact ties). Up to :data:`SIGN_FLIP_EXACT_MAX` seeds every pattern is
+    enumerated; above that :data:`SIGN_FLIP_DRAWS` random patterns are drawn from ``default_rng(DEFAULT_SEED)`` and
+    p = (1 + #extreme) / (draws + 1), deterministic and never 0. No seeds gives None.
+
+    >>> sign_flip_test([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])  # all 3 positive: only +++ and --- are as extreme
+    0.25
+    >>> sign_flip_test([0.6] * 6, [0.5] * 6) == 2 / 64
+    True
+    """
+    d = _differences(a, b) if len(a) or len(b) else np.empty(0)
+    n = int(d.size)
+    if n == 0:
+        return None
+    observed = abs(float(math.fsum(d)))
+    tolerance = 1e-12 * max(1.0, float(np.abs(d).sum()))
+    if n > SIGN_FLIP_EXACT_MAX:
+        rng = np.random.default_rng(DEFAULT_SEED)
+        extreme = 0
+        for start in range(0, SIGN_FLIP_DRAWS, _FLIP_CHUNK):
+            m = min(_FLIP_CHUNK, SIGN_FLIP_DRAWS - start)
+            signs = 1.0 - 2.0 * rng.integers(0, 2, size=(m, n))
+            extreme += int(np.count_nonzero(np.abs(signs @ d) >= observed - tolerance))
+        return (1 + extreme) / (SIGN_FLIP_DRAWS + 1)
+    # σ and -σ give the same |Σ σ·d|: enumerate the 2^(n-1) patterns with σ_0 = +1 and count each twice
+    bits = np.arange(n - 1)
+    extreme = 0
+    total = 1 << (n - 1)
+    for start in range(0, total, _FLIP_CHUNK):
+        k = np.arange(start, min(total, start + _FLIP_CHUNK))
+        signs = 1.0 - 2.0 * ((k[:, None] >> bits) & 1)
+        extreme += int(np.count_nonzero(np.abs(d[0] + signs @ d[1:]) >= observed - tolerance))
+    return extreme / total
+
+
+def seed_test(a: Sequence[float], b: Sequence[float], level: float = DEFAULT_LEVEL) -> SeedTest:
+    """The headline comparison from per-seed scores: :func:`paired_t`, plus :func:`sign_flip_test` as ``p_perm``.
+
+    ``p_perm`` is left None when the sign-flip test cannot reach ``1 - level`` at all (fewer than 6 seeds at 95%):
+    a p-value that can never be significant would read as evidence of no difference.
+
+    >>> t = seed_test([0.6] * 6, [0.5] * 6)
+    >>> t.p, t.p_perm, t.method
+    (0.0, 0.03125, 'paired-t+sign-flip')
+    >>> seed_test([0.50, 0.60, 0.55], [0.45, 0.50, 0.52]).p_perm is None
+    True
+    """
+    t = paired_t(a, b, level)
+    if sign_flip_min_p(t.n) >= 1.0 - level:
+        return t
+    return SeedTest(t.delta, t.lo, t.hi, t.p, sign_flip_test(a, b), t.n, t.sd, "paired-t+sign-flip", level)
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni step-down adjusted p-values, in the input order; None entries pass through uncounted.
+
+    With m p-values sorted p_(1) <= ... <= p_(m): adj_(i) = max_{j <= i} min(1, (m - j + 1) · p_(j)). Rejecting where
+    adj <= α controls the family-wise error at α under any dependence (several algorithms vs one reference share
+    the reference's runs), and it is never less powerful than plain Bonferroni.
+
+    >>> holm([0.01, 0.04, None, 0.03])  # sorted .01, .03, .04 -> 3 × .01, 2 × .03, max(.06, 1 × .04)
+    [0.03, 0.06, None, 0.06]
+    """
+    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m = len(present)
+    adjusted: list[float | None] = list(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(present):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p-values must be in [0, 1], got {p}")
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Smallest true Δ a two-sided paired t-test over ``n`` seeds detects with probability ``power``.
+
+    ``sd`` is the SD of the per-seed differences. Uses the usual approximation
+    MDD = (t_{1-α/2, n-1} + t_{power, n-1}) · sd/√n, which ignores the far rejection tail and stands in for the
+    noncentral t: at α = 0.05, power 0.8 the true power at this Δ is about 0.77 with 3 seeds, 0.79 with 5 and 0.80
+    with 10 (slightly optimistic for very few seeds). None below 2 seeds.
+
+    >>> round(min_detectable_difference(0.04, 5), 4)  # (2.7764 + 0.9410) · 0.04 / √5
+    0.0665
+    """
+    if sd < 0:
+        raise ValueError(f"sd must be >= 0, got {sd}")
+    if not (0.0 < alpha < 1.0 and 0.0 < power < 1.0):
+        raise ValueError(f"alpha and power must be in (0, 1), got {alpha} and {power}")
+    if n < 2:
+        return None
+    multiplier = t_quantile(1.0 - alpha / 2.0, n - 1) + t_quantile(power, n - 1)
+    return multiplier * sd / math.sqrt(n)
+
+
+def seeds_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8,
+                 max_n: int = 10_000) -> int | None:
+    """Smallest n >= 2 with :func:`min_detectable_difference` (sd, n) <= ``effect``; None if above ``max_n``.
+
+    ``sd == 0`` needs only the minimum of 2 seeds; a nonpositive ``effect`` with sd > 0 can never be met (None).
+    The MDD falls monotonically in n, so this bisects.
+
+    >>> seeds_needed(0.04, 0.0665), seeds_needed(0.04, 0.0664), seeds_needed(0.0, 0.01)
+    (5, 6, 2)
+    """
+    if max_n < 2:
+        raise ValueError(f"max_n must be >= 2, got {max_n}")
+
+    def met(n: int) -> bool:
+        return min_detectable_difference(sd, n, alpha, power) <= effect  # type: ignore[operator]
+
+    if sd == 0:
+        return 2
+    if effect <= 0 or not met(max_n):
+        return None
+    lo, hi = 1, max_n  # invariant: met(hi), and lo = 1 or not met(lo)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if met(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def pooled_sd(groups: Sequence[Sequence[float]]) -> float | None:
+    """Pooled SD of several samples: sqrt(Σ_g Σ_s (x - mean_g)² / Σ_g (n_g - 1)); None with no degrees of freedom.
+
+    Each group is centred on its own mean, so e.g. the per-seed differences of several algorithm pairs give one SD
+    of seed-to-seed noise even though the pairs differ in Δ. Empty and one-value groups add nothing.
+
+    >>> round(pooled_sd([[0.1, 0.3], [0.0, 0.2, 0.4], [0.9]]), 6)  # (0.02 + 0.08) / (1 + 2)
+    0.182574
+    >>> pooled_sd([[0.5], []]) is None
+    True
+    """
+    squares, dof = 0.0, 0
+    for group in groups:
+        values = np.asarray(group, dtype=float)
+        if values.size >= 2:
+            squares += float(((values - values.mean()) ** 2).sum())
+            dof += int(values.size) - 1
+    return math.sqrt(squares / dof) if dof else None
 
 
 def _draw_counts(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:

@@ -6,6 +6,11 @@ import random
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from rlbench.results import token_hash
+
+SAMPLING = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 40}
 COMMAND = "rlbench compare --task arith --algos em-pg,grpo,ppo,reinforce --seeds 1,2,3 --budget samples=96 --out X"
 
 
@@ -26,7 +31,7 @@ def make_comparison(root: Path, skill: dict[str, float], seeds: tuple[int, ...] 
     manifest = {
         "command": COMMAND.replace("arith", task), "task": task, "model": "tiny", "algos": algos, "seeds": list(seeds),
         "budget": {"samples": steps * batch, "tokens": None, "steps": None, "seconds": None},
-        "config": {"sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 40}},
+        "config": {"sampling": SAMPLING},
         "code_version": "abc123", "packages": {"torch": "2.4"}, "machine": {"cpus": 2},
         "created": "2025-01-01T00:00:00+00:00",
         "eval": {"split": "test", "problems": problems, "samples": samples, "greedy": True, "points": points},
@@ -41,6 +46,7 @@ def make_comparison(root: Path, skill: dict[str, float], seeds: tuple[int, ...] 
             run.mkdir(parents=True)
             usage = _write_run(run, algo, source, seed, skill[source], problems, samples, steps, points, batch,
                                (texts or {}).get(algo))
+            _write_config(run, algo, seed, manifest["budget"], problems, samples, batch)
             audit_runs[name] = {"algo": algo, "seed": seed, "status": "completed", **usage,
                                 "prompt_hash": f"hash{seed}", "batch_size": batch}
     (root / "audit.json").write_text(json.dumps({"matched": True, "runs": audit_runs, "problems": []}))
@@ -67,10 +73,11 @@ def _write_run(run: Path, algo: str, source: str, seed: int, skill: float, probl
     sampled_acc = sum(s["reason"] == "correct" for r in records for s in r["samples"]) / (problems * samples)
     metrics, tokens, seconds = [], 0, 0.0
     for step in range(1, steps + 1):
-        tokens += batch * 10
+        tokens += batch * (10 + step + seed)
         seconds += 2.0
         metrics.append({
             "step": step, "reward_mean": skill, "accuracy": skill, "length_mean": 10.0 + step + seed,
+            "prompt_ids_hash": token_hash([seed, step]),
             "time": {"generate": 1.0, "grade": 0.1, "logprobs": 0.2, "update": 0.5, "sync": 0.05},
             "gen_tokens_per_s": batch * 10.0, "usage": {"prompts": step * batch // 2, "samples": step * batch,
                                                         "tokens": tokens, "steps": step, "seconds": seconds},
@@ -96,6 +103,20 @@ def _write_run(run: Path, algo: str, source: str, seed: int, skill: float, probl
         "final": {"greedy": greedy_acc, "sampled": sampled_acc}, "final_length": 9.0,
     }))
     return {k: usage[k] for k in ("samples", "tokens", "steps", "seconds")}
+
+
+def _write_config(run: Path, algo: str, seed: int, budget: dict[str, Any], problems: int, samples: int,
+                  batch: int) -> None:
+    """config.yaml and fingerprint.json as the trainer writes them, so that the audit finds the runs matched."""
+    config = {"model": "tiny", "algo": {"name": algo}, "task": {"name": "arith"}, "seed": seed, "out": str(run),
+              "rollout": {"batch_size": batch, "samples_per_prompt": 2, "sample_stream": 0}, "sampling": SAMPLING,
+              "optim": {"lr": 1e-4}, "budget": budget, "eval": {"limit": problems, "samples": samples}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    ids = [f"arith-test-{i}" for i in range(problems)]
+    fingerprint = {"config": {k: v for k, v in config.items() if k not in ("algo", "seed", "out")},
+                   "algo": config["algo"], "seed": seed, "init_weights": "w0",
+                   "eval_set": {"count": problems, "ids_sha256": token_hash(ids, 64), "prompts_sha256": "p0"}}
+    (run / "fingerprint.json").write_text(json.dumps(fingerprint))
 
 
 def read_json(path: Path) -> Any:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from rlbench.cli import main
@@ -16,7 +17,7 @@ from rlbench.config import ConfigError
 
 SETTINGS = [
     "--set", "rollout.batch_size=8", "--set", "rollout.samples_per_prompt=2", "--set", "sampling.max_new_tokens=8",
-    "--set", "eval.limit=6", "--set", "eval.points=2", "--set", "task.train_size=60", "--set", "task.test_size=12",
+    "--set", "eval.limit=6", "--set", "eval.every=3", "--set", "task.train_size=60", "--set", "task.test_size=12",
     "--set", "optim.lr=1e-3", "--set", "checkpoint_every=2",
 ]
 VOLATILE = {"time", "gen_tokens_per_s", "train_tokens_per_s", "tokens_per_second", "seconds"}
@@ -77,7 +78,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_comparison(tiny_qwen_dir, tm
         sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
         assert sa["final"] == sb["final"] and sa["status"] == sb["status"] == "completed"
     audit = json.loads((killed / "audit.json").read_text())
-    assert audit["matched"] and audit["runs"]["reinforce-s1"]["prompt_hash"] == audit["runs"]["em-pg-s1"]["prompt_hash"]
+    assert audit["matched"] and all(run["matched"] for run in audit["runs"].values())
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["algos"] == ["reinforce", "em-pg"] and manifest["budget"]["steps"] == 6
     assert manifest["packages"]["torch"]
@@ -99,3 +100,156 @@ def test_unknown_algorithm_option_is_named(tmp_path):
     result = CliRunner().invoke(main, ["compare", "--algos", "reinforce", "--config", str(cfg), "--out", str(tmp_path / "o"),
                                        "--budget", "steps=1"])
     assert result.exit_code == 2 and "algo_options.grpo" in result.output
+
+
+def test_variant_rows_and_the_control_run_with_their_own_options_and_stream(tiny_qwen_dir, tmp_path):
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos",
+                                       "reinforce,reinforce[baseline=none]", "--control", "--seeds", "1", "--budget",
+                                       "steps=3", "--out", str(out), "--jobs", "1", "--quiet", *SETTINGS])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["algos"] == ["reinforce", "reinforce[baseline=none]", "reinforce (A/A control)"]
+    assert manifest["reference"] == "reinforce"
+    rows = {r["label"]: r for r in manifest["rows"]}
+    assert rows["reinforce[baseline=none]"]["resolved"]["baseline"] == "none"
+    assert rows["reinforce (A/A control)"]["control"] and rows["reinforce (A/A control)"]["slug"] == "reinforce.control"
+    runs = out / "runs"
+    configs = {name: yaml.safe_load((runs / name / "config.yaml").read_text())
+               for name in ("reinforce-s1", "reinforce.baseline-none-s1", "reinforce.control-s1")}
+    assert configs["reinforce.baseline-none-s1"]["algo"]["baseline"] == "none"
+    assert configs["reinforce-s1"]["algo"]["baseline"] == "mean"  # defaults are written out, not implied
+    assert [c["rollout"]["sample_stream"] for c in configs.values()] == [0, 0, 1]
+    ref, control = (_rows(runs / n / "metrics.jsonl") for n in ("reinforce-s1", "reinforce.control-s1"))
+    assert [r["prompt_ids_hash"] for r in ref] == [r["prompt_ids_hash"] for r in control]  # same prompts
+    texts = [[json.loads(line)["completion"] for line in (runs / n / "samples.jsonl").read_text().splitlines()]
+             for n in ("reinforce-s1", "reinforce.control-s1")]
+    assert texts[0] != texts[1]  # another sampling stream
+    md = (out / "leaderboard.md").read_text()
+    assert "| reinforce[baseline=none] |" in md and "### A/A control (noise floor)" in md
+    assert "| reinforce (A/A control) |" in md
+
+
+@pytest.mark.parametrize("algos, seeds, fragment", [
+    ("em-pg[baseline=nope]", "1", "--algos em-pg[baseline=nope]: algo.baseline='nope'"),
+    ("em-pg[no_such_option=1]", "1", "--algos em-pg[no_such_option=1]: algo.no_such_option: unknown key"),
+    ("em-pg,em-pg[]", "1", "'em-pg' names two rows"),
+    ("reinforce", "1,1", "--seeds: seed 1 is named twice"),
+])
+def test_bad_rows_and_seeds_exit_2_naming_them(tmp_path, algos, seeds, fragment):
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["compare", "--algos", algos, "--seeds", seeds, "--out", str(out),
+                                       "--budget", "steps=1"])
+    assert result.exit_code == 2 and fragment in result.output, result.output
+    assert not out.exists()
+
+
+def test_a_foreign_run_folder_is_not_adopted(tiny_qwen_dir, tmp_path):
+    out = tmp_path / "cmp"
+    foreign = CliRunner().invoke(main, ["train", "--model", str(tiny_qwen_dir), "--task", "arith", "--algo", "reinforce",
+                                        "--seed", "1", "--out", str(out / "runs" / "reinforce-s1"), "--quiet",
+                                        "--set", "budget.steps=2", *SETTINGS, "--set", "optim.lr=2e-4"])
+    assert foreign.exit_code == 0, foreign.output
+    result = CliRunner().invoke(main, ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos",
+                                       "reinforce", "--seeds", "1", "--budget", "steps=2", "--out", str(out),
+                                       "--quiet", *SETTINGS])
+    assert result.exit_code == 2
+    assert "reinforce-s1/config.yaml: optim.lr = 0.0002 there, 0.001 in this comparison" in result.output
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_for_rows(path: Path, rows: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (path.exists() and len(path.read_text().splitlines()) >= rows):
+        time.sleep(0.05)
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_sigkill_of_the_compare_alone_ends_its_run_and_a_rerun_equals_an_uninterrupted_comparison(tiny_qwen_dir, tmp_path):
+    from rlbench.locks import holder
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run(_cmd(tiny_qwen_dir, clean), check=True, env=env, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(_cmd(tiny_qwen_dir, killed), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = killed / "runs" / "em-pg-s1"
+    _wait_for_rows(run / "metrics.jsonl", 2)
+    child = holder(run)
+    assert child and child != proc.pid and _alive(child)
+    proc.send_signal(signal.SIGKILL)  # the compare only, not its process group
+    proc.wait()
+    assert _gone_within(child, 30), "the run outlived its compare"
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"  # the SIGTERM path, not a crash
+
+    done = subprocess.run(_cmd(tiny_qwen_dir, killed), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "audit: matched" in done.stdout
+    for name in ("reinforce-s1", "em-pg-s1"):
+        for log in ("metrics.jsonl", "eval.jsonl", "eval_records.jsonl"):
+            assert _rows(clean / "runs" / name / log) == _rows(killed / "runs" / name / log), (name, log)
+        assert [r["step"] for r in _rows(killed / "runs" / name / "metrics.jsonl")] == list(range(1, 7))
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_sigterm_of_the_compare_ends_its_run(tiny_qwen_dir, tmp_path):
+    from rlbench.locks import holder
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "cmp"
+    cmd = [*_cmd(tiny_qwen_dir, out), "--budget", "steps=100000"]  # the last --budget wins: runs until stopped
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run = out / "runs" / "reinforce-s1"
+        _wait_for_rows(run / "metrics.jsonl", 1)
+        child = holder(run)
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and second.stderr.strip().splitlines() == [
+            f"rlbench: error: {out}: another rlbench comparison is writing this folder (pid {proc.pid}); "
+            "wait for it to finish or stop it"]
+        train = subprocess.run([sys.executable, "-m", "rlbench.cli", "train", "--config", str(run / "request.yaml"),
+                                "--resume", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+        assert train.returncode == 2 and f"{run}: another rlbench run is writing this folder (pid {child})" in train.stderr
+        steps = [r["step"] for r in _rows(run / "metrics.jsonl")]
+        assert steps == list(range(1, len(steps) + 1))  # one writer: no step twice
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert _gone_within(child, 30), "the run outlived its compare"
+        assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_diverged_run_is_reported_as_such_and_the_comparison_exits_1(tiny_qwen_dir, tmp_path):
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos", "ppo",
+                                       "--seeds", "1", "--budget", "steps=4", "--out", str(out), "--jobs", "1",
+                                       "--quiet", *SETTINGS, "--set", "optim.lr=1e3"])
+    assert result.exit_code == 1, result.output
+    assert "rlbench: error: 1 run(s) did not complete: ppo-s1 (exit 3" in result.output
+    assert "Traceback" not in result.output
+    summary = json.loads((out / "runs" / "ppo-s1" / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    md = (out / "leaderboard.md").read_text()
+    assert "Incomplete runs, left out of every number above: ppo-s1 (diverged)." in md

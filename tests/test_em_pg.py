@@ -1,9 +1,13 @@
 """EM-PG on the shared hand-built batch (see algo_helpers), numbers from a hand calculation.
 
 Rewards [1, 0, 1, 1]; loss aggregation seq-mean-token-mean, so a valid token of row i weighs 1 / (4 L_i),
-L = [3, 2, 1, 2], and d loss / d log pi = -A_i / (4 L_i).
+L = [3, 2, 1, 2], and d loss / d log pi = -A_i / (4 L_i). The default baseline is ``code`` (the author's code, which
+produced the paper's numbers); ``mean`` (the paper's equation) is REINFORCE with a batch-mean baseline times one
+scalar on 0/1 rewards, which the equivalence tests below check.
 """
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -19,6 +23,10 @@ from algo_helpers import (
     policy_output,
 )
 from rlbench.algorithms.em_pg import EMPG, EMPGConfig
+from rlbench.algorithms.reinforce import Reinforce, ReinforceConfig
+
+LENGTHS = [3, 2, 1, 2]
+MIXED = [[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
 
 
 def run(config: EMPGConfig, **batch_fields):
@@ -47,10 +55,11 @@ def test_paper_baseline_batch_mean_of_smoothed_reward():
     assert_padding_has_zero_grad(out.logprobs.grad)
 
 
-def test_code_baseline_token_level_statistics():
+def test_code_baseline_is_the_default_with_token_level_statistics():
     # over the 8 valid tokens: six returns of 1, two of 0 -> mu = 0.75, var (n - 1) = 1.5 / 7
     # A = 2 sigmoid((G - mu) / sqrt(var)) - 1 = [0.263654, -0.669641] for G = 1, 0
-    batch, out, loss, _ = run(EMPGConfig(baseline="code"))
+    assert EMPGConfig().baseline == "code" and EMPGConfig().loss_agg == "seq-mean-token-mean"
+    batch, out, loss, _ = run(EMPGConfig())
     close(batch.advantages, per_row([0.2636535528, -0.6696413321, 0.2636535528, 0.2636535528]))
     close(loss, 0.1503947990)
     close(out.logprobs.grad, [[-0.0219711294] * 3, [0.0837051665, 0.0837051665, 0.0], [-0.0659133882, 0.0, 0.0],
@@ -126,7 +135,7 @@ def test_k3_kl_and_entropy_bonus_in_the_loss():
 
 def test_no_ratio_no_clip_one_update_per_batch():
     algo = EMPG()
-    assert algo.config.baseline == "mean"
+    assert algo.config.baseline == "code"
     assert (algo.epochs, algo.minibatches) == (1, 1)
     assert not (algo.needs_old_logprobs or algo.needs_reference or algo.needs_values or algo.needs_entropy_grad)
     # the loss is linear in log pi: doubling every log-prob doubles the loss (a ratio or a clip would not)
@@ -154,3 +163,80 @@ def test_group_baseline_is_the_group_mean_of_the_smoothed_reward():
     # R~ = [0.760356, 0.359541, 0.359541], b = 0.493146 (not 1/2: the group is lopsided); row 3 alone -> 0
     batch, _, _, _ = run(EMPGConfig(baseline="group"), rewards=[1.0, 0.0, 0.0, 1.0], groups=[0, 0, 0, 1])
     close(batch.advantages, per_row([0.2672172784, -0.1336086392, -0.1336086392, 0.0]))
+
+
+# ------------------------------------------------------------------ which form: equivalence with REINFORCE
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def reinforce(rewards: list[float]):
+    return run_algo(Reinforce(ReinforceConfig(baseline="mean")), rewards)
+
+
+def run_algo(algo, rewards: list[float]):
+    batch = make_batch(rewards=rewards)
+    algo.compute_advantages(batch)
+    out = policy_output()
+    loss, _ = algo.loss(batch, out)
+    loss.backward()
+    return batch, out, loss
+
+
+@pytest.mark.parametrize("rewards", MIXED)
+def test_paper_equation_is_reinforce_with_batch_mean_baseline_times_one_scalar(rewards):
+    # R~ in {r1, r0} -> R~ = r0 + c R, c = r1 - r0 -> A = R~ - mean R~ = c (R - p), p the success rate
+    n, p = len(rewards), sum(rewards) / len(rewards)
+    d = math.sqrt(sum((r - p) ** 2 for r in rewards) / (n - 1) + 1e-8)
+    c = sigmoid((1 - p) / d) - sigmoid(-p / d)
+    assert 0.40 < c < 0.55
+    em, em_out, em_loss = run_algo(EMPG(EMPGConfig(baseline="mean")), rewards)
+    rf, rf_out, rf_loss = reinforce(rewards)
+    close(em.advantages, per_row([c * (r - p) for r in rewards]))
+    close(em.advantages, (c * rf.advantages).tolist())
+    close(em_loss, c * rf_loss.item())
+    close(em_out.logprobs.grad, (c * rf_out.logprobs.grad).tolist())
+    # AdamW's first step, m / sqrt(v) = g / |g|, does not see c: the two updates agree up to its eps
+    steps = []
+    for grad in (em_out.logprobs.grad, rf_out.logprobs.grad):
+        weights = torch.nn.Parameter(torch.zeros(4, 3))
+        opt = torch.optim.AdamW([weights], lr=1e-3, weight_decay=0.01)
+        weights.grad = grad.clone()
+        opt.step()
+        steps.append(weights.detach())
+    close(steps[0], steps[1].tolist(), atol=1e-8)
+
+
+def test_scalar_c_on_the_shared_batch_matches_the_hand_numbers():
+    # R = [1, 0, 1, 1]: A = [0.1100084518, -0.3300253555] (above) = c (R - 0.75), c = 0.4400338073
+    em, _, _ = run_algo(EMPG(EMPGConfig(baseline="mean")), [1.0, 0.0, 1.0, 1.0])
+    rf, _, _ = reinforce([1.0, 0.0, 1.0, 1.0])
+    close(em.advantages, (0.4400338073 * rf.advantages).tolist())
+
+
+@pytest.mark.parametrize("rewards", MIXED)
+def test_code_form_is_not_a_multiple_of_reinforce_on_unequal_lengths(rewards):
+    # G_t = R on every token: A = (a1 - a0)(R - b'), b' = -a0 / (a1 - a0), a1, a0 from the token-level statistics
+    # (q the token-weighted success rate); b' != p, so the per-token ratio to REINFORCE's R - p takes two values
+    n, q = sum(LENGTHS), sum(r * n_i for r, n_i in zip(rewards, LENGTHS)) / sum(LENGTHS)
+    d = math.sqrt(sum(n_i * (r - q) ** 2 for r, n_i in zip(rewards, LENGTHS)) / (n - 1) + 1e-8)
+    a1, a0 = 2 * sigmoid((1 - q) / d) - 1, 2 * sigmoid(-q / d) - 1
+    b, p = -a0 / (a1 - a0), sum(rewards) / len(rewards)
+    code, _, _ = run_algo(EMPG(EMPGConfig(baseline="code")), rewards)
+    rf, _, _ = reinforce(rewards)
+    close(code.advantages, per_row([(a1 - a0) * (r - b) for r in rewards]))
+    assert abs(b - p) > 0.02
+    valid = mask() > 0
+    ratio = code.advantages[valid] / rf.advantages[valid]
+    assert ratio.max() - ratio.min() > 0.1
+    assert abs(float(code.advantages[:, 0].sum())) > 0.02  # not mean-zero over the batch's sequences
+
+
+def test_code_form_is_a_multiple_of_reinforce_only_when_its_baseline_meets_p():
+    # R = [1, 0, 1, 0] on lengths [3, 2, 1, 2]: q = 4 / 8 = p = 1/2, the sigmoid is odd about it, a0 = -a1,
+    # b' = 1/2 = p, and A = 2 a1 (R - 1/2): here (in general only when b' = p) the code form is REINFORCE's times 2 a1
+    code, _, _ = run_algo(EMPG(EMPGConfig(baseline="code")), [1.0, 0.0, 1.0, 0.0])
+    rf, _, _ = reinforce([1.0, 0.0, 1.0, 0.0])
+    close(code.advantages, (2 * 0.4363448 * rf.advantages).tolist())

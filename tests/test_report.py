@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from report_helpers import make_comparison, read_json
-from rlbench import stats
+from rlbench import stats, verdicts
 from rlbench.cli import main
 from rlbench.report import build_report, write_report
 from rlbench.report_inputs import ReportInputError, load_comparison
@@ -51,12 +51,13 @@ def test_cli_writes_three_files_that_agree(written):
     page = (comparison / "index.html").read_text()
     ranked = [r["algo"] for r in data["tasks"][0]["algorithms"]]
     assert ranked == sorted(SKILL, key=lambda a: -_row(data, a)["accuracy"]["greedy"]["mean"])
-    assert [r["rank"] for r in data["tasks"][0]["algorithms"]] == [1, 2, 3, 4]
+    scores = {r["algo"]: r["seed_scores"]["greedy"] for r in data["tasks"][0]["algorithms"]}
+    assert [r["rank"] for r in data["tasks"][0]["algorithms"]] == [verdicts.grouped_ranks(scores, ranked)[a] for a in ranked]
     for algo in SKILL:
         cell = _row(data, algo)["accuracy"]["greedy"]
         text = f"{100 * cell['mean']:.1f} [{100 * cell['lo']:.1f}, {100 * cell['hi']:.1f}]"
         assert text in md and text in page
-    assert "arith (greedy, audit matched): 1. " in result.output
+    assert re.search(r"arith \(greedy, audit matched\): 1=? \w", result.output)
 
 
 def test_html_is_self_contained(written):
@@ -65,7 +66,8 @@ def test_html_is_self_contained(written):
     assert not re.search(r"""(?:src|href)\s*=\s*["'](?!data:)""", page)
     assert not re.search(r"https?://", page)
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
-    assert images == ["Greedy accuracy during training", "Final accuracy", "Response length during training",
+    assert images == ["Greedy accuracy during training", "Run scores", "Difference from em-pg",
+                      "Response length during training",
                       "Where the training time goes"]
     assert page.count("<table>") == 4 and "Audit" in page
 
@@ -89,15 +91,30 @@ def test_accuracy_is_the_mean_of_the_seeds_final_evaluations(comparison):
             assert (cell["lo"], cell["hi"], cell["n"]) == (pytest.approx(expected.lo), pytest.approx(expected.hi), 3)
 
 
-def test_delta_is_paired_over_seeds_and_problems(comparison):
+def test_headline_test_is_the_paired_t_over_seeds_with_holm(comparison):
     data = _report(comparison)
-    assert data["tasks"][0]["reference"] == "em-pg" and _row(data, "em-pg")["delta"] is None
+    tests = {a: _row(data, a)["test"] for a in SKILL if a != "em-pg"}
+    assert _row(data, "em-pg")["test"] is None
+    raw = {}
+    for algo, test in tests.items():
+        mine, ref = _row(data, algo)["accuracy"]["greedy"]["values"], _row(data, "em-pg")["accuracy"]["greedy"]["values"]
+        expected = stats.paired_t(mine, ref)
+        assert test["delta"] == pytest.approx(expected.delta) and test["p"] == pytest.approx(expected.p)
+        assert test["seed_list"] == [1, 2, 3] and test["n"] == 3
+        raw[algo] = expected.p
+    adjusted = stats.holm(list(raw.values()))
+    assert [tests[a]["p_holm"] for a in raw] == pytest.approx(adjusted)
+
+
+def test_problem_level_delta_is_descriptive_and_paired_over_seeds_and_problems(comparison):
+    data = _report(comparison)
+    assert data["tasks"][0]["reference"] == "em-pg" and _row(data, "em-pg")["problem_delta"] is None
 
     def correct(algo: str, seed: int) -> list[float]:
         rows = (comparison / "runs" / f"{algo}-s{seed}" / "eval_records.jsonl").read_text().splitlines()
         return [float(json.loads(r)["greedy"]["reason"] == "correct") for r in rows]
 
-    d = _row(data, "ppo")["delta"]["greedy"]
+    d = _row(data, "ppo")["problem_delta"]["greedy"]
     expected = statistics.fmean(a - b for s in (1, 2, 3) for a, b in zip(correct("ppo", s), correct("em-pg", s)))
     assert d["delta"] == pytest.approx(expected)
     assert (d["seeds"], d["problems"], d["paired_on"]) == (3, 30, "problems")
@@ -106,7 +123,7 @@ def test_delta_is_paired_over_seeds_and_problems(comparison):
 
 
 def test_older_records_without_correct_flag_use_the_reason(comparison):
-    before = _row(_report(comparison), "grpo")["delta"]
+    before = _row(_report(comparison), "grpo")["problem_delta"]
     for run in (comparison / "runs").iterdir():
         path = run / "eval_records.jsonl"
         rows = [json.loads(r) for r in path.read_text().splitlines()]
@@ -114,19 +131,22 @@ def test_older_records_without_correct_flag_use_the_reason(comparison):
             for item in [row["greedy"], *row["samples"]]:
                 del item["correct"]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert _row(_report(comparison), "grpo")["delta"] == before
+    assert _row(_report(comparison), "grpo")["problem_delta"] == before
 
 
 def test_identical_algorithm_scores_delta_zero_and_p_one(tmp_path):
     path = make_comparison(tmp_path / "c", {"em-pg": 0.6, "clone": 0.6}, twin={"clone": "em-pg"})
-    d = _row(_report(path), "clone")["delta"]
+    data = _report(path)
+    d = _row(data, "clone")["problem_delta"]
     for metric in ("greedy", "sampled"):
         assert d[metric]["delta"] == 0.0 and d[metric]["p"] == 1.0
+    assert _row(data, "clone")["test"]["delta"] == 0.0 and _row(data, "clone")["test"]["p"] == 1.0
+    assert {_row(data, a)["rank"] for a in ("em-pg", "clone")} == {"1="}
 
 
 def test_reference_and_metric_options(comparison):
     data = _report(comparison, reference="grpo", metric="sampled")
-    assert _row(data, "grpo")["delta"] is None
+    assert _row(data, "grpo")["test"] is None
     ranked = [r["accuracy"]["sampled"]["mean"] for r in data["tasks"][0]["algorithms"]]
     assert ranked == sorted(ranked, reverse=True)
     md = render_markdown(data)
@@ -139,7 +159,10 @@ def test_header_names_both_commands_protocol_ci_and_audit(comparison):
     assert f"`{manifest['command']}`" in md
     assert f"`rlbench report {comparison} --metric greedy --ci t`" in md
     assert "95% Student-t interval over seeds" in md and f"multiplier is {stats.t_quantile(0.975, 2):.2f}" in md
-    assert "Paired bootstrap, 10,000 resamples, RNG seed 0" in md
+    assert "two-sided paired t-test over seeds" in md and "Holm-adjusted" in md
+    assert "**Verdict**: " in md and "minimum detectable difference" in md and "detecting 3 pp would take" in md
+    assert "a run scores the mean of its last evaluation (the final one)" in md
+    assert "**Learning**: every completed run's greedy score is above its evaluation before training" in md
     assert "30 problems of the 'test' split" in md and "2 sampled completion(s)" in md
     assert "**Audit**: matched" in md
 
@@ -151,22 +174,29 @@ def test_bootstrap_ci_option_is_stated(comparison):
     assert "percentile bootstrap over seeds, 10,000 resamples" in render_markdown(data)
 
 
-def test_unmatched_run_is_marked_not_hidden(comparison):
-    audit = read_json(comparison / "audit.json")
-    audit["matched"] = False
-    audit["problems"] = ["seed 2: runs saw different prompts: em-pg-s2=aa, ppo-s2=bb, grpo-s2=aa, reinforce-s2=aa"]
-    audit["runs"]["reinforce-s1"]["matched"] = False
-    (comparison / "audit.json").write_text(json.dumps(audit))
+def _tamper_prompt(comparison: Path, run: str, step: int) -> None:
+    path = comparison / "runs" / run / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[step - 1]["prompt_ids_hash"] = "tampered"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_the_report_recomputes_the_audit_and_leaves_flagged_runs_out(comparison):
+    audit = read_json(comparison / "audit.json")  # a stale "matched" record must not be believed
+    _tamper_prompt(comparison, "ppo-s2", 3)
     data = _report(comparison)
     task = data["tasks"][0]
-    # every run named in the problem is flagged; a run merely sharing a prefix ("ppo-s2" vs "ppo-s22") would not be
-    assert task["audit"]["flagged_runs"] == ["em-pg-s2", "grpo-s2", "ppo-s2", "reinforce-s1", "reinforce-s2"]
-    assert _row(data, "ppo")["flagged"] == ["ppo-s2"] and _row(data, "ppo")["complete"] == 3
+    # only the culprit is flagged, not the other runs of its seed; "ppo-s2" does not match inside "ppo-s22"
+    assert audit["matched"] and task["audit"]["flagged_runs"] == ["ppo-s2"]
+    assert task["audit"]["problems"] == ["ppo-s2: its prompts differ from the other seed-2 runs' from step 3 on"]
+    ppo = _row(data, "ppo")
+    assert ppo["flagged"] == ["ppo-s2"] and ppo["complete"] == 2 and ppo["accuracy"]["greedy"]["n"] == 2
     md = render_markdown(data)
-    assert "**Audit**: NOT matched: 1 problem(s)" in md
-    assert "- seed 2: runs saw different prompts" in md
-    assert re.search(r"\| \d \| ppo ⚠ \|", md)
-    assert re.search(r"\| reinforce-s1 \| completed .*⚠ reinforce-s1: audit marks it unmatched \|", md)
+    assert "**Audit**: NOT matched: 1 problem(s)" in md and "- ppo-s2: its prompts differ" in md
+    assert re.search(r"\| [\d=–]+ \| ppo ⚠ \|", md)
+    assert re.search(r"\| ppo-s2 \| flagged .*⚠ ppo-s2: its prompts differ", md)
+    kept = build_report([load_comparison(comparison)], None, "greedy", "t", comparison, include_flagged=True)
+    assert _row(kept, "ppo")["accuracy"]["greedy"]["n"] == 3 and "--include-flagged" in kept["report_command"]
 
 
 def test_incomplete_runs_are_listed_and_left_out(comparison):
@@ -182,9 +212,9 @@ def test_incomplete_runs_are_listed_and_left_out(comparison):
     assert (grpo["complete"], grpo["runs"], grpo["accuracy"]["greedy"]["n"]) == (2, 3, 2)
     assert grpo["incomplete"] == [{"name": "grpo-s3", "status": "interrupted"}]
     assert _row(data, "ppo")["incomplete"] == [{"name": "ppo-s1", "status": "running"}]
-    assert _row(data, "ppo")["delta"]["greedy"]["seed_list"] == [2, 3]
+    assert _row(data, "ppo")["test"]["seed_list"] == [2, 3]
     md = render_markdown(data)
-    assert re.search(r"\| \d \| grpo \| 2/3 \|", md)
+    assert re.search(r"\| [\d=–]+ \| grpo (⚠ )?\| 2/3 \|", md)
     assert "Incomplete runs, left out of every number above: grpo-s3 (interrupted), ppo-s1 (running)." in md
     assert re.search(r"\| ppo-s1 \| running \|", md)
 
@@ -309,3 +339,14 @@ def test_default_reference_falls_back_to_the_first_algorithm(tmp_path):
 def test_load_errors_are_report_input_errors(tmp_path):
     with pytest.raises(ReportInputError, match="not a directory"):
         load_comparison(tmp_path / "nowhere")
+
+
+def test_runs_that_did_not_beat_their_start_are_named(comparison):
+    path = comparison / "runs" / "ppo-s3" / "eval.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["greedy"]["accuracy"] = 0.99
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = _report(comparison)
+    assert data["tasks"][0]["not_above_start"] == ["ppo-s3"]
+    assert "**Learning**: 1 completed run(s) did not end above their evaluation before training on greedy: ppo-s3" in \
+        render_markdown(data)

@@ -32,7 +32,7 @@ def test_report_page_loads_cleanly_in_chromium(tmp_path):
     shot = tmp_path / "shot.png"
     rc, result = _check(comparison / "index.html", "--screenshot", str(shot))
     assert rc == 0 and result["ok"], result
-    assert (result["images"], result["broken"], result["tables"], result["scripts"]) == (4, 0, 4, 0)
+    assert (result["images"], result["broken"], result["tables"], result["scripts"]) == (5, 0, 4, 0)
     assert result["title"] == "RL leaderboard: arith"
     head = shot.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import doctest
 import math
 import random
+import statistics
 
 import pytest
 
@@ -127,3 +128,91 @@ def test_paired_test_rejects_mismatched_grids():
         stats.paired_bootstrap([[1, 0]], [[1, 0, 1]])
     with pytest.raises(ValueError):
         stats.paired_bootstrap([], [])
+
+
+# --- seed-level inference -----------------------------------------------------------------------------------------
+
+
+def test_paired_t_matches_a_hand_computation():
+    a, b = [0.62, 0.55, 0.60, 0.58], [0.50, 0.52, 0.51, 0.49]  # d = .12, .03, .09, .09: mean .0825
+    d = [0.12, 0.03, 0.09, 0.09]
+    sd = math.sqrt(sum((x - 0.0825) ** 2 for x in d) / 3)  # 0.0377492
+    t_stat = 0.0825 / (sd / 2)  # 4.37091
+    half = 3.182446305 * sd / 2  # t_{.975, 3} from tables
+    test = stats.paired_t(a, b)
+    assert (test.n, test.method, test.level, test.p_perm) == (4, "paired-t", stats.DEFAULT_LEVEL, None)
+    assert test.delta == pytest.approx(0.0825) and test.sd == pytest.approx(sd)
+    assert test.lo == pytest.approx(0.0825 - half) and test.hi == pytest.approx(0.0825 + half)
+    # df = 3: P(|T| > t) = 1 - (2/π)(atan(t/√3) + (t/√3) / (1 + t²/3)), the closed form for 3 degrees of freedom
+    x = t_stat / math.sqrt(3)
+    assert test.p == pytest.approx(1 - (2 / math.pi) * (math.atan(x) + x / (1 + x * x)), rel=1e-9)
+    assert 0.02 < test.p < 0.03  # a worked value: p = 0.0222
+
+
+def test_paired_t_is_antisymmetric_and_its_interval_matches_t_interval_of_the_differences():
+    a, b = [0.41, 0.47, 0.39, 0.52, 0.44], [0.40, 0.43, 0.42, 0.45, 0.41]
+    ab, ba = stats.paired_t(a, b), stats.paired_t(b, a)
+    assert ba.delta == pytest.approx(-ab.delta) and ba.p == pytest.approx(ab.p)
+    assert ba.lo == pytest.approx(-ab.hi) and ba.hi == pytest.approx(-ab.lo)
+    iv = stats.t_interval([x - y for x, y in zip(a, b)])
+    assert (ab.lo, ab.hi) == (pytest.approx(iv.lo), pytest.approx(iv.hi))
+    assert ab.lo < 0 < ab.hi and ab.p > 0.05  # the CI covers 0 exactly when p > 1 - level
+    assert stats.paired_t(a, b, level=0.80).hi < ab.hi
+
+
+def test_paired_t_edge_cases():
+    one = stats.paired_t([0.6], [0.5])
+    assert (one.p, one.lo, one.hi, one.sd, one.n) == (None, None, None, None, 1) and one.delta == pytest.approx(0.1)
+    same = stats.paired_t([0.3, 0.5, 0.7], [0.3, 0.5, 0.7])
+    assert (same.delta, same.p, same.lo, same.hi, same.sd) == (0.0, 1.0, 0.0, 0.0, 0.0)
+    # equal nonzero differences (0.2 up to float noise: 0.5 - 0.3 != 0.7 - 0.5 in floats) -> no spread, p = 0
+    shift = stats.paired_t([0.5, 0.7, 0.9], [0.3, 0.5, 0.7])
+    assert (shift.p, shift.sd) == (0.0, 0.0) and shift.lo == shift.hi == shift.delta == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        stats.paired_t([0.5, 0.6], [0.5])
+    with pytest.raises(ValueError):
+        stats.paired_t([], [])
+
+
+def test_min_detectable_difference_known_value_and_monotonicity():
+    # (t_{.975, 4} + t_{.80, 4}) · sd / √5 = (2.776445 + 0.940965) · 0.04 / √5
+    assert stats.min_detectable_difference(0.04, 5) == pytest.approx((2.776445105 + 0.940964840) * 0.04 / math.sqrt(5))
+    assert stats.min_detectable_difference(0.04, 1) is None
+    assert stats.min_detectable_difference(0.0, 5) == 0.0
+    mdd = [stats.min_detectable_difference(0.05, n) for n in range(2, 40)]
+    assert all(x > y for x, y in zip(mdd, mdd[1:]))  # more seeds, smaller detectable Δ
+    assert stats.min_detectable_difference(0.10, 5) == pytest.approx(2 * stats.min_detectable_difference(0.05, 5))
+    assert stats.min_detectable_difference(0.05, 5, power=0.9) > stats.min_detectable_difference(0.05, 5)
+    assert stats.min_detectable_difference(0.05, 5, alpha=0.01) > stats.min_detectable_difference(0.05, 5)
+    # large n: (1.96 + 0.8416) · sd / √n
+    assert stats.min_detectable_difference(1.0, 10_000) == pytest.approx((1.959964 + 0.841621) / 100, rel=1e-3)
+    with pytest.raises(ValueError):
+        stats.min_detectable_difference(-0.1, 5)
+    with pytest.raises(ValueError):
+        stats.min_detectable_difference(0.1, 5, power=1.0)
+
+
+def test_seeds_needed_inverts_the_mdd():
+    sd = 0.04
+    for n in (2, 3, 5, 10, 37):
+        mdd = stats.min_detectable_difference(sd, n)
+        assert stats.seeds_needed(sd, mdd * (1 + 1e-9)) == n
+        assert stats.seeds_needed(sd, mdd * (1 - 1e-6)) == n + 1
+    needed = [stats.seeds_needed(sd, effect) for effect in (0.2, 0.1, 0.05, 0.03, 0.02, 0.01)]
+    assert needed == sorted(needed) and needed[0] == 3  # smaller effects need more seeds
+    # the normal rule (1.96 + 0.84)² · (sd/Δ)² = 125.6; the t quantiles at 127 df push it to 128
+    assert stats.seeds_needed(sd, 0.01) == 128
+    assert stats.seeds_needed(0.0, 0.01) == 2
+    assert stats.seeds_needed(sd, 0.0) is None and stats.seeds_needed(sd, 1e-4) is None
+    assert 300_000 < stats.seeds_needed(sd, 2e-4, max_n=1_000_000) < 330_000  # 7.84 · 200² = 313,600
+
+
+def test_pooled_sd():
+    # groups centred on their own means: SS = 0.02 + 0.08 + 0, dof = 1 + 2 + 0
+    assert stats.pooled_sd([[0.1, 0.3], [0.0, 0.2, 0.4], [0.9]]) == pytest.approx(math.sqrt(0.1 / 3))
+    # one group: the ordinary sample SD; a shift of one group changes nothing
+    values = [0.02, -0.01, 0.05, 0.03]
+    assert stats.pooled_sd([values]) == pytest.approx(statistics.stdev(values))
+    assert stats.pooled_sd([values, [0.5, 0.7]]) == pytest.approx(stats.pooled_sd([values, [0.0, 0.2]]))
+    assert stats.pooled_sd([[0.5], [], [0.3]]) is None and stats.pooled_sd([]) is None
+    assert stats.pooled_sd([[0.4, 0.4, 0.4]]) == pytest.approx(0.0, abs=1e-15)

@@ -21,7 +21,7 @@ def test_train_two_steps_on_a_local_qwen2(tiny_qwen_dir, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(
         main, ["train", "--model", str(tiny_qwen_dir), "--task", "arith", "--algo", "reinforce", "--out", str(out),
-               "--set", "budget.steps=2", "--quiet", *SMALL],
+               "--set", "budget.steps=2", "--set", "eval.every=1", "--quiet", *SMALL],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -34,7 +34,7 @@ def test_train_two_steps_on_a_local_qwen2(tiny_qwen_dir, tmp_path):
         assert key in rows[0], key
     assert set(rows[0]["time"]) >= {"generate", "grade", "update", "sync"}
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
-    # eval.points=4 over 2 steps: before training, after step 1 (half the budget), at the end
+    # eval.every=1 over 2 steps: before training, after step 1, at the end (step 2 is not evaluated twice)
     assert [e["step"] for e in evals] == [0, 1, 2] and [e["point"] for e in evals] == [0, 1, 2]
     assert evals[0]["problems"] == 4
     assert (out / "checkpoint" / "config.json").exists()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
 import math
-import os
 import platform
 import random
+import re
 import signal
 import shutil
 import statistics
@@ -36,20 +37,42 @@ from rlbench.engine.budget import BudgetMeter, Usage
 from rlbench.engine.policy import Policy, ValueHead, load_model, pick_device
 from rlbench.engine.rollout import HFGenerator, encode_prompt
 from rlbench.evaluate import evaluate
+from rlbench.lifeline import lock_wait
+from rlbench.locks import hold, is_run_folder, refuse_foreign, refuse_several_ranks
 from rlbench.results import (
-    CHECKPOINT, CONFIG, EVAL_RECORDS, EVALS, METRICS, SAMPLES, STATE, SUMMARY, append_jsonl, read_jsonl, truncate_jsonl,
-    write_json,
+    CHECKPOINT, CONFIG, EVAL_RECORDS, EVALS, FINGERPRINT, METRICS, SAMPLES, STATE, SUMMARY, RunFileError, append_jsonl,
+    append_jsonl_many, dumps_strict, read_jsonl, token_hash, truncate_jsonl, write_dir_atomic, write_json,
+    write_text_atomic,
 )
 from rlbench.algorithms.base import Algorithm, kl_penalty, masked_mean
 from rlbench.tasks.base import Example, Task
 
 SAMPLES_LOGGED_PER_STEP = 4
+STATE_FILE = "trainer.pt"  # in the run's state/ folder
+
+
+class Diverged(Exception):
+    """A non-finite loss, gradient norm or weight: the run stops (status ``diverged``) and saves no state after it."""
+
+    def __init__(self, step: int, quantity: str, value: Any) -> None:
+        super().__init__(f"step {step}: {quantity} is {value}")
+        self.step, self.quantity = step, quantity
+
+
+def _check_finite(step: int, quantity: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise Diverged(step, quantity, value)
 
 
 def derive_seed(*parts: Any) -> int:
     """A stable 63-bit seed from any parts (run seed, step, purpose), identical across processes and machines."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def sample_seed(seed: int, stream: int, step: int) -> int:
+    """The rollout sampling seed of ``step``; stream 0 is the run's own, any other an independent one."""
+    return derive_seed(seed, "sample", step) if stream == 0 else derive_seed(seed, "sample", "stream", stream, step)
 
 
 def prompt_indices(n_examples: int, seed: int, step: int, per_step: int) -> list[int]:
@@ -99,10 +122,17 @@ class Trainer:
         self.algo: Algorithm = registry.get_algorithm(config.algo_name).from_options(_options(config.algo))
         self.device = pick_device(config.device)
         self.model_path = resolve_model_path(config, self.task, progress)
-        model, tokenizer = load_model(self.model_path, config.precision, self.device)
+        try:
+            model, tokenizer = load_model(self.model_path, config.precision, self.device)
+        except FileNotFoundError as exc:  # load_model's own message already names --model
+            raise ConfigError(str(exc)) from None
+        except Exception as exc:  # a truncated or corrupt checkpoint, an unknown hub id: one line, not a traceback
+            first = str(exc).strip().split("\n")[0] or type(exc).__name__
+            raise ConfigError(f"--model {self.model_path}: cannot load ({first})") from None
         value_head = None
         if self.algo.needs_values:
             value_head = ValueHead(model.config.hidden_size).to(self.device)
+        self._init_weights = weights_hash(model)  # before any update or resume: the run's starting point
         self.policy = Policy(model, tokenizer, self.device, config.precision, value_head)
         self.reference: Policy | None = None
         if self.algo.needs_reference:
@@ -160,7 +190,7 @@ class Trainer:
         with _timer(times, "generate"):
             gen = self.generator.generate(
                 prompt_ids, temperature=c.sampling.temperature, top_p=c.sampling.top_p,
-                max_new_tokens=c.sampling.max_new_tokens, seed=derive_seed(c.seed, "sample", step),
+                max_new_tokens=c.sampling.max_new_tokens, seed=sample_seed(c.seed, c.rollout.sample_stream, step),
             )
         with _timer(times, "grade"):
             grades = self.task.grade_many(gen.texts, examples)
@@ -172,7 +202,8 @@ class Trainer:
             rewards=torch.tensor([g.reward for g in grades], dtype=torch.float, device=self.device),
             group_ids=torch.arange(len(indices), device=self.device).repeat_interleave(n),
             truncated=gen.truncated,
-            info={"texts": gen.texts, "prompt_ids_hash": hashlib.sha256(repr(indices).encode()).hexdigest()[:16]},
+            # the prompts' token ids, not their indices: an audit then proves "same data", not "same seed and step"
+            info={"texts": gen.texts, "prompt_ids_hash": token_hash([self._prompt_ids(i) for i in indices])},
         )
         return batch, examples, grades
 
@@ -207,11 +238,15 @@ class Trainer:
                             metrics.setdefault(k, []).append(float(v))
                         entropies.append(float(masked_mean(out.entropy.detach(), micro.response_mask)))
                     losses.append(loss_sum)
+                    step = self.meter.used.steps + 1
+                    _check_finite(step, "loss", loss_sum)
                     clip = c.optim.grad_clip
                     params = [p for p in self.policy.parameters() if p.grad is not None]
                     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
                     grad_norms.append(float(norm))
+                    _check_finite(step, "grad_norm", grad_norms[-1])  # before clipping, which would hide it
                     self.optimizer.step()
+                    self._check_weights(step)
             self.scheduler.step()
         # the loss is the whole minibatch's; the other terms and the entropy average over the rows trained on
         result = {k: statistics.fmean(v) for k, v in metrics.items()}
@@ -220,6 +255,17 @@ class Trainer:
         result["entropy"] = statistics.fmean(entropies)
         result["inert_rows_frac"] = float(inert.float().mean()) if inert is not None else 0.0
         return result
+
+    def _check_weights(self, step: int) -> None:
+        """Raise :class:`Diverged` naming the first non-finite parameter (one device sync when all are finite)."""
+        if bool(torch.stack([torch.isfinite(p).all() for p in self.policy.parameters()]).all()):
+            return
+        named = list(self.policy.model.named_parameters())
+        if self.policy.value_head is not None:
+            named += [(f"value_head.{n}", p) for n, p in self.policy.value_head.named_parameters()]
+        for name, p in named:
+            if not bool(torch.isfinite(p).all()):
+                raise Diverged(step, f"weight {name}", "nan" if bool(torch.isnan(p).any()) else "inf")
 
     def step(self) -> dict[str, Any]:
         times: dict[str, float] = {}
@@ -262,8 +308,9 @@ class Trainer:
         row["usage"] = self.meter.snapshot()
         row["prompt_ids_hash"] = batch.info["prompt_ids_hash"]  # lets a comparison audit that runs saw the same prompts
         append_jsonl(self.out / METRICS, row)
-        for ex, text, g in list(zip(examples, batch.info["texts"], grades))[:SAMPLES_LOGGED_PER_STEP]:
-            append_jsonl(self.out / SAMPLES, {"step": row["step"], "id": ex.id, "completion": text, "reason": g.reason})
+        logged = list(zip(examples, batch.info["texts"], grades))[:SAMPLES_LOGGED_PER_STEP]
+        append_jsonl_many(self.out / SAMPLES, [
+            {"step": row["step"], "id": ex.id, "completion": text, "reason": g.reason} for ex, text, g in logged])
         return row
 
     # ------------------------------------------------------------------------------------------ whole run
@@ -280,36 +327,52 @@ class Trainer:
         records = res.pop("records", None)
         row = {"point": point, "step": self.meter.used.steps, "usage": self.meter.snapshot(), **res}
         append_jsonl(self.out / EVALS, row)
-        if records is not None:
-            path = self.out / EVAL_RECORDS
-            path.unlink(missing_ok=True)
-            for record in records:
-                append_jsonl(path, record)
+        if records is not None:  # one atomic file: a line per problem, without an fsync per line
+            write_text_atomic(self.out / EVAL_RECORDS, "".join(dumps_strict(r) + "\n" for r in records))
         return row
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes this run comparable with another: its settings, initial weights and evaluation set."""
+        c = self.config.to_dict()
+        eval_prompts = [encode_prompt(self.policy.tokenizer, self.task.prompt(e)) for e in self.eval_examples]
+        return {
+            "config": {k: v for k, v in c.items() if k not in ("algo", "seed", "out")},
+            "algo": c["algo"],
+            "seed": c["seed"],
+            "init_weights": self._init_weights,
+            "eval_set": {"count": len(self.eval_examples),
+                         "ids_sha256": token_hash([str(e.id) for e in self.eval_examples], 64),
+                         "prompts_sha256": token_hash(eval_prompts, 64)},
+        }
 
     def _write_config(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / CONFIG).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        write_text_atomic(self.out / CONFIG, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 
     def save_checkpoint(self) -> Path:
-        """The final model, loadable with ``from_pretrained`` like any hub model."""
+        """The final model, loadable with ``from_pretrained`` like any hub model (swapped in whole, like the state)."""
         path = self.out / CHECKPOINT
-        self.policy.model.save_pretrained(path)
-        self.policy.tokenizer.save_pretrained(path)
-        if self.policy.value_head is not None:
-            torch.save(self.policy.value_head.state_dict(), path / "value_head.pt")
+
+        def write(folder: Path) -> None:
+            self.policy.model.save_pretrained(folder)
+            self.policy.tokenizer.save_pretrained(folder)
+            if self.policy.value_head is not None:
+                _torch_save(self.policy.value_head.state_dict(), folder / "value_head.pt")
+
+        write_dir_atomic(path, write)
         return path
 
     def save_state(self, evals_done: int) -> None:
         """Everything a resumed run needs to continue bit for bit: weights, optimiser, schedule, usage."""
+        # only tensors, plain containers and numbers: a resume loads it with torch.load(weights_only=True)
         state = {
             "model": self.policy.model.state_dict(),
             "value_head": self.policy.value_head.state_dict() if self.policy.value_head is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "usage": dataclasses.asdict(self.meter.used),
-            "evals_done": evals_done,
-            "wall_seconds": time.time() - self._started,
+            "evals_done": int(evals_done),
+            "wall_seconds": float(time.time() - self._started),
         }
         save_state_dir(self.out / STATE, state)
 
@@ -320,13 +383,18 @@ class Trainer:
             for name in (METRICS, SAMPLES, EVALS, EVAL_RECORDS):
                 (self.out / name).unlink(missing_ok=True)
             return 0
-        self.policy.model.load_state_dict(state["model"])
-        if self.policy.value_head is not None:
-            self.policy.value_head.load_state_dict(state["value_head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.meter.used = Usage(**state["usage"])
-        self._started -= state["wall_seconds"]  # wall time counts every session of the run
+        try:  # a state of another model, or a dict missing keys: refused before any log row is dropped
+            self.policy.model.load_state_dict(state["model"])
+            if self.policy.value_head is not None:
+                self.policy.value_head.load_state_dict(state["value_head"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.meter.used = Usage(**state["usage"])
+            self._started -= float(state["wall_seconds"])  # wall time counts every session of the run
+            int(state["evals_done"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().split("\n")[0].rstrip(":") or type(exc).__name__
+            raise RunFileError(f"{self.out / STATE / STATE_FILE}: not a state of this run ({first})") from None
         steps = self.meter.used.steps
         for name in (METRICS, SAMPLES):
             truncate_jsonl(self.out / name, [r for r in read_jsonl(self.out / name) if r["step"] <= steps])
@@ -338,6 +406,7 @@ class Trainer:
         c = self.config
         check_run_dir(self.out, c, resume)
         self._write_config()
+        record_fingerprint(self.out / FINGERPRINT, self.fingerprint())
         self._started = time.time()
         evals_done = self._restore() if resume else 0
         status, stop_reason = "running", None
@@ -354,8 +423,7 @@ class Trainer:
                 row = self.step()
                 bar.n = int(1000 * self.meter.fraction())
                 bar.set_postfix(step=row["step"], reward=f"{row['reward_mean']:.3f}", len=f"{row['length_mean']:.1f}")
-                due = int(self.meter.fraction() * c.eval.points + 1e-9)
-                if due >= evals_done and self.meter.exhausted() is None:
+                if c.eval.every and row["step"] % c.eval.every == 0 and self.meter.exhausted() is None:
                     self.meter.pause()
                     self.evaluate(point=evals_done)
                     evals_done += 1
@@ -364,18 +432,34 @@ class Trainer:
                     self.save_state(evals_done)
             self.meter.pause()
             self.evaluate(point=evals_done, final=True)
+            # inside the try: a Ctrl-C while the model is written still leaves an "interrupted" summary
+            checkpoint = self.save_checkpoint()
             status = "completed"
         except KeyboardInterrupt:
             self.meter.pause()
             status, stop_reason = "interrupted", "interrupted"
+        except Diverged as exc:  # no state or model is saved from here on: the last good state stays
+            self.meter.pause()
+            status, stop_reason = "diverged", str(exc)
+        except Exception as exc:
+            self.meter.pause()
+            status, stop_reason = "failed", str(exc).strip().split("\n")[0] or type(exc).__name__
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             bar.close()
-            summary = self._summary(status, stop_reason, read_jsonl(self.out / EVALS), time.time() - self._started)
+            with _interrupts_deferred():  # a second Ctrl-C waits until the summary is on disk
+                summary = self._summary(status, stop_reason, read_jsonl(self.out / EVALS), time.time() - self._started)
+                if status == "completed":
+                    summary["checkpoint"] = str(checkpoint)
+                try:
+                    write_json(self.out / SUMMARY, summary)
+                except RunFileError:
+                    if status != "failed":
+                        raise
+                    # the run is already failing, most likely on this same full disk: report its first error
             if status == "completed":
-                summary["checkpoint"] = str(self.save_checkpoint())
-                shutil.rmtree(self.out / STATE, ignore_errors=True)
-            write_json(self.out / SUMMARY, summary)
+                shutil.rmtree(self.out / STATE, ignore_errors=True)  # only once the summary says completed
         if status == "interrupted":
             raise KeyboardInterrupt
         return summary
@@ -386,6 +470,7 @@ class Trainer:
 
         first = evals[0] if evals else None
         last = evals[-1] if status == "completed" else None
+        scored = evals[1:][-self.config.eval.final_mean_of:] if status == "completed" else []
         return {
             "status": status,
             "stop_reason": stop_reason,
@@ -400,11 +485,39 @@ class Trainer:
             "eval_problems": len(self.eval_examples),
             "initial": {"greedy": acc(first, "greedy"), "sampled": acc(first, "sampled")},
             "final": {"greedy": acc(last, "greedy"), "sampled": acc(last, "sampled")},
+            # the run's score: the mean over its last K evaluations (eval.final_mean_of), the paper's estimand
+            "score": {kind: _mean_or_none([acc(row, kind) for row in scored]) for kind in ("greedy", "sampled")},
+            "score_steps": [row["step"] for row in scored],
             "final_length": last["sampled"]["length_mean"] if last and "sampled" in last else None,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
         }
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes) in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def record_fingerprint(path: Path, fingerprint: dict[str, Any]) -> None:
+    """Write the run's fingerprint, or check it against the one already there (a resumed run must be the same run)."""
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: unreadable ({exc}); the run cannot be proven to be the same run") from None
+        for key in sorted(set(before) | set(fingerprint)):
+            if before.get(key) != fingerprint.get(key):
+                raise ConfigError(f"{path}: {key} differs from the run being resumed ({before.get(key)!r} there, "
+                                  f"{fingerprint.get(key)!r} now)")
+        return
+    write_json(path, fingerprint)
 
 
 def check_run_dir(out: Path, config: RunConfig, resume: bool) -> None:
@@ -423,22 +536,71 @@ def check_run_dir(out: Path, config: RunConfig, resume: bool) -> None:
 
 def save_state_dir(path: Path, state: dict[str, Any]) -> None:
     """Write to ``path.tmp``, then swap it in, so a kill at any moment leaves one complete state on disk."""
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(state, tmp / "trainer.pt")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    write_dir_atomic(path, lambda folder: _torch_save(state, folder / STATE_FILE))
 
 
 def load_state_dir(path: Path) -> dict[str, Any] | None:
+    """The last state (or the one a kill mid-swap left in ``path.old``); None if there is none.
+
+    Loaded with ``weights_only=True``: a state holds tensors and plain values only, so a crafted file cannot run
+    code. An unreadable one raises :class:`RunFileError` naming it (nothing is deleted).
+    """
     for candidate in (path, path.with_name(path.name + ".old")):
-        if (candidate / "trainer.pt").exists():
-            return torch.load(candidate / "trainer.pt", weights_only=False)
+        file = candidate / STATE_FILE
+        if file.exists():
+            try:
+                return torch.load(file, weights_only=True)
+            except Exception as exc:  # torch raises EOFError, OSError, RuntimeError or UnpicklingError here
+                raise _unloadable(file, exc) from None
     return None
+
+
+def _unloadable(file: Path, exc: Exception) -> RunFileError:
+    hostile = re.search(r"unsupported GLOBAL (\S+)", str(exc))
+    if hostile:  # weights_only refused a pickled global: a file rlbench never writes
+        why = f"refused: it holds {hostile.group(1)}, not only tensors and plain values, and loading that could run code"
+    elif isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
+        why = f"cannot read ({exc.strerror})"
+    else:
+        why = "empty file" if file.stat().st_size == 0 else "corrupt or truncated"
+    return RunFileError(f"{file}: cannot load the run's state: {why}")
+
+
+class _RecordingFile:
+    """A file that remembers the OSError of a failed write: torch.save reports it as a RuntimeError without errno."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _torch_save(obj: Any, file: Path) -> None:
+    """``torch.save`` whose failures (a full disk) raise the OSError, naming ``file``."""
+    recorder = None
+    try:
+        with open(file, "wb") as handle:
+            recorder = _RecordingFile(handle)
+            torch.save(obj, recorder)
+    except (OSError, RuntimeError) as exc:
+        error = exc if isinstance(exc, OSError) else recorder.error if recorder else None
+        if error is None:
+            raise
+        error.filename = str(file)
+        raise error from None
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    return statistics.fmean(found) if found else None
 
 
 def _live_rows(rows: torch.Tensor, inert: torch.Tensor | None) -> tuple[torch.Tensor, float]:
@@ -483,13 +645,17 @@ def train(config: RunConfig, progress: bool = True, resume: bool = False) -> dic
     """Run one training job end to end; returns its summary (also written to ``summary.json``).
 
     With ``resume``, a finished run is returned as it is and an unfinished one continues from its last state.
+    The run folder is locked throughout: a second writer is refused, naming this one's PID.
     """
+    refuse_several_ranks()
     out = run_dir(config)
-    if resume and (out / SUMMARY).exists():
-        summary = json.loads((out / SUMMARY).read_text())
-        if summary.get("status") == "completed":
-            return summary
-    return Trainer(config, progress=progress).run(resume=resume)
+    refuse_foreign(out, "run", is_run_folder(out))
+    with hold(out, "run", wait=lock_wait()):
+        if resume and (out / SUMMARY).exists():
+            summary = json.loads((out / SUMMARY).read_text())
+            if summary.get("status") == "completed":
+                return summary
+        return Trainer(config, progress=progress).run(resume=resume)
 
 
 def run_dir(config: RunConfig) -> Path:

@@ -1,0 +1,109 @@
+"""Leaderboard rows: an algorithm with its options, such as ``em-pg[baseline=mean]``, or the A/A control.
+
+``--algos 'em-pg,em-pg[baseline=mean],grpo[loss_agg=token-mean,clip_low=0.2]'`` gives three rows. Each row has a
+readable label (what the leaderboard prints), the registered algorithm it runs, its options, and a folder-safe slug
+(``em-pg.baseline-mean``) that names its run folders ``<slug>-s<seed>``. A plain name keeps its name as label and
+slug, so comparisons without variants keep the folder names they always had.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from rlbench.config import ConfigError
+
+CONTROL_SUFFIX = " (A/A control)"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    algo: str
+    options: dict[str, Any] = field(default_factory=dict)
+    slug: str = ""
+    control: bool = False  # draws its rollouts from an independent sampling stream; never ranked
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "algo": self.algo, "options": dict(self.options), "slug": self.slug,
+                "control": self.control}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Row":
+        return cls(str(data["label"]), str(data["algo"]), dict(data.get("options") or {}), str(data["slug"]),
+                   bool(data.get("control", False)))
+
+
+def parse_rows(text: str) -> list[Row]:
+    """``a,b[k=v,k2=v2]`` -> rows; exits through ConfigError naming the bad entry."""
+    rows = [_parse_one(entry) for entry in _split_top_level(text)]
+    if not rows:
+        raise ConfigError("--algos: name at least one algorithm")
+    for what in ("label", "slug"):
+        values = [getattr(r, what) for r in rows]
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"--algos: {twice[0]!r} names two rows; each row must differ (algorithm or options)")
+    return rows
+
+
+def control_of(reference: Row) -> Row:
+    """A second copy of ``reference`` whose rollouts come from an independent random stream."""
+    return Row(reference.label + CONTROL_SUFFIX, reference.algo, dict(reference.options), f"{reference.slug}.control",
+               control=True)
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                raise ConfigError(f"--algos {text!r}: ']' without '['")
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    if depth:
+        raise ConfigError(f"--algos {text!r}: '[' without ']'")
+    parts.append(current.strip())
+    return [p for p in parts if p]
+
+
+def _parse_one(entry: str) -> Row:
+    match = re.fullmatch(r"([^\[\]]+?)\s*(?:\[(.*)\])?", entry)
+    if not match or not _NAME.match(match.group(1)):
+        raise ConfigError(f"--algos: {entry!r} is not an algorithm name or NAME[key=value,...]")
+    algo, inner = match.group(1), match.group(2)
+    if inner is None:
+        return Row(algo, algo, {}, algo)
+    options: dict[str, Any] = {}
+    for item in filter(None, (i.strip() for i in inner.split(","))):
+        if "=" not in item:
+            raise ConfigError(f"--algos {entry}: {item!r} is not key=value")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        if not key or key == "name":
+            raise ConfigError(f"--algos {entry}: {item!r} does not name an option")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        options[key] = raw if isinstance(value, (dict, list)) else value
+    if not options:
+        return Row(algo, algo, {}, algo)
+    label = f"{algo}[{','.join(f'{k}={_text(v)}' for k, v in options.items())}]"
+    slug = algo + "." + ".".join(f"{_UNSAFE.sub('_', k)}-{_UNSAFE.sub('_', _text(v))}" for k, v in options.items())
+    return Row(label, algo, options, slug)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
