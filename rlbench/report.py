@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from rlbench import behaviours, stats, verdicts
 from rlbench.audit import audit_comparison
+from rlbench.variants import control_source
 from rlbench.report_inputs import ComparisonFiles, ReportInputError, RunFiles, load_comparison
 from rlbench.report_runs import METRICS, STAGES, audit_flags, completions, dig, number, record_scores, run_row
 from rlbench.results import write_json, write_text_atomic
@@ -97,7 +98,7 @@ def analyse_task(comp: ComparisonFiles, label: str, reference: str | None, metri
     rows.sort(key=lambda r: (r["control"], -r["accuracy"][metric]["mean"] if r["accuracy"][metric] else float("inf")))
     scores = {row["algo"]: row["seed_scores"][metric] for row in rows}
     ranked = [row["algo"] for row in rows if not row["control"] and row["accuracy"][metric]]
-    verdict = verdicts.verdicts(scores, ranked, ref, comp.controls)
+    verdict = verdicts.verdicts(scores, ranked, ref, {c: control_source(c) for c in comp.controls})
     for row in rows:
         row["rank"] = verdict["ranks"].get(row["algo"])
         row["test"] = verdict["control"].get(row["algo"]) if row["control"] else verdict["vs_reference"].get(row["algo"])

@@ -112,22 +112,23 @@ def leaderboard(task: dict[str, Any], metric: str, level: float) -> Table:
 
 
 def control(task: dict[str, Any], level: float) -> Table | None:
-    """The A/A control rows: the reference against a copy of itself, the measured noise floor."""
-    ref = task["reference"]
+    """The A/A control rows: each against the row it copies, the measured noise floor."""
     rows = []
     for r in (r for r in task["algorithms"] if r["control"]):
         t = r["test"]
-        rows.append([algo_name(r, ref), f"{r['complete']}/{r['runs']}", interval(r["accuracy"][task["metric"]]),
-                     delta(t), p_value(t["p"]) if t else "–", p_value(t.get("p_perm")) if t else "–"])
+        rows.append([algo_name(r, task["reference"]), t["copy_of"] if t else "–", f"{r['complete']}/{r['runs']}",
+                     interval(r["accuracy"][task["metric"]]), delta(t), p_value(t["p"]) if t else "–",
+                     p_value(t.get("p_perm")) if t else "–"])
     if not rows:
         return None
-    notes = [f"A second copy of {ref} whose rollouts draw from an independent random stream (same prompts, same "
-             "budget): its gap to the reference is what chance alone produces here. It is not ranked, and a "
-             "difference between rows no larger than this gap is not evidence of anything.",
-             f"Δ = control − {ref}, paired on seeds [{level:.0%} paired-t CI]; p: paired t over seeds (not part of "
-             "the Holm family); p (sign-flip): exact permutation over seeds (6 or more seeds)."]
-    return Table("A/A control (noise floor)", ["row", "seeds done", f"{task['metric']} % ({score_header(task)})",
-                                               f"Δ vs {ref} (pp)", "p", "p (sign-flip)"], rows, notes)
+    notes = ["A second copy of a row whose rollouts draw from an independent random stream (same prompts, same "
+             "budget): its gap to that row is what chance alone produces here. It is not ranked, and a difference "
+             "between rows no larger than this gap is not evidence of anything.",
+             f"Δ = control − the row it copies, paired on seeds [{level:.0%} paired-t CI]; p: paired t over seeds (not "
+             "part of the Holm family); p (sign-flip): exact permutation over seeds (6 or more seeds)."]
+    return Table("A/A control (noise floor)", ["row", "copy of", "seeds done",
+                                               f"{task['metric']} % ({score_header(task)})", "Δ (pp)", "p",
+                                               "p (sign-flip)"], rows, notes)
 
 
 def row_options(task: dict[str, Any]) -> Table | None:

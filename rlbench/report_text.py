@@ -104,7 +104,7 @@ def noise_floor(task: dict[str, Any]) -> str:
                 "above is estimated from the seed-to-seed spread of the rows themselves")
     parts = []
     for label, t in found:
-        text = f"{label} − {task['reference']} = {100 * t['delta']:+.1f} pp over {t['n']} seeds"
+        text = f"{label} − {t['copy_of']} = {100 * t['delta']:+.1f} pp over {t['n']} seeds"
         if t["p"] is not None:
             text += f" (paired t p = {t['p']:.3g})"
         parts.append(text)

@@ -57,6 +57,11 @@ def control_of(reference: Row) -> Row:
                control=True)
 
 
+def control_source(label: str) -> str:
+    """The label of the row an A/A control copies."""
+    return label[: -len(CONTROL_SUFFIX)] if label.endswith(CONTROL_SUFFIX) else label
+
+
 def _split_top_level(text: str) -> list[str]:
     parts, depth, current = [], 0, ""
     for char in text:

@@ -35,11 +35,12 @@ def compare_with(mine: dict[int, float], ref: dict[int, float]) -> dict[str, Any
 
 
 def verdicts(scores: dict[str, dict[int, float]], ranked: list[str], reference: str,
-             controls: list[str]) -> dict[str, Any]:
+             controls: dict[str, str]) -> dict[str, Any]:
     """Everything the leaderboard concludes from per-seed scores.
 
     ``scores``: row label -> {seed: score}; ``ranked``: the rows that compete, best mean first (controls excluded);
-    ``reference``: the row the others are tested against. Returns the tests against the reference (with Holm-
+    ``reference``: the row the others are tested against; ``controls``: A/A control label -> the row it copies, which
+    it is tested against. Returns the tests against the reference (with Holm-
     adjusted p-values across them), the grouped ranks, the detectable-difference statement and the A/A control.
     """
     others = [r for r in ranked if r != reference and r in scores]
@@ -49,7 +50,10 @@ def verdicts(scores: dict[str, dict[int, float]], ranked: list[str], reference: 
         if tests[row] is not None:
             tests[row]["p_holm"] = p_holm
     power = detectable(tests)
-    control = {c: compare_with(scores.get(c, {}), scores.get(reference, {})) for c in controls}
+    control = {c: compare_with(scores.get(c, {}), scores.get(source, {})) for c, source in controls.items()}
+    for c, source in controls.items():
+        if control[c] is not None:
+            control[c]["copy_of"] = source
     return {"alpha": ALPHA, "vs_reference": tests, "ranks": grouped_ranks(scores, ranked), "power": power,
             "control": control, "statement": statement(tests, reference, power)}
 

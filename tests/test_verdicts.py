@@ -36,7 +36,7 @@ def test_a_second_group_starts_after_the_first():
 def test_verdicts_holm_adjust_the_tests_against_the_reference_and_say_so():
     scores = {"ref": _scores(0.5, NOISE), "x": _scores(0.505, NOISE[::-1]), "y": _scores(0.3, NOISE),
               "ref (A/A control)": _scores(0.5, NOISE[::-1])}
-    out = verdicts.verdicts(scores, ["x", "ref", "y"], "ref", ["ref (A/A control)"])
+    out = verdicts.verdicts(scores, ["x", "ref", "y"], "ref", {"ref (A/A control)": "ref"})
     tests = out["vs_reference"]
     raw = [stats.paired_t(list(scores[r].values()), list(scores["ref"].values())).p for r in ("x", "y")]
     assert [tests["x"]["p_holm"], tests["y"]["p_holm"]] == pytest.approx(stats.holm(raw))
@@ -44,11 +44,12 @@ def test_verdicts_holm_adjust_the_tests_against_the_reference_and_say_so():
     assert out["statement"].startswith("Significant at α = 0.05 after Holm correction")
     assert "y below ref by 20.0 pp" in out["statement"] and "x " not in out["statement"]
     assert "ref (A/A control)" not in out["ranks"] and out["control"]["ref (A/A control)"]["n"] == 6
+    assert out["control"]["ref (A/A control)"]["copy_of"] == "ref"
 
 
 def test_nothing_significant_is_said_in_words_with_the_detectable_difference():
     scores = {"ref": _scores(0.5, NOISE), "x": _scores(0.505, NOISE[::-1])}
-    out = verdicts.verdicts(scores, ["x", "ref"], "ref", [])
+    out = verdicts.verdicts(scores, ["x", "ref"], "ref", {})
     power = out["power"]
     diffs = [a - b for a, b in zip(scores["x"].values(), scores["ref"].values())]
     assert power["sd"] == pytest.approx(stats.pooled_sd([diffs]))
