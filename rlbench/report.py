@@ -32,11 +32,29 @@ def write_report(dirs: Sequence[Path], out: Path, reference: str | None = None, 
     from rlbench.report_markdown import render_markdown
 
     data = build_report([load_comparison(Path(d)) for d in dirs], reference, metric, ci, out, include_flagged)
+    _refuse_foreign_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", data)  # atomic: a report being rebuilt is never seen half written
     write_text_atomic(out / "leaderboard.md", render_markdown(data))
     write_text_atomic(out / "index.html", render_html(data))
     return data
+
+
+#: How each output file begins when rlbench wrote it; any other file of that name is the user's and is kept.
+OUTPUT_SIGNATURES = {"report.json": '{\n  "report_command"', "leaderboard.md": "# RL algorithm leaderboard",
+                     "index.html": "<!DOCTYPE html>\n<html lang=\"en\">\n<head>"}
+
+
+def _refuse_foreign_outputs(out: Path) -> None:
+    """Never overwrite a report.json, leaderboard.md or index.html that rlbench did not write."""
+    for name, start in OUTPUT_SIGNATURES.items():
+        path = out / name
+        if path.is_file():
+            with path.open("rb") as handle:
+                head = handle.read(len(start.encode())).decode("utf-8", "replace")
+            if head != start:
+                raise ReportInputError(f"--out {out}: {name} there was not written by rlbench; it is kept, so choose "
+                                       "another --out")
 
 
 def build_report(comparisons: Sequence[ComparisonFiles], reference: str | None, metric: str, ci: str,

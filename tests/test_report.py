@@ -350,3 +350,14 @@ def test_runs_that_did_not_beat_their_start_are_named(comparison):
     assert data["tasks"][0]["not_above_start"] == ["ppo-s3"]
     assert "**Learning**: 1 completed run(s) did not end above their evaluation before training on greedy: ppo-s3" in \
         render_markdown(data)
+
+
+def test_report_never_overwrites_files_rlbench_did_not_write(written, tmp_path):
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "index.html").write_text("<html>my own page</html>")
+    result = _cli(str(written[0]), "--out", str(out))
+    assert result.exit_code == 2
+    assert "index.html there was not written by rlbench; it is kept" in result.output
+    assert (out / "index.html").read_text() == "<html>my own page</html>" and not (out / "report.json").exists()
+    assert _cli(str(written[0])).exit_code == 0  # its own files are rewritten
