@@ -22,11 +22,14 @@ from typing import Any
 
 import yaml
 
+from rlbench.config import first_difference, parse_yaml, value_at
 from rlbench.report_inputs import ComparisonFiles, RunFiles
+from rlbench.report_runs import usage
 from rlbench.results import CONFIG, FINGERPRINT, token_hash
 
 SHARED_EXCLUDED = ("algo", "seed", "out")  # what may differ between the runs of one comparison
 PER_ROW = (("rollout", "sample_stream"),)  # the A/A control's own stream
+USAGE_KEYS = ("samples", "tokens", "steps", "seconds")
 
 
 def audit_comparison(comp: ComparisonFiles) -> dict[str, Any]:
@@ -45,7 +48,8 @@ def audit_comparison(comp: ComparisonFiles) -> dict[str, Any]:
         chains = {run.name: facts[run.name]["prompts"] for run in present if run.seed == seed}
         _prompt_streams(seed, chains, budget, blame)
     problems = [p for run in comp.runs for p in blame[run.name]]
-    runs = {run.name: {"algo": run.algo, "seed": run.seed, "status": run.status, **_usage(run),
+    runs = {run.name: {"algo": run.algo, "seed": run.seed, "status": run.status,
+                       **{k: usage(run).get(k) for k in USAGE_KEYS},
                        "matched": not blame[run.name], "problems": blame[run.name]} for run in comp.runs}
     return {"matched": not problems, "runs": runs, "problems": problems}
 
@@ -59,7 +63,7 @@ def _facts(run: RunFiles, problems: list[str]) -> dict[str, Any] | None:
         problems.append(f"{run.name}: status {run.status}")
         return None
     try:
-        config = yaml.safe_load((run.path / CONFIG).read_text(encoding="utf-8"))
+        config = parse_yaml((run.path / CONFIG).read_text(encoding="utf-8"))
         fingerprint = json.loads((run.path / FINGERPRINT).read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError) as exc:
         problems.append(f"{run.name}: {getattr(exc, 'filename', None) or 'config.yaml/fingerprint.json'} "
@@ -96,8 +100,9 @@ def _check_own(run: RunFiles, f: dict[str, Any], row: dict[str, Any] | None, bud
     if stream != (1 if row and row.get("control") else 0):
         say(f"{run.name}: rollout.sample_stream = {stream!r} does not fit its row")
     for path, value in _leaves(manifest.get("config") if isinstance(manifest.get("config"), dict) else {}):
-        if path[0] not in SHARED_EXCLUDED and _get(config, path) != value and not _coerced_equal(_get(config, path), value):
-            say(f"{run.name}: {'.'.join(path)} = {_get(config, path)!r}, but the manifest says {value!r}")
+        actual = value_at(config, path)
+        if path[0] not in SHARED_EXCLUDED and actual != value and not _coerced_equal(actual, value):
+            say(f"{run.name}: {'.'.join(path)} = {actual!r}, but the manifest says {value!r}")
     _check_steps(run, config, f["prompts"], budget, problems)
     _check_eval_set(run, fp.get("eval_set"), problems)
 
@@ -111,7 +116,8 @@ def _check_steps(run: RunFiles, config: dict[str, Any], prompts: list[Any], budg
     steps = [row.get("step") for row in run.metrics]
     if steps != list(range(1, len(steps) + 1)):
         gap = next((i + 1 for i, s in enumerate(steps) if s != i + 1), len(steps))
-        problems.append(f"{run.name}: metrics.jsonl steps are not 1..{len(steps)} (line {gap} is step {steps[gap - 1]!r})")
+        problems.append(f"{run.name}: metrics.jsonl steps are not 1..{len(steps)} "
+                        f"(line {gap} is step {steps[gap - 1]!r})")
         return
     if any(not isinstance(p, str) or not p for p in prompts):
         line = next(i + 1 for i, p in enumerate(prompts) if not isinstance(p, str) or not p)
@@ -215,11 +221,6 @@ def _prompt_streams(seed: int, chains: dict[str, list[Any]], budget: dict[str, A
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _usage(run: RunFiles) -> dict[str, Any]:
-    used = (run.summary or {}).get("usage") or {}
-    return {k: used.get(k) for k in ("samples", "tokens", "steps", "seconds")}
-
-
 def _leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
     out = []
     for key, value in tree.items():
@@ -230,24 +231,9 @@ def _leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tu
     return out
 
 
-def _get(tree: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
-
-
 def _coerced_equal(a: Any, b: Any) -> bool:
     """1e-4 written as a string or an int in a manifest equals the float the run config holds."""
     try:
         return math.isclose(float(a), float(b), rel_tol=0, abs_tol=0)
     except (TypeError, ValueError):
         return False
-
-
-def first_difference(a: Any, b: Any, prefix: str = "") -> str:
-    """The first key path where two config trees differ, e.g. ``optim.lr``."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    return prefix.rstrip(".") or "the config"

@@ -22,10 +22,12 @@ import yaml
 from tqdm.auto import tqdm
 
 from rlbench import registry
-from rlbench.config import BudgetConfig, ConfigError, RunConfig, build_dataclass, build_run_config
+from rlbench.config import (
+    BudgetConfig, ConfigError, RunConfig, build_dataclass, build_run_config, saved_config_mismatch,
+)
 from rlbench.lifeline import ORPHAN_GRACE_S, child_env
 from rlbench.locks import REQUEST, hold, is_run_folder, lock_kind, refuse_foreign
-from rlbench.audit import audit_comparison, first_difference
+from rlbench.audit import audit_comparison
 from rlbench.report_inputs import load_comparison
 from rlbench.results import CONFIG, SUMMARY, write_json, write_text_atomic
 from rlbench.variants import Row
@@ -243,24 +245,10 @@ def run_comparison(comp: Comparison, jobs: int = 1, progress: bool = True) -> di
 def _check_adoptable(config: RunConfig) -> None:
     """A folder already under runs/ is continued or reused only if it holds this comparison's run."""
     saved = Path(config.out) / CONFIG
-    if not saved.exists():
-        return
-    try:
-        before = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{saved}: unreadable ({exc}); remove the folder or use another --out") from None
-    now = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    if before != now:
-        where = first_difference(before, now)
-        there = _at(before, where)
-        raise ConfigError(f"{saved}: {where} = {there!r} there, {_at(now, where)!r} in this comparison; it is another "
-                          "run, so it is not adopted: remove it or use another --out")
-
-
-def _at(tree: Any, dotted: str) -> Any:
-    for key in dotted.split("."):
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
+    mismatch = saved_config_mismatch(saved, config, "in this comparison") if saved.exists() else None
+    if mismatch:
+        raise ConfigError(f"{saved}: {mismatch}; it is another run, so it is not adopted: remove it or use another "
+                          "--out")
 
 
 def _prepare_model(config: RunConfig, progress: bool) -> None:

@@ -339,6 +339,36 @@ def parse_yaml(text: str | bytes) -> Any:
     return yaml.load(text, Loader=_NoAliasLoader)
 
 
+def value_at(tree: Any, keys: typing.Sequence[str]) -> Any:
+    """tree[k1][k2]...; None where a level is missing or not a mapping."""
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    """The first key path where two config trees differ, e.g. ``optim.lr``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "the config"
+
+
+def saved_config_mismatch(saved: Path, config: "RunConfig", here: str = "now") -> str | None:
+    """``key.path = X there, Y <here>`` where the run config saved in ``saved`` differs from ``config``; else None."""
+    try:
+        before = parse_yaml(saved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{saved}: unreadable ({exc}); remove the folder or use another --out") from None
+    now = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if before == now:
+        return None
+    where = first_difference(before, now)
+    keys = where.split(".")
+    return f"{where} = {value_at(before, keys)!r} there, {value_at(now, keys)!r} {here}"
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's top-level mapping; too large, aliased or invalid YAML raises a ConfigError naming the file."""
     path = Path(path)

@@ -31,7 +31,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from rlbench import registry
-from rlbench.config import ConfigError, RunConfig
+from rlbench.config import ConfigError, RunConfig, saved_config_mismatch
 from rlbench.engine.batch import RolloutBatch
 from rlbench.engine.budget import BudgetMeter, Usage
 from rlbench.engine.policy import Policy, ValueHead, load_model, pick_device
@@ -527,11 +527,9 @@ def check_run_dir(out: Path, config: RunConfig, resume: bool) -> None:
         return
     if not resume:
         raise ConfigError(f"out={str(out)!r}: the run directory already holds a run; pass --resume or choose another --out")
-    before = yaml.safe_load(saved.read_text())
-    now = yaml.safe_load(yaml.safe_dump(config.to_dict()))
-    for key in sorted(set(before) | set(now)):
-        if before.get(key) != now.get(key):
-            raise ConfigError(f"{key}: differs from the config of the run being resumed in {out} ({before.get(key)!r} there)")
+    mismatch = saved_config_mismatch(saved, config)
+    if mismatch:
+        raise ConfigError(f"{saved}: the run being resumed differs: {mismatch}")
 
 
 def save_state_dir(path: Path, state: dict[str, Any]) -> None:
