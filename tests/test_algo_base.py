@@ -23,11 +23,12 @@ from rlbench.algorithms.base import (
     whiten,
 )
 from rlbench.config import ConfigError
+from rlbench.engine import maths
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
 from rlbench.registry import register_algorithm
 
 
-@pytest.mark.parametrize("module", [base, ppo], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [base, maths, ppo], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass
 
 from rlbench.config import BudgetConfig
 
+# The budget's units, in the order every table and check lists them (BudgetConfig's limits, Usage's counters).
+UNITS = ("samples", "tokens", "steps", "seconds")
+
 
 @dataclass
 class Usage:
