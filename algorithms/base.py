@@ -57,6 +57,8 @@ class Algorithm(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    # old option name -> its new name; the old one is refused with a ConfigError (exit 2) that names the new one
+    renamed: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: AlgorithmConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -65,6 +67,10 @@ class Algorithm(ABC):
     def from_options(cls, options: dict[str, Any]) -> "Algorithm":
         from rlbench.config import build_dataclass
 
+        for key in options:
+            if key in cls.renamed:
+                raise ConfigError(f"algo.{key}: renamed to algo.{cls.renamed[key]} (one name per knob across "
+                                  f"algorithms; docs/algorithms.md lists {cls.name}'s options)")
         algo = cls(build_dataclass(cls.Config, options, prefix="algo"))
         algo.validate()
         return algo
@@ -337,3 +343,51 @@ def clipped_pg_loss(
         clip_frac = masked_mean((clipped > unclipped).to(mask.dtype), mask)
         approx_kl = masked_mean(-log_ratio, mask)
     return loss, {"clip_frac": float(clip_frac), "approx_kl": float(approx_kl)}
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None,
+    mode: AggMode,
+    norm_len: int | None = None,
+) -> tuple[torch.Tensor, float]:
+    """1/2 max((V - G)^2, (V_old + clip(V - V_old, -clip, clip) - G)^2), aggregated; and the clipped fraction.
+
+    The clipped branch stops the value head from moving more than ``clip`` from its sampling-time estimate in one
+    batch, mirroring the policy's trust region (``clip=None``: plain 1/2 (V - G)^2).
+
+    V = 0.9, V_old = 0.5, G = 1, clip 0.2: unclipped 1/2 (0.1)^2 = 0.005, clipped 1/2 (0.7 - 1)^2 = 0.045 -> 0.045,
+    and its gradient with respect to V is 0 (the clipped branch is flat in V).
+
+    >>> loss, frac = clipped_value_loss(torch.tensor([[0.9]]), torch.tensor([[0.5]]), torch.tensor([[1.0]]),
+    ...                                 torch.ones(1, 1), 0.2, "token-mean")
+    >>> round(loss.item(), 4), frac
+    (0.045, 1.0)
+    """
+    values, old_values, returns = (fill_padding(x, mask) for x in (values, old_values, returns))
+    unclipped = (values - returns).square()
+    if clip is None:
+        return 0.5 * agg_loss(unclipped, mask, mode, norm_len), 0.0
+    clipped = (old_values + (values - old_values).clamp(-clip, clip) - returns).square()
+    loss = 0.5 * agg_loss(torch.maximum(unclipped, clipped), mask, mode, norm_len)
+    with torch.no_grad():
+        frac = masked_mean((clipped > unclipped).to(mask.dtype), mask)
+    return loss, float(frac)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(G - V) / Var(G) over valid tokens: 1 is a perfect critic, 0 no better than a constant.
+
+    G = [1, 2, 4], V = [1, 2, 3]: Var(G) = 14/9, G - V = [0, 0, 1] has variance 2/9, so 1 - 1/7.
+
+    >>> ev = explained_variance(torch.tensor([[1., 2., 3.]]), torch.tensor([[1., 2., 4.]]), torch.ones(1, 3))
+    >>> round(ev.item(), 4)
+    0.8571
+    """
+    var_returns = masked_mean((returns - masked_mean(returns, mask)).square(), mask)
+    residual = returns - values
+    var_residual = masked_mean((residual - masked_mean(residual, mask)).square(), mask)
+    return 1.0 - var_residual / var_returns.clamp(min=1e-8)

@@ -28,7 +28,7 @@ the token-weighted success rate, toward 1/2. So sum_i A_i != 0 in general: the s
 sigma = 0 (all rewards of the batch, or of a ``group``, equal; the paper's formula gives 0/0): z = 0, R~ = 1/2 = b,
 A = 0 exactly, as in GRPO. eps keeps z continuous: spreads far below sqrt(eps) = 1e-4 are not inflated to unit scale.
 
-Optional: ``kl_coef`` * k3 KL to a frozen reference in the loss (the paper's beta; the code's 0.001), ``kl_reward_coef``
+Optional: ``kl_loss_coef`` * k3 KL to a frozen reference in the loss (the paper's beta; code 0.001), ``kl_reward_coef``
 * k1 KL charged in the reward (the code's 0.01 per token), ``entropy_coef`` * entropy bonus (0.001 in some runs).
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ WHITEN_EPS = 1e-8  # inside the square root, as in the author's code (verl's mas
 @dataclass
 class EMPGConfig(AlgorithmConfig):
     baseline: Literal["code", "mean", "group"] = "code"
-    kl_coef: float = 0.0  # beta: k3 KL(pi || pi_ref) added to the loss
+    kl_loss_coef: float = 0.0  # beta: k3 KL(pi || pi_ref) added to the loss
     kl_reward_coef: float = 0.0  # k1 KL (sampling policy vs reference) subtracted from the reward
     entropy_coef: float = 0.0  # entropy bonus subtracted from the loss
     loss_agg: AggMode = "seq-mean-token-mean"  # the author's code: mean over a sequence's tokens, then over sequences
@@ -63,15 +63,16 @@ class EMPG(Algorithm):
     name = "em-pg"
     description = "EM policy gradient: (sigmoid-whitened reward - baseline) * log-likelihood, no ratio, no clip"
     Config = EMPGConfig
+    renamed = {"kl_coef": "kl_loss_coef"}
 
     def validate(self) -> None:
         super().validate()
-        for key in ("kl_coef", "kl_reward_coef", "entropy_coef"):
+        for key in ("kl_loss_coef", "kl_reward_coef", "entropy_coef"):
             require(getattr(self.config, key) >= 0, key, getattr(self.config, key), "must be >= 0")
 
     @property
     def needs_reference(self) -> bool:
-        return self.config.kl_coef > 0 or self.config.kl_reward_coef > 0
+        return self.config.kl_loss_coef > 0 or self.config.kl_reward_coef > 0
 
     @property
     def needs_old_logprobs(self) -> bool:  # only the KL-in-reward needs them; the loss itself has no ratio
@@ -94,7 +95,7 @@ class EMPG(Algorithm):
 
     def inert_rows(self, batch: RolloutBatch) -> torch.Tensor | None:
         # e.g. baseline=group on a group whose rewards agree; a KL or entropy term keeps every row live
-        if self.config.kl_coef > 0 or self.config.entropy_coef > 0:
+        if self.config.kl_loss_coef > 0 or self.config.entropy_coef > 0:
             return None
         return zero_advantage_rows(batch.advantages, batch.response_mask)
 
@@ -105,8 +106,8 @@ class EMPG(Algorithm):
         if batch.ref_logprobs is not None:
             kl = self.aggregate(kl_penalty(out.logprobs, batch.ref_logprobs, "k3", mask), mask)
             metrics["kl"] = float(kl.detach())
-            if self.config.kl_coef > 0:
-                loss = loss + self.config.kl_coef * kl
+            if self.config.kl_loss_coef > 0:
+                loss = loss + self.config.kl_loss_coef * kl
         if out.entropy is not None:
             entropy = self.aggregate(out.entropy, mask)
             metrics["entropy"] = float(entropy.detach())

@@ -6,12 +6,13 @@ For the G samples of one prompt with outcome rewards R_1..R_G, every token of sa
 
 and the loss is PPO's clipped surrogate against the sampling policy plus a k3 KL to a frozen reference:
 
-    loss = agg_t[ max(-A_i r_t, -A_i clip(r_t, 1 - eps_low, 1 + eps_high)) ] + beta * agg_t[ k3(pi || pi_ref)_t ],
+    loss = agg_t[ max(-A_i r_t, -A_i clip(r_t, 1 - eps_low, 1 + eps_high)) ]
+         + kl_loss_coef * agg_t[ k3(pi || pi_ref)_t ],                        (the paper's beta)
     r_t  = pi(y_t | x, y_<t) / pi_old(y_t | x, y_<t)
 
-run for ``iterations`` (mu) passes over ``minibatches`` minibatches of each fresh batch. std is the unbiased sample
-standard deviation (torch.std, as in verl and TRL); eps = 1e-6 as in verl. A group whose rewards are all equal gets
-A = 0. With one iteration and one minibatch the policy at loss time is the sampling policy: the ratio is 1, the clip
+run for ``epochs`` (the paper's mu) passes over ``minibatches`` minibatches of each fresh batch. std is the unbiased
+sample standard deviation (torch.std, as in verl and TRL); eps = 1e-6 as in verl. A group whose rewards are all equal
+gets A = 0. With one epoch and one minibatch the policy at loss time is the sampling policy: the ratio is 1, the clip
 never binds, and the gradient is the plain policy gradient of -A log pi (TRL takes the same shortcut and so do we:
 old log-probs are then not recomputed but taken as the detached current ones).
 """
@@ -36,9 +37,9 @@ STD_EPS = 1e-6  # added to the group std (verl's epsilon; TRL uses 1e-4)
 class GRPOConfig(AlgorithmConfig):
     clip_low: float = 0.2  # eps_low: the ratio is clipped below at 1 - clip_low (verl, TRL)
     clip_high: float = 0.2  # eps_high: clipped above at 1 + clip_high (verl, TRL; DAPO suggests 0.28)
-    beta: float = 0.0  # k3 KL to the reference (TRL's default; verl uses 0.001 when use_kl_loss is on)
+    kl_loss_coef: float = 0.0  # beta: k3 KL to the reference (TRL's default 0; verl 0.001 when use_kl_loss is on)
     scale_rewards: bool = True  # divide by the group std; false = Dr. GRPO
-    iterations: int = 1  # mu: passes over each batch (TRL num_iterations, verl ppo_epochs)
+    epochs: int = 1  # mu: passes over each batch (TRL num_iterations, verl ppo_epochs)
     minibatches: int = 1  # optimiser steps per pass
     loss_agg: AggMode = "token-mean"  # verl's default; TRL's "dapo" is the same token-level normalisation
 
@@ -48,28 +49,29 @@ class GRPO(Algorithm):
     name = "grpo"
     description = "GRPO: group-normalised outcome advantage, PPO-clipped ratio, optional k3 KL to the reference"
     Config = GRPOConfig
+    renamed = {"beta": "kl_loss_coef", "iterations": "epochs"}
 
     def validate(self) -> None:
         super().validate()
         c = self.config
         require(0 <= c.clip_low < 1, "clip_low", c.clip_low, "must be in [0, 1): the ratio's lower bound is 1 - clip_low")
         require(c.clip_high >= 0, "clip_high", c.clip_high, "must be >= 0")
-        require(c.beta >= 0, "beta", c.beta, "must be >= 0")
-        require(c.iterations >= 1, "iterations", c.iterations, "must be >= 1")
+        require(c.kl_loss_coef >= 0, "kl_loss_coef", c.kl_loss_coef, "must be >= 0")
+        require(c.epochs >= 1, "epochs", c.epochs, "must be >= 1")
         require(c.minibatches >= 1, "minibatches", c.minibatches, "must be >= 1")
 
     @property
     def needs_reference(self) -> bool:
-        return self.config.beta > 0
+        return self.config.kl_loss_coef > 0
 
     @property
     def needs_old_logprobs(self) -> bool:
         # with a single update per batch the sampling policy is the current one: the ratio is 1 by construction
-        return self.config.iterations * self.config.minibatches > 1
+        return self.config.epochs * self.config.minibatches > 1
 
     @property
     def epochs(self) -> int:
-        return self.config.iterations
+        return self.config.epochs
 
     @property
     def minibatches(self) -> int:
@@ -87,7 +89,7 @@ class GRPO(Algorithm):
 
     def inert_rows(self, batch: RolloutBatch) -> torch.Tensor | None:
         # A = 0 makes both clipped terms 0 whatever the ratio; only the KL term could still move such a row
-        return zero_advantage_rows(batch.advantages, batch.response_mask) if self.config.beta == 0 else None
+        return zero_advantage_rows(batch.advantages, batch.response_mask) if self.config.kl_loss_coef == 0 else None
 
     def loss(self, batch: RolloutBatch, out: PolicyOutput) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch.response_mask
@@ -100,7 +102,7 @@ class GRPO(Algorithm):
         if batch.ref_logprobs is not None:
             kl = self.aggregate(kl_penalty(out.logprobs, batch.ref_logprobs, "k3", mask), mask)
             metrics["kl"] = float(kl.detach())
-            if c.beta > 0:
-                loss = loss + c.beta * kl
+            if c.kl_loss_coef > 0:
+                loss = loss + c.kl_loss_coef * kl
         return loss, metrics
 

@@ -2,9 +2,9 @@
 
 Each completion token is an action; a value head on the policy's backbone estimates V(s_t) for the state before
 token t. Token rewards: the outcome reward R on the last valid token, optionally minus a per-token k1 KL to a frozen
-reference (reward shaping, ``kl_coef``):
+reference (reward shaping, ``kl_reward_coef``):
 
-    r_t = -kl_coef * (log pi_old(y_t) - log pi_ref(y_t)) + [t = last] * R
+    r_t = -kl_reward_coef * (log pi_old(y_t) - log pi_ref(y_t)) + [t = last] * R
 
 Advantages by GAE(gamma, lambda) with V_old from the sampling step, then whitened over the batch's valid tokens:
 
@@ -28,19 +28,8 @@ from rlbench.engine.batch import PolicyOutput, RolloutBatch
 from rlbench.registry import register_algorithm
 
 from .base import (
-    AggMode,
-    Algorithm,
-    AlgorithmConfig,
-    agg_loss,
-    clipped_pg_loss,
-    fill_padding,
-    gae,
-    kl_penalty,
-    masked_mean,
-    masked_sum,
-    outcome_token_rewards,
-    require,
-    whiten,
+    AggMode, Algorithm, AlgorithmConfig, clipped_pg_loss, clipped_value_loss, explained_variance, gae, kl_penalty,
+    masked_mean, masked_sum, outcome_token_rewards, require, whiten,
 )
 
 
@@ -52,7 +41,7 @@ class PPOConfig(AlgorithmConfig):
     clip_high: float = 0.2  # ratio clipped above at 1 + clip_high
     vf_clip: float | None = 0.2  # value clipping around V_old; null disables it (TRL 0.2, verl 0.5)
     vf_coef: float = 0.1  # weight of the value loss (TRL, whose value head also shares one optimiser)
-    kl_coef: float = 0.0  # per-token k1 KL in the reward (verl: off by default; TRL 0.05)
+    kl_reward_coef: float = 0.0  # per-token k1 KL in the reward (verl: off by default; TRL 0.05)
     entropy_coef: float = 0.0  # entropy bonus (verl, TRL: 0)
     epochs: int = 1  # passes over each batch (verl ppo_epochs; TRL num_ppo_epochs 4)
     minibatches: int = 4  # optimiser steps per pass (verl: train batch / ppo_mini_batch_size = 4; TRL 1)
@@ -65,6 +54,7 @@ class PPO(Algorithm):
     name = "ppo"
     description = "PPO: GAE advantages from a value head, clipped policy and value losses, minibatch updates per batch"
     Config = PPOConfig
+    renamed = {"kl_coef": "kl_reward_coef"}
 
     def validate(self) -> None:
         super().validate()
@@ -74,7 +64,7 @@ class PPO(Algorithm):
         require(0 <= c.clip_low < 1, "clip_low", c.clip_low, "must be in [0, 1): the ratio's lower bound is 1 - clip_low")
         require(c.clip_high >= 0, "clip_high", c.clip_high, "must be >= 0")
         require(c.vf_clip is None or c.vf_clip >= 0, "vf_clip", c.vf_clip, "must be >= 0 or null")
-        for key in ("vf_coef", "kl_coef", "entropy_coef"):
+        for key in ("vf_coef", "kl_reward_coef", "entropy_coef"):
             require(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0")
         require(c.epochs >= 1, "epochs", c.epochs, "must be >= 1")
         require(c.minibatches >= 1, "minibatches", c.minibatches, "must be >= 1")
@@ -85,12 +75,12 @@ class PPO(Algorithm):
 
     @property
     def needs_reference(self) -> bool:
-        return self.config.kl_coef > 0
+        return self.config.kl_reward_coef > 0
 
     @property
     def needs_old_logprobs(self) -> bool:
         # the KL reward is charged to the sampling policy; the ratio needs it once the policy moves within a batch
-        return self.config.kl_coef > 0 or self.config.epochs * self.config.minibatches > 1
+        return self.config.kl_reward_coef > 0 or self.config.epochs * self.config.minibatches > 1
 
     @property
     def needs_entropy_grad(self) -> bool:
@@ -108,16 +98,16 @@ class PPO(Algorithm):
         c, mask = self.config, batch.response_mask
         token_rewards = outcome_token_rewards(batch.rewards, mask)
         metrics = {}
-        if c.kl_coef > 0:
+        if c.kl_reward_coef > 0:
             k1 = kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1", mask)
-            token_rewards = token_rewards - c.kl_coef * k1
+            token_rewards = token_rewards - c.kl_reward_coef * k1
             metrics["kl_reward_penalty"] = float(masked_sum(k1, mask, dim=1).mean())
         values = batch.values.detach()
         advantages, returns = gae(token_rewards, values, mask, c.gamma, c.lam)
         batch.returns = returns
         batch.advantages = whiten(advantages, mask, unbiased=True) if c.whiten_advantages else advantages
         metrics["value_mean"] = float(masked_mean(values, mask))
-        metrics["value_explained_var"] = float(_explained_variance(values, returns, mask))
+        metrics["value_explained_var"] = float(explained_variance(values, returns, mask))
         return metrics
 
     def loss(self, batch: RolloutBatch, out: PolicyOutput) -> tuple[torch.Tensor, dict[str, float]]:
@@ -140,43 +130,3 @@ class PPO(Algorithm):
                 loss = loss - c.entropy_coef * entropy
         return loss, metrics
 
-
-def clipped_value_loss(
-    values: torch.Tensor,
-    old_values: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
-    clip: float | None,
-    mode: AggMode,
-    norm_len: int | None = None,
-) -> tuple[torch.Tensor, float]:
-    """1/2 max((V - G)^2, (V_old + clip(V - V_old, -clip, clip) - G)^2), aggregated; and the clipped fraction.
-
-    The clipped branch stops the value head from moving more than ``clip`` from its sampling-time estimate in one
-    batch, mirroring the policy's trust region (``clip=None``: plain 1/2 (V - G)^2).
-
-    V = 0.9, V_old = 0.5, G = 1, clip 0.2: unclipped 1/2 (0.1)^2 = 0.005, clipped 1/2 (0.7 - 1)^2 = 0.045 -> 0.045,
-    and its gradient with respect to V is 0 (the clipped branch is flat in V).
-
-    >>> loss, frac = clipped_value_loss(torch.tensor([[0.9]]), torch.tensor([[0.5]]), torch.tensor([[1.0]]),
-    ...                                 torch.ones(1, 1), 0.2, "token-mean")
-    >>> round(loss.item(), 4), frac
-    (0.045, 1.0)
-    """
-    values, old_values, returns = (fill_padding(x, mask) for x in (values, old_values, returns))
-    unclipped = (values - returns).square()
-    if clip is None:
-        return 0.5 * agg_loss(unclipped, mask, mode, norm_len), 0.0
-    clipped = (old_values + (values - old_values).clamp(-clip, clip) - returns).square()
-    loss = 0.5 * agg_loss(torch.maximum(unclipped, clipped), mask, mode, norm_len)
-    with torch.no_grad():
-        frac = masked_mean((clipped > unclipped).to(mask.dtype), mask)
-    return loss, float(frac)
-
-
-def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 - Var(G - V) / Var(G) over valid tokens: 1 is a perfect critic, 0 no better than a constant."""
-    var_returns = masked_mean((returns - masked_mean(returns, mask)).square(), mask)
-    residual = returns - values
-    var_residual = masked_mean((residual - masked_mean(residual, mask)).square(), mask)
-    return 1.0 - var_residual / var_returns.clamp(min=1e-8)

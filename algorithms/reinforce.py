@@ -4,7 +4,7 @@
 
 Baselines: ``none`` (b = 0), ``mean`` (b = the batch's mean reward), ``rloo`` (leave-one-out: b = mean reward of the
 other samples of the same prompt, Kool et al. 2019 / Ahmadian et al. 2024). Optional KL in the reward:
-R <- R - kl_coef * sum_t k1_t, the per-token KL to a frozen reference summed over the completion.
+R <- R - kl_reward_coef * sum_t k1_t, the per-token KL to a frozen reference summed over the completion.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .base import (
 @dataclass
 class ReinforceConfig(AlgorithmConfig):
     baseline: Literal["none", "mean", "rloo"] = "mean"
-    kl_coef: float = 0.0  # coefficient of the summed k1 KL subtracted from the reward
+    kl_reward_coef: float = 0.0  # coefficient of the summed k1 KL subtracted from the reward
     loss_agg: AggMode = "seq-mean-token-mean"
 
 
@@ -33,25 +33,26 @@ class Reinforce(Algorithm):
     name = "reinforce"
     description = "REINFORCE: (R - b) * log-likelihood, baseline none / batch mean / leave-one-out"
     Config = ReinforceConfig
+    renamed = {"kl_coef": "kl_reward_coef"}
 
     def validate(self) -> None:
         super().validate()
-        require(self.config.kl_coef >= 0, "kl_coef", self.config.kl_coef, "must be >= 0")
+        require(self.config.kl_reward_coef >= 0, "kl_reward_coef", self.config.kl_reward_coef, "must be >= 0")
 
     @property
     def needs_reference(self) -> bool:
-        return self.config.kl_coef > 0
+        return self.config.kl_reward_coef > 0
 
     @property
     def needs_old_logprobs(self) -> bool:
-        return self.config.kl_coef > 0
+        return self.config.kl_reward_coef > 0
 
     def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]:
         reward = batch.rewards.float()
         metrics = {}
-        if self.config.kl_coef > 0:
+        if self.config.kl_reward_coef > 0:
             kl = masked_sum(kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1", batch.response_mask), batch.response_mask, dim=1)
-            reward = reward - self.config.kl_coef * kl
+            reward = reward - self.config.kl_reward_coef * kl
             metrics["kl_reward_penalty"] = float(kl.mean())
         if self.config.baseline == "mean":
             reward = reward - reward.mean()

@@ -1,4 +1,4 @@
-"""Generated tokens/s: rlbench's HFGenerator vs ``transformers``' ``model.generate`` vs a bare DynamicCache loop.
+"""Generated tokens/s: rlbench's decoder vs ``transformers``' ``model.generate`` vs a bare DynamicCache loop.
 
     python benchmarks/generation.py [--threads 1] [--batch-sizes 16,64,256] [--new-tokens 64] [--repeats 7]
                                     [--model auto|random|tiny|DIR]
@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from transformers import DynamicCache, GenerationConfig  # noqa: E402
 
 from rlbench.engine.policy import Policy, load_model, position_ids_from_mask  # noqa: E402
-from rlbench.engine.rollout import HFGenerator, encode_prompt, left_pad  # noqa: E402
+from rlbench.engine.decoder import Decoder
+from rlbench.engine.generation import encode_prompt, left_pad  # noqa: E402
 
 
 def completion_lengths(tokens: torch.Tensor, eos: int) -> torch.Tensor:
@@ -39,12 +40,12 @@ def completion_lengths(tokens: torch.Tensor, eos: int) -> torch.Tensor:
     return first
 
 
-_GENERATORS: dict[tuple[int, bool], HFGenerator] = {}
+_GENERATORS: dict[tuple[int, bool], Decoder] = {}
 
 
 def run_rlbench(policy, prompt_ids, new_tokens, seed, fast=True) -> tuple[int, int]:
-    """One HFGenerator per policy, as the trainer keeps one (its first call checks the fast path once)."""
-    generator = _GENERATORS.setdefault((id(policy), fast), HFGenerator(policy, fast=fast))
+    """One Decoder per policy, as the trainer keeps one (its first call checks the fast path once)."""
+    generator = _GENERATORS.setdefault((id(policy), fast), Decoder(policy, fast=fast))
     gen = generator.generate(prompt_ids, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens, seed=seed)
     lengths = gen.response_mask.sum(1)
     return int(lengths.sum()), _context_sum(prompt_ids, lengths)

@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py [--threads 1] [--steps 12] [--profiled 4] [--model auto|random|tiny|DIR]
 
-The settings are vs_trl.py's defaults (its ``rlbench_config``: 16 prompts x 4 samples, <= 40 tokens, beta=0,
+The settings are vs_trl.py's defaults (its ``rlbench_config``: 16 prompts x 4 samples, <= 40 tokens, no KL,
 token-mean, lr 2e-4, seed 0). The first step is left out of the medians (one-off warm-up).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from vs_trl import rlbench_config  # noqa: E402
 
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from rlbench.engine.trainer import Trainer  # noqa: E402
+from rlbench.training import build_trainer  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     model_dir, desc = resolve_model(args.model)
     config = rlbench_config(model_dir, threads=args.threads, seed=0, steps=args.steps + args.profiled, batch_size=64,
                             max_tokens=40, lr=2e-4, out=tempfile.mkdtemp(prefix="rlbench-profile-"))
-    trainer = Trainer(config, progress=False)
+    trainer = build_trainer(config, progress=False)
     print(f"model: {desc}; {args.threads} thread(s); {contention()} at start")
     rows = []
     for _ in range(args.steps):

@@ -8,8 +8,8 @@ Equal work, both sides (TRL 1.16 defaults checked in its source):
 - the same tiny-lab model (fp32, CPU, no vLLM, no gradient checkpointing) and the same arith training prompts in the
   same order: step s uses ``rlbench.engine.trainer.prompt_indices(seed, s)``; TRL reads them unshuffled;
 - 16 prompts x 4 generations = 64 completions per step, at most 40 completion tokens, T=1, top_p=1, no top-k;
-- GRPO with group-std scaled advantages, beta=0 (no reference model), one iteration over one minibatch per batch
-  (so neither side recomputes old log-probs), clip 0.2, token-level loss aggregation over the whole batch: TRL's
+- GRPO with group-std scaled advantages, no KL (rlbench ``kl_loss_coef=0``, TRL ``beta=0``: no reference model), one
+  epoch over one minibatch per batch (so neither side recomputes old log-probs), clip 0.2, token-level loss aggregation over the whole batch: TRL's
   default ``loss_type="dapo"`` is rlbench's ``loss_agg="token-mean"``;
 - AdamW (0.9, 0.999), weight decay 0, constant learning rate, gradient clipping at 1.0.
 
@@ -19,7 +19,7 @@ reports the median over runs. Rewards are the mean over each run's last half of 
 should be close (same model, same prompts; the samples differ), and :func:`reward_check` tests that they are.
 
 The update is the same on both sides; rlbench does less work for it: rows whose advantage is 0 (a group whose rewards
-all agree) have exactly zero gradient with beta=0, and rlbench's trainer leaves them out of the forward and backward
+all agree) have exactly zero gradient with kl_loss_coef=0, and rlbench's trainer leaves them out of the forward and backward
 pass (``Algorithm.inert_rows``) while TRL runs them.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def common_settings(args) -> dict:
 
 def step_prompts(n_examples: int, seed: int, steps: int, per_step: int) -> list[int]:
     """Train-set indices in the order rlbench's trainer visits them."""
-    from rlbench.engine.trainer import prompt_indices
+    from rlbench.engine.seeding import prompt_indices
 
     return [i for s in range(steps) for i in prompt_indices(n_examples, seed, s, per_step)]
 
@@ -64,7 +64,7 @@ def rlbench_config(model_dir: str, *, threads: int, seed: int, steps: int, batch
     return build_run_config({
         "model": model_dir, "seed": seed, "threads": threads, "device": "cpu", "precision": "fp32",
         "out": out, "checkpoint_every": 0,
-        "algo": {"name": "grpo", "beta": 0.0, "iterations": 1, "minibatches": 1, "scale_rewards": True,
+        "algo": {"name": "grpo", "kl_loss_coef": 0.0, "epochs": 1, "minibatches": 1, "scale_rewards": True,
                  "clip_low": 0.2, "clip_high": 0.2, "loss_agg": "token-mean"},
         "task": {"name": "arith"},
         "rollout": {"batch_size": batch_size, "samples_per_prompt": SAMPLES_PER_PROMPT},
@@ -78,12 +78,12 @@ def rlbench_config(model_dir: str, *, threads: int, seed: int, steps: int, batch
 def child_rlbench(args) -> dict:
     import torch
 
-    from rlbench.engine.trainer import Trainer
+    from rlbench.training import build_trainer
 
     config = rlbench_config(args.model_dir, threads=args.threads, seed=args.seed, steps=args.steps,
                             batch_size=args.batch_size, max_tokens=args.max_completion_length, lr=args.lr,
                             out=tempfile.mkdtemp(prefix="rlbench-vs-trl-"))
-    trainer = Trainer(config, progress=False)
+    trainer = build_trainer(config, progress=False)
     times, rewards, stages = [], [], []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -205,7 +205,7 @@ def reward_check(rl_runs: list[dict], trl_runs: list[dict]) -> str:
     Each step's reward is the mean over its completions (averaged over a framework's runs); the verdict is whether
     the 95% Student-t interval of the per-step differences rlbench - TRL contains 0.
     """
-    from rlbench.stats import t_interval
+    from rlbench.report.stats import t_interval
 
     per_step = [[statistics.fmean(s) for s in zip(*(r["rewards"] for r in runs))] for runs in (rl_runs, trl_runs)]
     diff = t_interval([a - b for a, b in zip(*per_step)])
@@ -251,7 +251,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
           f"{args.threads} thread(s) per run; {contention()} at start")
     print(f"GRPO: {args.batch_size // SAMPLES_PER_PROMPT} prompts x {SAMPLES_PER_PROMPT} = {args.batch_size} completions, "
-          f"<= {args.max_completion_length} tokens, T=1, top_p=1, beta=0, 1 iteration, token-mean (TRL dapo), "
+          f"<= {args.max_completion_length} tokens, T=1, top_p=1, no KL, 1 epoch, token-mean (TRL dapo), "
           f"lr {args.lr}; {args.steps} steps per run, {args.repeats} runs each, alternating\n")
     runs: dict[str, list[dict]] = {"rlbench": [], "trl": []}
     start = time.perf_counter()

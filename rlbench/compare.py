@@ -12,29 +12,29 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
 from rlbench import registry
 from rlbench.config import (
     BudgetConfig, ConfigError, RunConfig, build_dataclass, build_run_config, saved_config_mismatch,
 )
-from rlbench.lifeline import ORPHAN_GRACE_S, child_env
+from rlbench.engine.budget import UNITS
+from rlbench.executors import Job, Placement, make_executor
+from rlbench.lifeline import ORPHAN_GRACE_S
 from rlbench.locks import REQUEST, hold, is_run_folder, lock_kind, refuse_foreign
-from rlbench.audit import audit_comparison
-from rlbench.report_inputs import load_comparison
-from rlbench.results import CONFIG, SUMMARY, write_json, write_text_atomic
+from rlbench.progress import Live
+from rlbench.report.audit import audit_comparison
+from rlbench.report.inputs import load_comparison
+from rlbench.results import (
+    AUDIT, CONFIG, MANIFEST, RUNS, SUMMARY, run_name, write_json, write_text_atomic,
+)
 from rlbench.variants import Row
 
-MANIFEST = "manifest.json"
-AUDIT = "audit.json"
-RUNS = "runs"
 PACKAGES = ("rlbench", "torch", "transformers", "accelerate", "datasets", "math-verify", "sympy", "click")
 
 
@@ -43,16 +43,12 @@ def parse_budget(text: str) -> BudgetConfig:
     options: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
-            raise ConfigError(f"--budget {text!r}: expected kind=amount, kind one of samples, tokens, steps, seconds")
+            raise ConfigError(f"--budget {text!r}: expected kind=amount, kind one of {', '.join(UNITS)}")
         key, value = part.split("=", 1)
         options[key.strip()] = value.strip()
     budget = build_dataclass(BudgetConfig, options, prefix="budget")
     budget.validate()
     return budget
-
-
-def run_name(algo: str, seed: int) -> str:
-    return f"{algo}-s{seed}"
 
 
 @dataclasses.dataclass
@@ -174,17 +170,15 @@ def is_comparison_folder(folder: Path) -> bool:
             and all(is_run_folder(p) for p in runs.iterdir()))
 
 
-def _spawn(config: RunConfig, jobs_log: Path) -> subprocess.Popen:
+def _request(config: RunConfig) -> Job:
+    """Write the run's request file (what the run is) into its folder; the run to hand to an executor."""
     out = Path(config.out)
     refuse_foreign(out, "run", is_run_folder(out), flag="run folder")
     # under the run's lock: a run of a killed comparison may still be writing (it is ending; see rlbench.lifeline)
     with hold(out, "run", wait=ORPHAN_GRACE_S):
         request = out / REQUEST
         write_text_atomic(request, yaml.safe_dump(config.to_dict(), sort_keys=False))
-    cmd = [sys.executable, "-m", "rlbench.cli", "train", "--config", str(request), "--resume", "--quiet"]
-    log = open(jobs_log, "a")
-    env = {**os.environ, "OMP_NUM_THREADS": str(config.threads or 1), **child_env()}
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return Job(out.name, out, request, threads=config.threads or 1)
 
 
 def _finished(config: RunConfig) -> bool:
@@ -192,10 +186,17 @@ def _finished(config: RunConfig) -> bool:
     return path.exists() and json.loads(path.read_text()).get("status") == "completed"
 
 
-def run_comparison(comp: Comparison, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
+def run_comparison(comp: Comparison, jobs: int | None = 1, progress: bool = True,
+                   placement: Placement | None = None) -> dict[str, Any]:
     """Run (or finish) every row x seed, then write the audit. Returns the audit, with the runs whose process
-    failed (diverged runs among them) under ``failed_runs``."""
+    failed (diverged runs among them) under ``failed_runs``.
+
+    ``placement`` says where runs execute (default: ``jobs`` local processes at once); while they do, the progress
+    display shows each running run and the comparison's ETA, read from the run folders."""
+    placement = placement or Placement(jobs=jobs)
     comp.validate()
+    configs = [comp.run_config(row, s) for s in comp.seeds for row in comp.rows]
+    check_placement(configs, placement)
     comp.out.mkdir(parents=True, exist_ok=True)
     manifest = comp.manifest()
     path = comp.out / MANIFEST
@@ -203,43 +204,64 @@ def run_comparison(comp: Comparison, jobs: int = 1, progress: bool = True) -> di
         _check_manifest(path, manifest)
         manifest["created"] = json.loads(path.read_text()).get("created", manifest["created"])
     write_json(path, manifest)
-    configs = [comp.run_config(row, s) for s in comp.seeds for row in comp.rows]
     for config in configs:
         _check_adoptable(config)
     _prepare_model(configs[0], progress)
     todo = [c for c in configs if not _finished(c)]
-    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="comparison runs", unit="run", disable=not progress)
-    running: list[tuple[RunConfig, subprocess.Popen, float]] = []
-    failed: list[str] = []
-    log = comp.out / "runs.log"
-    try:
-        while todo or running:
-            while todo and len(running) < jobs:
-                config = todo.pop(0)
-                running.append((config, _spawn(config, log), time.time()))
-            time.sleep(0.2)
-            for item in list(running):
-                config, proc, started = item
-                if proc.poll() is None:
-                    continue
-                running.remove(item)
-                name = Path(config.out).name
-                if proc.returncode != 0:
-                    failed.append(f"{name} (exit {proc.returncode}; see {log})")
-                bar.update(1)
-                bar.write(f"{name}: {'done' if proc.returncode == 0 else 'FAILED'} in {time.time() - started:.0f} s")
-    except BaseException:  # Ctrl-C, SIGTERM's KeyboardInterrupt, or a refused run folder: no run outlives this loop
-        for _, proc, _ in running:
-            proc.terminate()
-        for _, proc, _ in running:
-            proc.wait()
-        raise
-    finally:
-        bar.close()
+    display = Live(comp.out) if progress else None
+    failed = _execute(comp, todo, placement, display) if todo else []
+    if display:
+        display.close()
     audit = audit_comparison(load_comparison(comp.out))
     write_json(comp.out / AUDIT, audit)
     audit["failed_runs"] = failed  # reported by the caller after the leaderboard, which lists them as incomplete
     return audit
+
+
+def _execute(comp: Comparison, todo: list[RunConfig], placement: Placement, display: Live | None) -> list[str]:
+    """Run ``todo`` through the placement's executor; the runs that did not complete, with why."""
+    executor = make_executor(placement, comp.out, threads=todo[0].threads or 1)
+    executor.record("executor", **executor.describe())
+    ended: dict[str, str] = {}
+    failed: list[str] = []
+    try:
+        while todo or executor.in_flight():
+            while todo and executor.has_room():
+                executor.submit(_request(todo.pop(0)))
+            for done in executor.poll(0.2):
+                name = done.job.name
+                ok = done.returncode == 0
+                ended[name] = "done" if ok else "failed"
+                if not ok:
+                    why = f"exit {done.returncode}" if done.returncode is not None else done.error
+                    failed.append(f"{name} ({why}; see {executor.log})")
+                if display:
+                    display.tracker.ended(name, done.seconds)
+                    display.write(f"{name}: {'done' if ok else 'FAILED'} in {done.seconds:.0f} s")
+            if display:
+                display.refresh({**ended, **executor.in_flight()})
+        if display:
+            display.refresh(ended, force=True)
+    except BaseException:  # Ctrl-C, SIGTERM's KeyboardInterrupt, or a refused run folder: no run outlives this loop
+        executor.cancel()
+        raise
+    finally:
+        executor.close()
+    return failed
+
+
+def check_placement(configs: list[RunConfig], placement: Placement) -> None:
+    """A run given K > 1 GPUs trains in K processes: its step must split over them (before anything starts)."""
+    from rlbench.engine.distributed import Ranks
+    from rlbench.training import check_processes
+
+    k = placement.gpus_per_run or 1
+    if k > 1:
+        for config in configs:
+            try:
+                check_processes(config, Ranks(0, k))
+            except ConfigError as exc:
+                raise ConfigError(f"--gpus-per-run {k}: {Path(config.out).name}: {exc}") from None
 
 
 def _check_adoptable(config: RunConfig) -> None:
@@ -256,7 +278,7 @@ def _prepare_model(config: RunConfig, progress: bool) -> None:
     if config.model == "tiny":
         import torch
 
-        from rlbench.engine.trainer import resolve_model_path
+        from rlbench.training import resolve_model_path
 
         if config.threads:
             # the same thread count as the runs: CPU results depend on it, and it avoids oversubscribing the cores

@@ -5,6 +5,7 @@ Every error is a :class:`ConfigError` whose message names the offending key; the
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import types
 import typing
@@ -14,7 +15,13 @@ from typing import Any, Literal, Union
 
 import yaml
 
+# an old precision value -> (its new name, why): the old one stops with exit 2 rather than silently meaning another
+RENAMED_PRECISIONS = {
+    "bf16-mixed": ("bf16", "bf16 autocast over fp32 master weights; bf16 weights updated in place are now bf16-pure"),
+}
 MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: a config is a few hundred bytes; anything near this is a mistake or an attack
+# RunConfig keys that say where a run is watched, not what it computes: never part of "the same run" or "comparable"
+TRACKING_KEYS = ("report_to",)
 
 
 class ConfigError(ValueError):
@@ -23,9 +30,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 40
+    temperature: float = 1.0  # rollouts and sampled evaluation; the trainer's log-probs use the same temperature
+    top_p: float = 1.0  # nucleus sampling; 1.0 = off
+    max_new_tokens: int = 40  # a completion that reaches it without a stop token is truncated (and usually wrong)
 
     def validate(self) -> None:
         _check(self.temperature > 0, "sampling.temperature", self.temperature, "must be > 0 (use eval greedy for argmax)")
@@ -36,12 +43,21 @@ class SamplingConfig:
 @dataclass
 class RolloutConfig:
     batch_size: int = 64  # completions per optimiser step (prompts per step x samples per prompt)
-    samples_per_prompt: int = 4
+    samples_per_prompt: int = 4  # completions per prompt (GRPO's group size)
     generation_batch_size: int = 256  # rows decoded at once (rollouts and evaluation)
     micro_batch_size: int | None = None  # rows per forward/backward; None = a whole minibatch at once
     # 0 draws rollouts from the run seed's stream; another value from an independent one with the same prompts
     # (the A/A control of `rlbench compare --control` measures how far two such runs drift apart)
     sample_stream: int = 0
+    # who generates: rlbench (the static-KV decoder), hf (transformers' model.generate), vllm (GPU only)
+    backend: Literal["rlbench", "hf", "vllm"] = "rlbench"
+    # truncated importance sampling: each token's advantage times min(pi_trainer / pi_sampler, tis_cap), correcting
+    # for the sampler's numerics differing from the trainer's (verl, TRL do it for vLLM rollouts); null = off
+    tis_cap: float | None = None
+    gpu_memory_utilization: float = 0.4  # vllm: the share of the GPU its engine (weights + KV cache) may take
+    # each completion samples from its own seed (derived from the step's and its row): its draws then do not depend on
+    # which rows share its batch, so N data-parallel processes sample exactly what one process would (required there)
+    seed_rows: bool = False
 
     @property
     def prompts_per_step(self) -> int:
@@ -53,6 +69,10 @@ class RolloutConfig:
         _check(self.generation_batch_size >= 1, "rollout.generation_batch_size", self.generation_batch_size, "must be >= 1")
         _check(self.micro_batch_size is None or self.micro_batch_size >= 1, "rollout.micro_batch_size", self.micro_batch_size, "must be >= 1 or null")
         _check(self.sample_stream >= 0, "rollout.sample_stream", self.sample_stream, "must be >= 0")
+        _check(self.tis_cap is None or self.tis_cap >= 1, "rollout.tis_cap", self.tis_cap,
+               "must be >= 1 or null: a cap below 1 would shrink every on-policy token's weight")
+        _check(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", self.gpu_memory_utilization,
+               "must be in (0, 1]")
         _check(
             self.batch_size % self.samples_per_prompt == 0,
             "rollout.batch_size",
@@ -63,6 +83,8 @@ class RolloutConfig:
 
 @dataclass
 class OptimConfig:
+    # adamw: torch's AdamW; adamw-8bit: bitsandbytes' AdamW8bit (CUDA only; optimiser states in 8 bits, 1/4 the memory)
+    name: Literal["adamw", "adamw-8bit"] = "adamw"
     lr: float = 1e-4  # the tiny lab's; 7B-class models want about 1e-6 (see configs/)
     weight_decay: float = 0.01
     beta1: float = 0.9
@@ -117,6 +139,46 @@ class EvalConfig:
 
 
 @dataclass
+class ModelArgs:
+    """How a hub id or local folder is loaded: passed to ``AutoTokenizer`` and ``AutoModelForCausalLM``."""
+
+    revision: str | None = None  # a hub branch, tag or commit; None = the default branch
+    attn_implementation: str | None = None  # eager, sdpa, flash_attention_2, ...; None = transformers' choice
+    trust_remote_code: bool = False  # run the repository's own modelling code (off: only transformers' classes)
+
+    def validate(self) -> None:
+        _check(self.revision is None or bool(self.revision.strip()), "model_args.revision", self.revision,
+               "must be a branch, tag or commit, or null")
+        _check(self.attn_implementation is None or bool(self.attn_implementation.strip()),
+               "model_args.attn_implementation", self.attn_implementation, "must be a name or null")
+
+
+# the attention and MLP projections of Llama, Mistral, Qwen2/3 (what TRL's and verl's LoRA examples target)
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters through peft (``pip install 'rlbench[lora]'``); rank 0 trains every weight."""
+
+    rank: int = 0  # 0 = off
+    alpha: float | None = None  # the adapters' scale is alpha / rank; None = 2 x rank (scale 2)
+    dropout: float = 0.0  # > 0 puts the model in training mode, so the log-probs a loss sees are noisy
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    @property
+    def scale_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+    def validate(self) -> None:
+        _check(self.rank >= 0, "lora.rank", self.rank, "must be >= 0 (0 = off)")
+        _check(self.alpha is None or self.alpha > 0, "lora.alpha", self.alpha, "must be > 0 or null")
+        _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "must be in [0, 1)")
+        _check(self.rank == 0 or bool(self.target_modules), "lora.target_modules", self.target_modules,
+               "must name at least one module (e.g. q_proj,v_proj)")
+
+
+@dataclass
 class TinyConfig:
     """The tiny lab's model and its SFT warm-start (used when ``model: tiny``)."""
 
@@ -149,12 +211,22 @@ class RunConfig:
     model: str = "tiny"  # "tiny" (the tiny lab's warm-start), a hub id, or a local directory
     algo: dict[str, Any] = field(default_factory=lambda: {"name": "reinforce"})  # name + hyperparameters
     task: dict[str, Any] = field(default_factory=lambda: {"name": "arith"})  # name + task options
-    seed: int = 0
-    precision: Literal["fp32", "bf16-mixed", "bf16"] = "fp32"
+    seed: int = 0  # every random choice of the run derives from it (prompt order, sampling, minibatches)
+    model_args: ModelArgs = field(default_factory=ModelArgs)
+    # fp32; bf16 = bf16 autocast over fp32 master weights; bf16-pure = bf16 weights updated in place (docs/real-models.md)
+    precision: Literal["fp32", "bf16", "bf16-pure"] = "fp32"
+    allow_stuck_bf16: bool = False  # run bf16-pure even when optim.lr is too small to change most bf16 weights
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass: memory for time
+    lora: LoraConfig = field(default_factory=LoraConfig)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     checkpoint_every: int = 10  # optimiser steps between resumable checkpoints (0 = only at the end)
+    # also write a from_pretrained-loadable checkpoint-N/ every checkpoint_every steps, keeping the last K (0 = none)
+    keep_checkpoints: int = 0
     out: str | None = None  # run directory; None = runs/<task>-<algo>-s<seed>
+    # experiment trackers the run also logs to (rlbench.tracking): where its numbers are sent, not what it computes,
+    # so they are left out of its fingerprint and of every "is this the same run?" check (TRACKING_KEYS)
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = field(default_factory=list)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -170,12 +242,29 @@ class RunConfig:
     def task_name(self) -> str:
         return self.task["name"]
 
+    @property
+    def algorithm(self) -> Any:
+        """The algorithm :func:`build_run_config` validated: its typed options are the very object the loss reads."""
+        built = getattr(self, "_algorithm", None)
+        if built is None:
+            raise ConfigError("algo: this config was not built by build_run_config, so its options are not validated")
+        if {"name": built.name, **dataclasses.asdict(built.config)} != self.algo:
+            raise ConfigError("algo: changed after validation; build the config again with build_run_config")
+        return built
+
     def validate(self) -> None:
-        for section in (self.rollout, self.sampling, self.optim, self.budget, self.eval, self.tiny):
+        for section in (self.rollout, self.sampling, self.optim, self.budget, self.eval, self.tiny, self.model_args,
+                        self.lora):
             section.validate()
+        _check(self.keep_checkpoints >= 0, "keep_checkpoints", self.keep_checkpoints, "must be >= 0 (0 = none)")
+        _check(self.keep_checkpoints == 0 or self.checkpoint_every > 0, "keep_checkpoints", self.keep_checkpoints,
+               "needs checkpoint_every > 0 (checkpoint-N/ folders are written every checkpoint_every steps)")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device", self.device, "must be auto, cpu or cuda[:N]")
         _check(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1")
         _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
+        for name in self.report_to:  # each tracker's package (and extra) is named after it; found, not imported
+            _check(importlib.util.find_spec(name) is not None, "report_to", self.report_to,
+                   f"{name} is not installed; pip install 'rlbench[{name}]'")
         for key in ("algo", "task"):
             name = getattr(self, key).get("name")
             _check(isinstance(name, str) and bool(name), f"{key}.name", name, "must name a registered " + ("algorithm" if key == "algo" else "task"))
@@ -362,6 +451,8 @@ def saved_config_mismatch(saved: Path, config: "RunConfig", here: str = "now") -
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{saved}: unreadable ({exc}); remove the folder or use another --out") from None
     now = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if isinstance(before, dict):  # trackers may be added or dropped on a resume: they do not change the run
+        before, now = ({k: v for k, v in tree.items() if k not in TRACKING_KEYS} for tree in (before, now))
     if before == now:
         return None
     where = first_difference(before, now)
@@ -412,6 +503,9 @@ def build_run_config(tree: dict[str, Any]) -> RunConfig:
     for key in ("algo", "task"):
         if isinstance(tree.get(key), str):
             tree[key] = {"name": tree[key]}
+    renamed = RENAMED_PRECISIONS.get(tree.get("precision")) if isinstance(tree.get("precision"), str) else None
+    if renamed:
+        raise ConfigError(f"precision={tree['precision']}: renamed to {renamed[0]} ({renamed[1]})")
     config = build_dataclass(RunConfig, tree)
     defaults = RunConfig()
     config.algo = {**({} if "name" in config.algo else defaults.algo), **config.algo}
@@ -427,6 +521,7 @@ def build_run_config(tree: dict[str, Any]) -> RunConfig:
     algo = algo_cls.from_options({k: v for k, v in config.algo.items() if k != "name"})
     task_cls.from_options({k: v for k, v in config.task.items() if k != "name"})
     config.algo = {"name": config.algo_name, **dataclasses.asdict(algo.config)}
+    config._algorithm = algo  # not a field: config.yaml holds config.algo, this is its validated, typed form
     return config
 
 

@@ -83,11 +83,12 @@ def refuse_foreign(folder: Path, kind: str, ours: bool, flag: str = "--out") -> 
 
 
 def refuse_several_ranks() -> None:
-    """Under torchrun / accelerate launch every rank would run the same run into the same folder."""
+    """Under torchrun / accelerate launch every rank of a comparison would start every run into the same folders."""
     for name in RANK_VARS:
         value = os.environ.get(name, "").strip()
         if not value.isdigit():
             continue
         several = int(value) > 1 if name.endswith("WORLD_SIZE") else int(value) > 0
         if several:
-            raise ConfigError(f"multi-process training is not supported yet: {name}={value}; run one process")
+            raise ConfigError(f"{name}={value}: rlbench compare starts its runs itself, run it as one process "
+                              "(a single run trains in several with `rlbench train --processes N`)")

@@ -25,6 +25,20 @@ CHECKPOINT = "checkpoint"
 STATE = "state"
 FINGERPRINT = "fingerprint.json"
 
+# A comparison folder (``rlbench compare``): its record, its audit, its runs and their log, and the report.
+MANIFEST = "manifest.json"
+AUDIT = "audit.json"
+RUNS = "runs"
+RUNS_LOG = "runs.log"
+REPORT_JSON = "report.json"
+LEADERBOARD = "leaderboard.md"
+INDEX_HTML = "index.html"
+
+
+def run_name(slug: str, seed: int) -> str:
+    """The folder under ``RUNS`` that holds one row's run for one seed."""
+    return f"{slug}-s{seed}"
+
 
 def token_hash(items: Any, digits: int = 16) -> str:
     """A short sha256 of a JSON-able value (token-id lists, ids), the same on every machine."""

@@ -2,7 +2,7 @@
 import importlib
 import pkgutil
 
-_HELPERS = {"base", "data", "grading", "math_equiv", "worker_pool"}  # modules that register no task
+_HELPERS = {"base", "boxed", "data", "grading", "math_equiv", "worker_pool"}  # modules that register no task
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _HELPERS and not _module.name.startswith("_"):

@@ -12,7 +12,7 @@ level 5 under ``lvl5``); or None for the hub (lighteval / HuggingFaceH4 copies, 
 
 Prompt ``chat`` (the paper's, Qwen2.5-Math style): system "You are a helpful assistant.", user = problem + newline +
 ``INSTRUCTION``. ``base``: the same words as plain text ending in "Solution:" for base models without a template.
-Reference: the ``answer`` field where the data has one, else the last ``\\boxed{}`` of ``solution``.
+Reference: the ``answer`` field where the data has one, else the last ``\\boxed{}`` of ``solution`` (tasks/boxed.py).
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from rlbench.config import ConfigError
 from rlbench.registry import register_task
 
 from .base import Example, Grade, Prompt, Task, TaskConfig
+from .boxed import equivalence_checker, grade_boxed, reference_answer
 from .data import DataError, Record, load_hub, read_records, split_file
-from .grading import MAX_ANSWER_CHARS, EquivalenceChecker, last_boxed
 
 SYSTEM = "You are a helpful assistant."
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -79,12 +79,7 @@ class MathHard(Task):
 
     def __init__(self, config: MathHardConfig | None = None) -> None:
         super().__init__(config)
-        c = self.config
-        if not c.grade_timeout > 0:
-            raise ConfigError(f"task.grade_timeout={c.grade_timeout!r}: must be > 0 seconds")
-        if c.grade_workers < 0:
-            raise ConfigError(f"task.grade_workers={c.grade_workers!r}: must be >= 0 (0 = automatic)")
-        self.checker = EquivalenceChecker(c.grade_timeout, c.grade_workers)
+        self.checker = equivalence_checker(self.config.grade_timeout, self.config.grade_workers)
         self._cache: dict[str, list[Example]] = {}
 
     # -------------------------------------------------------------------------------------------------- data
@@ -95,8 +90,7 @@ class MathHard(Task):
         if data is None:
             if which == "math500_test":
                 return load_hub(*HUB["math500"], split="test")
-            dataset, config = HUB["lvl5"] if self.config.preset == "lvl5" else HUB["math"]
-            return load_hub(dataset, config, split=which)
+            return load_hub(*(HUB["lvl5"] if self.config.preset == "lvl5" else HUB["math"]), split=which)
         return read_records(split_file(Path(data).expanduser(), which))
 
     def _select(self, split: str) -> list[tuple[str, int, Record]]:
@@ -119,11 +113,8 @@ class MathHard(Task):
             held_out = self._source("math500_test")
             ids = {r.fields["unique_id"] for r in held_out if r.fields.get("unique_id")}
             problems = {_problem_key(r.text("problem")) for r in held_out}
-            chosen = [
-                (s, i, r)
-                for s, i, r in chosen
-                if r.fields.get("unique_id") not in ids and _problem_key(r.text("problem")) not in problems
-            ]
+            chosen = [(s, i, r) for s, i, r in chosen
+                      if r.fields.get("unique_id") not in ids and _problem_key(r.text("problem")) not in problems]
         return chosen
 
     def load(self, split: str) -> list[Example]:
@@ -135,23 +126,12 @@ class MathHard(Task):
 
     @staticmethod
     def _example(source: str, index: int, record: Record) -> Example:
-        problem = record.text("problem")
-        solution = record.text("solution", required=False)
-        answer = record.text("answer", required=False)
-        if answer is None:
-            if solution is None:
-                raise DataError(f"{record.where}: fields 'answer' and 'solution' are both missing; one must give the final answer")
-            answer = last_boxed(solution)
-            # An empty box (one MATH train problem has "\boxed{}") is kept, so split sizes match the literature;
-            # the checker cannot read it, so it never pays. No box at all is a broken record.
-            if answer is None:
-                raise DataError(f"{record.where}: no field 'answer' and field 'solution' has no \\boxed{{}} final answer")
+        problem, solution = record.text("problem"), record.text("solution", required=False)
+        answer = reference_answer(record)  # the answer field, else the last \boxed{} of the solution
         meta: dict[str, Any] = {"source": source, "index": index}
-        for key in ("level", "type", "subject"):
-            if key in record.fields:
-                meta[key] = record.fields[key]
+        meta.update((key, record.fields[key]) for key in ("level", "type", "subject") if key in record.fields)
         uid = record.fields.get("unique_id")
-        return Example(uid if isinstance(uid, str) and uid else f"{source}-{index}", problem, answer.strip(), solution, meta)
+        return Example(uid if isinstance(uid, str) and uid else f"{source}-{index}", problem, answer, solution, meta)
 
     # ------------------------------------------------------------------------------------------- prompt, grade
 
@@ -167,17 +147,4 @@ class MathHard(Task):
         return self.grade_many([completion], [example])[0]
 
     def grade_many(self, completions: Sequence[str], examples: Sequence[Example]) -> list[Grade]:
-        if len(completions) != len(examples):
-            raise ValueError(f"{len(completions)} completions for {len(examples)} examples")
-        boxed = [last_boxed(c) for c in completions]
-        todo = [(e.answer, b) for e, b in zip(examples, boxed) if b is not None]
-        reasons = iter(self.checker.check_many(todo))
-        grades = []
-        for answer in boxed:
-            if answer is None:
-                grades.append(Grade.fail("no_answer"))  # an unboxed answer is never credited
-                continue
-            reason = next(reasons)
-            shown = answer if len(answer) <= MAX_ANSWER_CHARS else answer[:MAX_ANSWER_CHARS] + "..."
-            grades.append(Grade.right(shown) if reason == "correct" else Grade.fail(reason, shown))
-        return grades
+        return grade_boxed(self.checker, completions, [e.answer for e in examples])

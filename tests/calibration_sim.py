@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from rlbench import stats
+from rlbench.report import stats
 
 #: A test under calibration: (a, b) 0/1 grids of shape (seeds, problems) -> two-sided p-value (None = no verdict).
 GridTest = Callable[[np.ndarray, np.ndarray], "float | None"]

@@ -10,7 +10,7 @@ import torch
 
 from algo_helpers import close, make_batch, policy_output
 from rlbench import registry
-from rlbench.algorithms import base, ppo
+from rlbench.algorithms import base
 from rlbench.algorithms.base import (
     Algorithm,
     AlgorithmConfig,
@@ -28,7 +28,7 @@ from rlbench.engine.batch import PolicyOutput, RolloutBatch
 from rlbench.registry import register_algorithm
 
 
-@pytest.mark.parametrize("module", [base, maths, ppo], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [base, maths], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
@@ -170,15 +170,15 @@ def test_builtin_algorithms_are_registered_with_a_description():
 @pytest.mark.parametrize(
     "name, options, key",
     [
-        ("em-pg", {"kl_coef": -0.1}, "algo.kl_coef"),
+        ("em-pg", {"kl_loss_coef": -0.1}, "algo.kl_loss_coef"),
         ("em-pg", {"kl_reward_coef": -1}, "algo.kl_reward_coef"),
         ("em-pg", {"entropy_coef": -0.001}, "algo.entropy_coef"),
         ("em-pg", {"baseline": "median"}, "algo.baseline"),
         ("grpo", {"clip_low": -0.2}, "algo.clip_low"),
         ("grpo", {"clip_low": 1.0}, "algo.clip_low"),
         ("grpo", {"clip_high": -0.2}, "algo.clip_high"),
-        ("grpo", {"beta": -0.04}, "algo.beta"),
-        ("grpo", {"iterations": 0}, "algo.iterations"),
+        ("grpo", {"kl_loss_coef": -0.04}, "algo.kl_loss_coef"),
+        ("grpo", {"epochs": 0}, "algo.epochs"),
         ("grpo", {"minibatches": 0}, "algo.minibatches"),
         ("grpo", {"loss_agg": "sum"}, "algo.loss_agg"),
         ("grpo", {"epsilon": 0.2}, "algo.epsilon"),
@@ -187,10 +187,10 @@ def test_builtin_algorithms_are_registered_with_a_description():
         ("ppo", {"clip_high": -0.1}, "algo.clip_high"),
         ("ppo", {"vf_clip": -0.2}, "algo.vf_clip"),
         ("ppo", {"vf_coef": -1}, "algo.vf_coef"),
-        ("ppo", {"kl_coef": -0.05}, "algo.kl_coef"),
+        ("ppo", {"kl_reward_coef": -0.05}, "algo.kl_reward_coef"),
         ("ppo", {"epochs": 0}, "algo.epochs"),
         ("ppo", {"minibatches": -2}, "algo.minibatches"),
-        ("reinforce", {"kl_coef": -1}, "algo.kl_coef"),
+        ("reinforce", {"kl_reward_coef": -1}, "algo.kl_reward_coef"),
         ("reinforce", {"loss_norm_len": 0}, "algo.loss_norm_len"),
     ],
 )
@@ -199,9 +199,37 @@ def test_impossible_options_name_their_key(name, options, key):
         registry.get_algorithm(name).from_options(options)
 
 
+@pytest.mark.parametrize(
+    "name, old, new",
+    [
+        ("em-pg", "kl_coef", "kl_loss_coef"),
+        ("grpo", "beta", "kl_loss_coef"),
+        ("grpo", "iterations", "epochs"),
+        ("ppo", "kl_coef", "kl_reward_coef"),
+        ("reinforce", "kl_coef", "kl_reward_coef"),
+    ],
+)
+def test_renamed_options_are_refused_naming_the_new_name(name, old, new):
+    cls = registry.get_algorithm(name)
+    assert cls.renamed[old] == new and new in cls.options() and old not in cls.options()
+    with pytest.raises(ConfigError, match=rf"^algo\.{old}: renamed to algo\.{new} "):
+        cls.from_options({"loss_agg": "token-mean", old: 0.0})
+
+
+def test_one_name_per_knob_across_algorithms():
+    """A renamed-away name is no algorithm's option, and every shared knob has one name everywhere."""
+    table = {name: registry.algorithms()[name] for name in ("em-pg", "grpo", "ppo", "reinforce")}
+    olds = {old for cls in table.values() for old in cls.renamed}
+    assert olds == {"kl_coef", "beta", "iterations"}
+    assert not any(olds & set(cls.options()) for cls in table.values())
+    assert {n for n, cls in table.items() if "kl_loss_coef" in cls.options()} == {"em-pg", "grpo"}
+    assert {n for n, cls in table.items() if "kl_reward_coef" in cls.options()} == {"em-pg", "ppo", "reinforce"}
+    assert {n for n, cls in table.items() if "epochs" in cls.options()} == {"grpo", "ppo"}
+
+
 def test_options_from_the_command_line_are_coerced():
     grpo = registry.get_algorithm("grpo")
-    algo = grpo.from_options({"clip_high": "0.28", "scale_rewards": "false", "iterations": "2"})
+    algo = grpo.from_options({"clip_high": "0.28", "scale_rewards": "false", "epochs": "2"})
     assert (algo.config.clip_high, algo.config.scale_rewards, algo.epochs) == (0.28, False, 2)
     algo = registry.get_algorithm("ppo").from_options({"vf_clip": "null"})
     assert algo.config.vf_clip is None
@@ -224,10 +252,10 @@ TRAIN_ONE_STEP = {
     [
         ({"name": "toy-test-algo", "scale": 2.0}, "loss"),
         # every optional input switched on, so each needs_* path of the trainer runs once
-        ({"name": "em-pg", "baseline": "code", "kl_coef": 0.001, "kl_reward_coef": 0.01, "entropy_coef": 0.001}, "kl"),
-        ({"name": "grpo", "beta": 0.04, "iterations": 2, "minibatches": 2}, "clip_frac"),
-        ({"name": "ppo", "kl_coef": 0.05, "epochs": 2, "minibatches": 2, "entropy_coef": 0.01}, "vf_loss"),
-        ({"name": "reinforce", "baseline": "rloo", "kl_coef": 0.1}, "kl_reward_penalty"),
+        ({"name": "em-pg", "baseline": "code", "kl_loss_coef": 0.001, "kl_reward_coef": 0.01, "entropy_coef": 0.001}, "kl"),
+        ({"name": "grpo", "kl_loss_coef": 0.04, "epochs": 2, "minibatches": 2}, "clip_frac"),
+        ({"name": "ppo", "kl_reward_coef": 0.05, "epochs": 2, "minibatches": 2, "entropy_coef": 0.01}, "vf_loss"),
+        ({"name": "reinforce", "baseline": "rloo", "kl_reward_coef": 0.1}, "kl_reward_penalty"),
     ],
     ids=lambda a: a["name"] if isinstance(a, dict) else a,
 )
@@ -235,7 +263,7 @@ def test_every_algorithm_trains_one_step(algo, expected_metric, toy_registered, 
     import json
 
     from rlbench.config import build_run_config
-    from rlbench.engine.trainer import train
+    from rlbench.training import train
 
     out = tmp_path / "run"
     config = build_run_config({**TRAIN_ONE_STEP, "model": str(tiny_qwen_dir), "algo": algo, "out": str(out)})

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from report_helpers import make_comparison
-from rlbench.audit import audit_comparison
-from rlbench.report_inputs import load_comparison
+from rlbench.report.audit import audit_comparison
+from rlbench.report.inputs import load_comparison
 
 SKILL = {"em-pg": 0.6, "grpo": 0.5, "reinforce": 0.55}
 

@@ -14,7 +14,7 @@ from fractions import Fraction
 import pytest
 from calibration_sim import Setting, crossed_bootstrap, paired_t, per_seed_differences, rejection_rates, sign_flip
 
-from rlbench import stats
+from rlbench.report import stats
 
 ALPHA = 0.05
 BAND = (0.02, 0.08)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-
 import pytest
 import torch
 from click.testing import CliRunner
 
-from rlbench.cli_eval import eval_
+from rlbench.cli.eval import eval_
 from rlbench.engine.policy import Policy, load_model
-from rlbench.engine.rollout import Generation, HFGenerator
-from rlbench.eval_chunks import chunk_seed, evaluate_chunked, summarize
-from rlbench.evaluate import evaluate
+from rlbench.engine.decoder import Decoder
+from rlbench.engine.generation import Generation
+from rlbench.eval.evaluate import chunk_seed, evaluate
+from rlbench.eval.metrics import summarize
 from rlbench.registry import get_task
 from rlbench.tiny.tokenizer import build_char_tokenizer
 
@@ -92,7 +91,7 @@ class ScriptedGenerator:
 
     def __init__(self, plan: dict[str, tuple[str, list[str]]]) -> None:
         self.plan = plan
-        self.policy = SimpleNamespace(tokenizer=build_char_tokenizer())
+        self.tokenizer = build_char_tokenizer()
         self.seeds: list[int | None] = []
 
     def generate(self, prompt_ids, *, temperature, top_p, max_new_tokens, greedy=False, seed=None) -> Generation:
@@ -101,7 +100,7 @@ class ScriptedGenerator:
         seen: dict[str, int] = {}
         texts = []
         for ids in prompt_ids:
-            prompt = self.policy.tokenizer.decode(ids, skip_special_tokens=True)
+            prompt = self.tokenizer.decode(ids, skip_special_tokens=True)
             first, samples = self.plan[prompt]
             j = seen[prompt] = seen.get(prompt, -1) + 1
             texts.append(first if greedy else samples[j])
@@ -113,6 +112,9 @@ class ScriptedGenerator:
                           response_mask=mask, prompt_len=0, truncated=lengths >= 20, texts=texts)
 
     def sync_weights(self, policy) -> None:
+        pass
+
+    def sleep(self) -> None:
         pass
 
 
@@ -139,9 +141,9 @@ def test_chunked_metrics_equal_one_call() -> None:
     assert 0 < one["greedy"]["accuracy"] < 1 and 0 < one["greedy"]["truncated_frac"] < 1
     for chunk in (1, 3, 11, 50):
         generator = ScriptedGenerator(plan)
-        merged, records = evaluate_chunked(generator, task, examples, chunk_size=chunk, max_new_tokens=30,
-                                           samples=4, ks=ks, seed=7, progress=False)
-        assert records == one["records"]
+        merged = evaluate(generator, task, examples, chunk_size=chunk, max_new_tokens=30, samples=4, ks=ks, seed=7,
+                          keep_records=True)
+        assert merged.pop("records") == one["records"]
         assert without_speed(merged) == without_speed(one)
         # each chunk draws from its own seed, a function of (seed, chunk index) only
         assert generator.seeds == [chunk_seed(7, i) for i in range(-(-len(examples) // chunk))]
@@ -151,7 +153,7 @@ def test_chunked_metrics_equal_one_call() -> None:
 def test_summarize_reproduces_evaluate_on_real_completions(tiny_qwen_dir: Path) -> None:
     torch.set_num_threads(1)
     model, tok = load_model(str(tiny_qwen_dir), "fp32", torch.device("cpu"))
-    generator = HFGenerator(Policy(model, tok, torch.device("cpu")))
+    generator = Decoder(Policy(model, tok, torch.device("cpu")))
     task = get_task("arith")()
     res = evaluate(generator, task, task.load("test")[:4], max_new_tokens=5, samples=3, ks=[1, 2, 3], seed=1,
                    keep_records=True)
@@ -168,8 +170,8 @@ def test_pass_at_k_mean_and_majority_by_hand() -> None:
         task.prompt(b): (wrong, [right[b.id], wrong, right[b.id], " none"]),  # 2 of 4 right, majority right
         task.prompt(c): (wrong, [wrong, right[c.id], wrong, right[c.id]]),  # 2-2 tie: the first answer seen wins
     }
-    metrics, _ = evaluate_chunked(ScriptedGenerator(plan), task, [a, b, c], chunk_size=2, max_new_tokens=30,
-                                  samples=4, ks=[1, 2, 3, 4], progress=False)
+    metrics = evaluate(ScriptedGenerator(plan), task, [a, b, c], chunk_size=2, max_new_tokens=30, samples=4,
+                       ks=[1, 2, 3, 4])
     s = metrics["sampled"]
     assert metrics["greedy"]["accuracy"] == pytest.approx(1 / 3)
     assert s["accuracy"] == pytest.approx(5 / 12)  # mean@4
@@ -257,7 +259,7 @@ def test_missing_lm_eval_is_one_line(tiny_qwen_dir: Path, tmp_path: Path, monkey
     result = CliRunner().invoke(eval_, ["--model", str(tiny_qwen_dir), "--task", "gsm8k", "--data", str(data),
                                         "--harness", "lm-eval", "--out", str(tmp_path / "o.json")])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: --harness lm-eval needs lm-eval: pip install 'rlbench[eval]'"
+    assert result.stderr.strip() == "rlbench: error: --harness lm-eval needs lm-eval: pip install 'rlbench[eval]'"
 
 
 def test_registered_with_the_rlbench_command() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rlbench.cli_grade import PROGRESS_MIN_ROWS, grade
+from rlbench.cli.grade import PROGRESS_MIN_ROWS, grade
 from rlbench.registry import get_task
 
 GSM_ROWS = [
@@ -146,7 +146,7 @@ def test_bad_completions_exit_2_with_one_line(tmp_path: Path, gsm: Path, lines: 
     assert result.stdout == ""
     lines_out = result.stderr.splitlines()
     assert len(lines_out) == 1, result.stderr
-    assert lines_out[0].startswith("rlbench grade: error: ")
+    assert lines_out[0].startswith("rlbench: error: ")
     assert re.search(message, lines_out[0]), lines_out[0]
 
 
@@ -172,7 +172,7 @@ def test_bad_data_file_exit_2(tmp_path: Path) -> None:
     completions = write_jsonl(tmp_path / "c.jsonl", [{"index": 0, "completion": "#### 7"}])
     result = run("--task", "gsm8k", "--data", str(data), "--completions", str(completions))
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"rlbench grade: error: {data}:2: field 'answer' is missing or empty"
+    assert result.stderr.strip() == f"rlbench: error: {data}:2: field 'answer' is missing or empty"
 
 
 def test_missing_completions_file_exit_2(tmp_path: Path, gsm: Path) -> None:
@@ -212,7 +212,7 @@ def test_out_is_the_completions_file_exit_2_and_input_kept(
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"rlbench grade: error: --out {Path(out)}: same file as --completions c.jsonl; writing it would destroy the input"
+        f"rlbench: error: --out {Path(out)}: same file as --completions c.jsonl; writing it would destroy the input"
     ]
     assert completions.read_bytes() == before
     assert leftovers(tmp_path) == []
@@ -307,6 +307,6 @@ def test_failed_write_exit_2_leaves_out_and_no_temp_file(
     result = run("--task", "gsm8k", "--data", str(gsm), "--completions", str(completions), "--out", str(out))
     assert result.exit_code == 2
     assert result.stdout == ""
-    assert result.stderr.splitlines() == [f"rlbench grade: error: {out}: cannot write (No space left on device)"]
+    assert result.stderr.splitlines() == [f"rlbench: error: {out}: cannot write (No space left on device)"]
     assert out.read_text() == "old\n"
     assert leftovers(tmp_path) == []

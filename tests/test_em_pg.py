@@ -115,7 +115,7 @@ def test_kl_in_reward_code_baseline_uses_return_to_go():
 def test_k3_kl_and_entropy_bonus_in_the_loss():
     # loss = pg + 0.1 * seqmean(k3(pi || ref)) - 0.01 * seqmean(H): pg = 0.059588, KL = 0.054419, H = 0.766667
     # d/d log pi of k3 = 1 - exp(ref - log pi); d/dH = -0.01 / (4 L_i)
-    algo = EMPG(EMPGConfig(baseline="mean", kl_coef=0.1, entropy_coef=0.01))
+    algo = EMPG(EMPGConfig(baseline="mean", kl_loss_coef=0.1, entropy_coef=0.01))
     assert algo.needs_reference and algo.needs_entropy_grad and not algo.needs_old_logprobs
     batch = make_batch(ref_logprobs=torch.tensor(REF_LOGP))
     algo.compute_advantages(batch)
@@ -148,7 +148,7 @@ def test_no_ratio_no_clip_one_update_per_batch():
 
 def test_infinite_padding_does_not_poison_the_loss():
     padded = [[-0.5, -1.0, -2.0], [-0.2, -0.3, float("-inf")], [-1.5, float("inf"), float("nan")], [-0.1, -0.4, 0.0]]
-    algo = EMPG(EMPGConfig(kl_coef=0.1))
+    algo = EMPG(EMPGConfig(kl_loss_coef=0.1))
     batch = make_batch(ref_logprobs=torch.tensor(padded))
     algo.compute_advantages(batch)
     out = policy_output(padded)

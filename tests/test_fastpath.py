@@ -12,7 +12,8 @@ import torch
 from rlbench.engine import fastpath, policy as policy_module
 from rlbench.engine.batch import RolloutBatch
 from rlbench.engine.policy import Policy, load_model, position_ids_from_mask
-from rlbench.engine.rollout import HFGenerator, encode_prompt, left_pad
+from rlbench.engine.decoder import Decoder
+from rlbench.engine.generation import encode_prompt, left_pad
 from rlbench.tiny.tokenizer import build_char_tokenizer
 
 PROMPTS = ["Q: 1+2=? A:", "Q: 10+20-5=? A:", "Q: 7=? A:"]
@@ -46,7 +47,7 @@ def policy(request) -> Policy:
 
 def _batch(policy: Policy, repeats: int = 2, new_tokens: int = 9) -> RolloutBatch:
     prompts = [encode_prompt(policy.tokenizer, p) for p in PROMPTS for _ in range(repeats)]
-    gen = HFGenerator(policy).generate(prompts, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens, seed=3)
+    gen = Decoder(policy).generate(prompts, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens, seed=3)
     n = gen.input_ids.shape[0]
     batch = RolloutBatch(gen.input_ids, gen.attention_mask, gen.response_mask, gen.prompt_len,
                          rewards=torch.zeros(n), group_ids=torch.arange(n))
@@ -127,7 +128,7 @@ def test_generation_fast_path_matches_the_model_path():
     policy = _model("qwen2")
     prompts = [encode_prompt(policy.tokenizer, p) for p in PROMPTS for _ in range(3)]
     kw = dict(temperature=1.0, top_p=1.0, max_new_tokens=30)
-    fast, slow = HFGenerator(policy), HFGenerator(policy, fast=False)
+    fast, slow = Decoder(policy), Decoder(policy, fast=False)
     assert torch.equal(fast.generate(prompts, greedy=True, **kw).input_ids,
                        slow.generate(prompts, greedy=True, **kw).input_ids)
     for gen in (fast, slow):
@@ -144,10 +145,10 @@ def test_decoder_falls_back_when_it_disagrees(monkeypatch):
     policy = _model("llama")
     prompts = [encode_prompt(policy.tokenizer, p) for p in PROMPTS]
     kw = dict(greedy=True, temperature=1.0, top_p=1.0, max_new_tokens=6)
-    expected = HFGenerator(policy, fast=False).generate(prompts, **kw)
+    expected = Decoder(policy, fast=False).generate(prompts, **kw)
     real = fastpath.StaticKVDecoder.step
     monkeypatch.setattr(fastpath.StaticKVDecoder, "step", lambda self, *a: real(self, *a) + 1.0)
-    gen = HFGenerator(policy)
+    gen = Decoder(policy)
     with pytest.warns(RuntimeWarning, match="fast decoding path disagrees"):
         got = gen.generate(prompts, **kw)
     assert gen._fast_ok == {id(policy.model): False}

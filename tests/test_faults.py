@@ -91,7 +91,7 @@ def test_non_finite_weights_after_a_step_are_divergence(tiny_qwen_dir, tmp_path)
 
 # each of these passed validation before ("inf > 0") and trained; nan was refused, but as "must be > 0"
 @pytest.mark.parametrize("override", ["optim.lr=inf", "optim.weight_decay=inf", "budget.seconds=inf",
-                                      "algo.kl_coef=inf", "sampling.temperature=inf", "optim.lr=nan"])
+                                      "algo.kl_reward_coef=inf", "sampling.temperature=inf", "optim.lr=nan"])
 def test_non_finite_config_values_exit_2_naming_the_key(tiny_qwen_dir, tmp_path, override):
     line = _one_line(_train(tiny_qwen_dir, tmp_path / "run", "--set", "budget.steps=1", "--set", override))
     assert line.startswith(f"rlbench: error: {override.split('=')[0]}=") and "finite" in line, line
@@ -315,8 +315,8 @@ def test_a_yaml_alias_bomb_is_refused_naming_file_and_line(tmp_path):
 
 
 def test_markdown_escapes_html_in_cells_and_facts_but_keeps_code_spans():
-    from rlbench.report_markdown import _cell, _facts, _table
-    from rlbench.report_tables import Table
+    from rlbench.report.markdown import _cell, _facts, _table
+    from rlbench.report.tables import Table
 
     assert _cell("<script>alert(1)</script> & co") == "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"
     assert _cell("`a<b`") == "`a<b`"  # code spans show their text literally in markdown: no entity there
@@ -333,8 +333,8 @@ def test_markdown_escapes_html_in_cells_and_facts_but_keeps_code_spans():
 @pytest.mark.parametrize("value", ["<script>x</script>", "\\`<b>x</b>`", "`a` <i>x</i> `", "``<u>x</u>`",
                                    "a | <s>x</s> \\| `y|<em>z</em>`", "&lt;img src=x&gt; <img src=x>"])
 def test_rendered_markdown_has_no_tags_from_values(value):
-    from rlbench.report_markdown import _facts, _table
-    from rlbench.report_tables import Table
+    from rlbench.report.markdown import _facts, _table
+    from rlbench.report.tables import Table
 
     MarkdownIt = pytest.importorskip("markdown_it").MarkdownIt
     md = "\n".join(_facts([("fact", value)]) + _table(Table("t", ["col"], [[value]], [value]), "##"))
@@ -345,7 +345,7 @@ def test_rendered_markdown_has_no_tags_from_values(value):
 def test_leaderboard_md_escapes_html_from_the_manifest(tmp_path):
     MarkdownIt = pytest.importorskip("markdown_it").MarkdownIt  # a CommonMark renderer (installed with rich)
     from report_helpers import make_comparison
-    from rlbench.report import write_report
+    from rlbench.report.build import write_report
 
     path = make_comparison(tmp_path / "c", {"em-pg": 0.6, "grpo": 0.5})
     manifest = json.loads((path / "manifest.json").read_text())

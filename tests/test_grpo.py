@@ -65,7 +65,7 @@ def test_unscaled_advantages_dr_grpo():
     ],
 )
 def test_clipped_loss_and_gradient(mode, loss, grad):
-    _, out, value, metrics = run(GRPOConfig(loss_agg=mode, iterations=2))
+    _, out, value, metrics = run(GRPOConfig(loss_agg=mode, epochs=2))
     close(value, loss)
     close(out.logprobs.grad, grad)
     assert_padding_has_zero_grad(out.logprobs.grad)
@@ -73,29 +73,29 @@ def test_clipped_loss_and_gradient(mode, loss, grad):
 
 
 def test_constant_normaliser_option():
-    _, out, value, _ = run(GRPOConfig(loss_agg="seq-mean-token-sum-norm", loss_norm_len=6, iterations=2))
+    _, out, value, _ = run(GRPOConfig(loss_agg="seq-mean-token-sum-norm", loss_norm_len=6, epochs=2))
     close(value, -0.0856717474 / 2)
     close(out.logprobs.grad, [[-0.0294627409, -0.0325613644, 0.0], [0.0, 0.0309733279, 0.0], [0.0] * 3, [0.0] * 3])
 
 
 def test_unscaled_loss():
-    _, out, value, _ = run(GRPOConfig(scale_rewards=False, iterations=2))
+    _, out, value, _ = run(GRPOConfig(scale_rewards=False, epochs=2))
     close(value, -0.0908687389)
     close(out.logprobs.grad, [[-0.0625, -0.0690731824, 0.0], [0.0, 0.0657044435, 0.0], [0.0] * 3, [0.0] * 3])
 
 
 def test_clip_high_is_separate_from_clip_low():
     # eps_high 0.28: row 0's third token (ratio 1.2214 < 1.28) is no longer clipped; row 1's first still is (eps_low)
-    _, out, value, metrics = run(GRPOConfig(clip_high=0.28, iterations=2))
+    _, out, value, metrics = run(GRPOConfig(clip_high=0.28, epochs=2))
     close(value, -0.1303993729)
     close(out.logprobs.grad, [[-0.0883882226, -0.0976840932, -0.1079576189], [0.0, 0.0929199837, 0.0],
                               [0.0] * 3, [0.0] * 3])
     assert metrics["clip_frac"] == pytest.approx(0.125)
 
 
-def test_k3_kl_to_reference_with_beta():
+def test_k3_kl_to_reference_in_the_loss():
     # + 0.04 * token-mean k3(pi || ref); d k3 / d log pi = 1 - exp(ref - log pi)
-    algo_config = GRPOConfig(beta=0.04, iterations=2)
+    algo_config = GRPOConfig(kl_loss_coef=0.04, epochs=2)
     assert GRPO(algo_config).needs_reference
     _, out, value, metrics = run(algo_config, ref_logprobs=torch.tensor(REF_LOGP))
     close(value, -0.1268300264)
@@ -106,7 +106,7 @@ def test_k3_kl_to_reference_with_beta():
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
 def test_ratio_one_reduces_to_the_policy_gradient(mode):
-    algo = GRPO(GRPOConfig(loss_agg=mode, iterations=3, minibatches=2))
+    algo = GRPO(GRPOConfig(loss_agg=mode, epochs=3, minibatches=2))
     batch = make_batch(old_logprobs=torch.tensor(LOGP))
     algo.compute_advantages(batch)
     out = policy_output()
@@ -130,8 +130,8 @@ def test_single_update_needs_no_old_logprobs():
     loss.backward()
     close(out.logprobs.grad, [[-A / 8] * 3, [A / 8, A / 8, 0.0], [0.0] * 3, [0.0] * 3])
     assert metrics["clip_frac"] == 0.0
-    assert GRPO(GRPOConfig(iterations=2)).needs_old_logprobs and GRPO(GRPOConfig(minibatches=2)).needs_old_logprobs
-    assert (GRPO(GRPOConfig(iterations=2, minibatches=4)).epochs, GRPO(GRPOConfig(minibatches=4)).minibatches) == (2, 4)
+    assert GRPO(GRPOConfig(epochs=2)).needs_old_logprobs and GRPO(GRPOConfig(minibatches=2)).needs_old_logprobs
+    assert (GRPO(GRPOConfig(epochs=2, minibatches=4)).epochs, GRPO(GRPOConfig(minibatches=4)).minibatches) == (2, 4)
 
 
 def test_infinite_padding_does_not_poison_the_loss():
@@ -139,7 +139,7 @@ def test_infinite_padding_does_not_poison_the_loss():
     padded_old = [[-0.5, -1.1, -2.2], [0.1, -0.35, -inf], [-2.0, inf, nan], [-0.3, -0.2, -inf]]
     padded_ref = [[-0.7, -0.8, -2.5], [-0.2, -0.1, inf], [-1.0, -inf, nan], [-0.3, -0.4, inf]]
     padded_logp = [[-0.5, -1.0, -2.0], [-0.2, -0.3, -inf], [-1.5, -inf, nan], [-0.1, -0.4, inf]]
-    algo = GRPO(GRPOConfig(beta=0.04, iterations=2))
+    algo = GRPO(GRPOConfig(kl_loss_coef=0.04, epochs=2))
     batch = make_batch(old_logprobs=torch.tensor(padded_old), ref_logprobs=torch.tensor(padded_ref))
     algo.compute_advantages(batch)
     out = policy_output(padded_logp)

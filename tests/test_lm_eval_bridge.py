@@ -17,8 +17,8 @@ if not GSM8K_TEST.is_file():
 
 from lm_eval.api.model import LM  # noqa: E402
 
-from rlbench import lm_eval_bridge as bridge  # noqa: E402
-from rlbench.cli_eval import eval_  # noqa: E402
+from rlbench.eval import lm_eval_bridge as bridge  # noqa: E402
+from rlbench.cli.eval import eval_  # noqa: E402
 from rlbench.registry import get_task  # noqa: E402
 
 

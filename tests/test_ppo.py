@@ -53,7 +53,7 @@ def test_gae_with_discount_and_lambda_one():
 
 def test_kl_penalty_per_token_in_the_reward():
     # r_t = -0.5 * k1_t (k1 = [[.1, .2, .3], [-.1, .4], [.2], [0, .6]]) plus R on the last token, then GAE
-    algo = PPO(PPOConfig(kl_coef=0.5, whiten_advantages=False))
+    algo = PPO(PPOConfig(kl_reward_coef=0.5, whiten_advantages=False))
     assert algo.needs_reference and algo.needs_old_logprobs
     batch = make_batch(
         values=torch.tensor(V_OLD), old_logprobs=torch.tensor(LOGP), ref_logprobs=torch.tensor(REF_FOR_K1)
@@ -127,7 +127,7 @@ def test_defaults_and_needs():
     algo = PPO()
     c = algo.config
     assert (c.gamma, c.lam, c.clip_low, c.clip_high) == (1.0, 0.95, 0.2, 0.2)
-    assert (c.vf_clip, c.vf_coef, c.kl_coef, c.entropy_coef) == (0.2, 0.1, 0.0, 0.0)
+    assert (c.vf_clip, c.vf_coef, c.kl_reward_coef, c.entropy_coef) == (0.2, 0.1, 0.0, 0.0)
     assert algo.needs_values and algo.needs_old_logprobs and not algo.needs_reference
     assert (algo.epochs, algo.minibatches) == (1, 4)
     assert not PPO(PPOConfig(epochs=1, minibatches=1)).needs_old_logprobs

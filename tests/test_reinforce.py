@@ -49,7 +49,7 @@ def test_rloo_gives_a_lone_sample_no_advantage():
 def test_kl_in_reward_uses_summed_k1_to_the_reference():
     # k1 per token = [[.1, .2, .3], [-.1, .4], [.2], [0, .6]] -> sums [.6, .3, .2, .6]
     # R' = R - 0.5 * sum = [0.7, -0.15, 0.9, 0.7]; mean 0.5375 -> A = [0.1625, -0.6875, 0.3625, 0.1625]
-    algo = Reinforce(ReinforceConfig(baseline="mean", kl_coef=0.5))
+    algo = Reinforce(ReinforceConfig(baseline="mean", kl_reward_coef=0.5))
     assert algo.needs_reference and algo.needs_old_logprobs
     batch = make_batch(old_logprobs=torch.tensor(LOGP), ref_logprobs=torch.tensor(REF_FOR_K1))
     metrics = algo.compute_advantages(batch)

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from report_helpers import make_comparison, read_json
-from rlbench import stats, verdicts
+from rlbench.report import stats, verdicts
 from rlbench.cli import main
-from rlbench.report import build_report, write_report
-from rlbench.report_inputs import ReportInputError, load_comparison
-from rlbench.report_markdown import render_markdown
+from rlbench.report.build import build_report, write_report
+from rlbench.report.inputs import ReportInputError, load_comparison
+from rlbench.report.markdown import render_markdown
 
 SKILL = {"em-pg": 0.7, "grpo": 0.5, "ppo": 0.3, "reinforce": 0.6}
 

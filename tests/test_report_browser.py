@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from report_helpers import make_comparison
-from rlbench.report import write_report
+from rlbench.report.build import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "benchmarks" / "check_report_html.py"

@@ -1,7 +1,8 @@
 import torch
 
 from rlbench.engine.policy import Policy, load_model
-from rlbench.engine.rollout import HFGenerator, encode_prompt, sample_next
+from rlbench.engine.decoder import Decoder, sample_next
+from rlbench.engine.generation import encode_prompt
 
 
 def _policy(path) -> Policy:
@@ -13,7 +14,7 @@ def test_generation_layout_and_determinism(tiny_qwen_dir):
     policy = _policy(tiny_qwen_dir)
     tok = policy.tokenizer
     prompts = [encode_prompt(tok, "Q: 1+2=? A:"), encode_prompt(tok, "Q: 10+20-5=? A:")]
-    gen = HFGenerator(policy)
+    gen = Decoder(policy)
     kwargs = dict(temperature=1.0, top_p=1.0, max_new_tokens=12)
     a = gen.generate(prompts * 3, seed=7, **kwargs)
     b = gen.generate(prompts * 3, seed=7, **kwargs)
@@ -36,8 +37,8 @@ def test_generation_layout_and_determinism(tiny_qwen_dir):
 def test_chunked_generation_matches_layout(tiny_qwen_dir):
     policy = _policy(tiny_qwen_dir)
     prompts = [encode_prompt(policy.tokenizer, p) for p in ("Q: 1=? A:", "Q: 123+45=? A:", "Q: 9-9=? A:")]
-    whole = HFGenerator(policy).generate(prompts, greedy=True, temperature=1.0, top_p=1.0, max_new_tokens=6)
-    chunked = HFGenerator(policy, batch_size=2).generate(prompts, greedy=True, temperature=1.0, top_p=1.0, max_new_tokens=6)
+    whole = Decoder(policy).generate(prompts, greedy=True, temperature=1.0, top_p=1.0, max_new_tokens=6)
+    chunked = Decoder(policy, batch_size=2).generate(prompts, greedy=True, temperature=1.0, top_p=1.0, max_new_tokens=6)
     assert whole.texts == chunked.texts
     assert torch.equal(whole.response_mask, chunked.response_mask)
 
@@ -64,7 +65,7 @@ def test_logprobs_match_generation_distribution(tiny_qwen_dir):
 
     policy = _policy(tiny_qwen_dir)
     prompts = [encode_prompt(policy.tokenizer, "Q: 5+5=? A:"), encode_prompt(policy.tokenizer, "Q: 12-3+4=? A:")]
-    gen = HFGenerator(policy).generate(prompts, greedy=True, temperature=1.0, top_p=1.0, max_new_tokens=5)
+    gen = Decoder(policy).generate(prompts, greedy=True, temperature=1.0, top_p=1.0, max_new_tokens=5)
     batch = RolloutBatch(gen.input_ids, gen.attention_mask, gen.response_mask, gen.prompt_len,
                          rewards=torch.zeros(2), group_ids=torch.arange(2))
     out = policy.forward(batch, with_entropy=True)

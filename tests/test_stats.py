@@ -1,4 +1,4 @@
-"""rlbench.stats against textbook values and known cases (identical algorithms, a clear winner, determinism)."""
+"""rlbench.report.stats against textbook values and known cases (identical algorithms, a clear winner, determinism)."""
 from __future__ import annotations
 
 import doctest
@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from rlbench import behaviours, stats
+from rlbench.report import behaviours, stats
 
 
 def test_doc_examples_hold():

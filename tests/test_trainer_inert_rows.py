@@ -10,6 +10,7 @@ import torch
 
 from rlbench.config import build_run_config
 from rlbench.engine.trainer import Trainer
+from rlbench.training import build_trainer
 
 MIXED = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0])  # pairs: agree, agree, differ, agree
 AGREE = torch.ones(8)
@@ -22,7 +23,7 @@ def _trainer(tiny_qwen_dir, tmp_path, algo: dict, name: str) -> Trainer:
         "sampling": {"max_new_tokens": 10}, "task": {"name": "arith", "train_size": 40, "test_size": 8},
         "budget": {"steps": 2}, "eval": {"limit": 2}, "optim": {"lr": 1e-2},
     })
-    return Trainer(config, progress=False)
+    return build_trainer(config, progress=False)
 
 
 def _batch(trainer: Trainer, step: int, rewards: torch.Tensor):
@@ -49,7 +50,7 @@ def _every_row_update(trainer: Trainer, batch) -> None:
     ({"name": "grpo", "loss_agg": "token-mean"}, 6 / 8),
     ({"name": "reinforce", "baseline": "rloo"}, 6 / 8),
     ({"name": "em-pg", "baseline": "group", "loss_agg": "seq-mean-token-sum-norm"}, 6 / 8),
-    ({"name": "grpo", "beta": 0.1}, 0.0),  # the KL term keeps every row live
+    ({"name": "grpo", "kl_loss_coef": 0.1}, 0.0),  # the KL term keeps every row live
     ({"name": "reinforce", "baseline": "mean"}, 0.0),
 ])
 def test_leaving_inert_rows_out_gives_the_same_weights(algo, inert_first, tiny_qwen_dir, tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rlbench.config import build_run_config
-from rlbench.engine.trainer import Trainer
+from rlbench.training import build_trainer
 
 
 def _grads(tiny_qwen_dir, tmp_path, algo: dict, micro: int | None) -> list[torch.Tensor]:
@@ -13,7 +13,7 @@ def _grads(tiny_qwen_dir, tmp_path, algo: dict, micro: int | None) -> list[torch
         "sampling": {"max_new_tokens": 10}, "task": {"name": "arith", "train_size": 40, "test_size": 8},
         "budget": {"steps": 1}, "eval": {"limit": 2},
     })
-    trainer = Trainer(config, progress=False)
+    trainer = build_trainer(config, progress=False)
     times: dict[str, float] = {}
     batch, _, _ = trainer.rollout(0, times)
     batch.rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0])  # spread, so advantages are non-zero

@@ -4,13 +4,13 @@ import signal
 
 import pytest
 
-from rlbench.engine.trainer import _interrupts_deferred
+from rlbench.engine.interrupts import interrupts_deferred
 
 
 def test_ctrl_c_inside_the_block_is_raised_after_it_completes():
     done = []
     with pytest.raises(KeyboardInterrupt):
-        with _interrupts_deferred():
+        with interrupts_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             done.append("counted")
             done.append("logged")
@@ -22,7 +22,7 @@ def test_sigterm_is_deferred_the_same_way_and_handlers_are_restored():
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         with pytest.raises(KeyboardInterrupt):
-            with _interrupts_deferred():
+            with interrupts_deferred():
                 os.kill(os.getpid(), signal.SIGTERM)
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
@@ -32,12 +32,12 @@ def test_sigterm_is_deferred_the_same_way_and_handlers_are_restored():
 def test_an_ignored_signal_stays_ignored():
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with _interrupts_deferred():
+        with interrupts_deferred():
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
 def test_no_signal_means_no_interrupt():
-    with _interrupts_deferred():
+    with interrupts_deferred():
         pass

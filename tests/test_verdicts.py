@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlbench import stats, verdicts
+from rlbench.report import stats, verdicts
 from rlbench.config import ConfigError
 from rlbench.variants import control_of, parse_rows
 

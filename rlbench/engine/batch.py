@@ -27,6 +27,7 @@ class RolloutBatch:
     advantages: torch.Tensor | None = None  # [B, T]
     returns: torch.Tensor | None = None  # [B, T] value targets
     truncated: torch.Tensor | None = None  # [B] bool, hit max_new_tokens without EOS
+    sample_logprobs: torch.Tensor | None = None  # [B, T] as the rollout backend computed them while sampling
     info: dict[str, Any] = field(default_factory=dict)  # texts, grades: never used by losses
 
     @property
@@ -65,3 +66,31 @@ class PolicyOutput:
     logprobs: torch.Tensor
     entropy: torch.Tensor | None = None
     values: torch.Tensor | None = None
+
+
+def rollout_metrics(batch: RolloutBatch, grades: list[Any], samples_per_prompt: int) -> dict[str, float]:
+    """What one step sampled: reward, accuracy, groups whose rewards all agree (no GRPO signal), lengths."""
+    lengths = batch.response_mask.sum(1)
+    rewards = batch.rewards
+    groups = rewards.view(-1, samples_per_prompt)
+    return {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+        "accuracy": sum(g.correct for g in grades) / len(grades),
+        "zero_spread_groups": float((groups.max(1).values == groups.min(1).values).float().mean()),
+        "length_mean": float(lengths.mean()),
+        "length_max": int(lengths.max()),
+        "truncated_frac": float(batch.truncated.float().mean()),
+    }
+
+
+def live_rows(rows: torch.Tensor, inert: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    """The rows of a minibatch that carry gradient, and the factor on their loss.
+
+    When every row is inert, one row runs at weight 0: the optimiser must still step with zero gradients on the
+    same parameters (AdamW moves on its momentum), exactly as when the inert rows are not left out.
+    """
+    if inert is None:
+        return rows, 1.0
+    live = rows[~inert[rows]]
+    return (live, 1.0) if len(live) else (rows[:1], 0.0)

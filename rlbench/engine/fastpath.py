@@ -1,7 +1,8 @@
 """A fast path for Llama-family causal LMs: decoding with a KV cache in place, and a packed training forward.
 
 Both run the *same parameters* of the same ``nn.Module`` (no copy to keep in sync) through a minimal forward, and
-both are checked against the model's own forward on first use (see ``HFGenerator`` and ``Policy``); any other model
+both are checked against the model's own forward on first use (:func:`disagreement`, called by ``Decoder`` and
+``Policy``); any other model
 runs through ``model(...)``.
 
 Why, measured on CPU with the tiny lab (1M parameters, batch 64): a decoding step through ``model(...)`` with a
@@ -57,7 +58,14 @@ def _sliding_window(config, attn: nn.Module) -> int | None:
 
 
 def supports(model: nn.Module, max_len: int) -> bool:
-    """True when the fast path computes ``model``'s forward for sequences of up to ``max_len`` tokens."""
+    """True when the fast path computes ``model``'s forward for sequences of up to ``max_len`` tokens.
+
+    Never for a peft (LoRA) model: the fast path reads each projection's ``weight`` and would silently drop the
+    adapters, and fusing ``W + B A`` once per step would cost the copy that LoRA exists to avoid. Such a model runs
+    through its own forward (and ``model.generate``-style decoding with a ``DynamicCache``).
+    """
+    if getattr(model, "peft_config", None) or getattr(model, "_hf_peft_config_loaded", False):
+        return False
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return False
@@ -92,6 +100,20 @@ def supports(model: nn.Module, max_len: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- shared maths
+
+
+def disagreement(mine: torch.Tensor, theirs: torch.Tensor, precision: str) -> str | None:
+    """None when the fast path's logits ``mine`` match the model's own ``theirs``, else why not.
+
+    The one tolerance rule for both fast paths: the largest absolute logit difference may be 1e-3 (fp32) or 5e-2
+    (bf16 in any form) times ``1 + max |theirs|``.
+    """
+    mine, theirs = mine.float(), theirs.float()
+    if theirs.numel() == 0:
+        return None
+    error = float((mine - theirs).abs().max())
+    tol = (1e-3 if precision == "fp32" else 5e-2) * (1.0 + float(theirs.abs().max()))
+    return None if error <= tol else f"max logit difference {error:.3g} > {tol:.3g}"
 
 
 def _rms(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None) -> torch.Tensor:

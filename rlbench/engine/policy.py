@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 
 from rlbench.engine import fastpath
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
+from rlbench.engine.precision import PRECISIONS, autocast, weight_dtype
 
 
 def pick_device(name: str) -> torch.device:
@@ -26,21 +27,77 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def looks_like_a_path(name: str) -> bool:
+    """A ``--model`` that names a folder rather than a hub id (hub ids are ``name`` or ``org/name``, nothing more).
+
+    >>> [looks_like_a_path(m) for m in ("Qwen/Qwen2.5-1.5B", "gpt2", "./x", "../m", "/m", "~/m", "runs/a/checkpoint")]
+    [False, False, True, True, True, True, True]
+    """
+    if name in (".", "..") or name.startswith(("/", "./", "../", "~", ".\\", "..\\")):
+        return True
+    return "\\" in name or name.count("/") > 1
+
+
+class ModelNotFound(FileNotFoundError):
+    """The model cannot be found where ``--model`` says (no such folder, no config.json, the hub out of reach); the
+    message is one line naming ``--model`` and what to do."""
+
+
 def load_model(
-    name_or_path: str, precision: str, device: torch.device
+    name_or_path: str, precision: str, device: torch.device, *, revision: str | None = None,
+    attn_implementation: str | None = None, trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A hub id or a local directory; weights in bf16 only for ``precision='bf16'`` (mixed keeps fp32 masters)."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    local = Path(name_or_path)
-    if local.exists() and not (local / "config.json").exists():
-        raise FileNotFoundError(f"--model {name_or_path}: directory has no config.json (not a saved model)")
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    """A hub id or a local directory; weights in bf16 only for ``precision='bf16-pure'`` (``bf16`` keeps fp32 masters
+    and runs under autocast).
+
+    ``revision`` and ``trust_remote_code`` go to both the tokenizer and the model; ``attn_implementation`` to the
+    model only (a tokenizer has no attention). A ``--model`` that looks like a path but does not exist, or a hub id
+    when the hub cannot be reached, raises :class:`ModelNotFound` with a one-line message.
+    """
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelNotFound(f"--model {name_or_path}: not a directory (a model is a folder with a config.json)")
+        if not (local / "config.json").exists():
+            raise ModelNotFound(f"--model {name_or_path}: directory has no config.json (not a saved model)")
+        name_or_path = str(local)
+    elif looks_like_a_path(name_or_path):
+        raise ModelNotFound(f"--model {name_or_path}: no such directory")
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    model_kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **common)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=weight_dtype(precision), **common, **model_kw)
+    except OSError as exc:
+        why = _hub_problem(exc, name_or_path, revision)
+        if why is None:
+            raise
+        raise ModelNotFound(f"--model {name_or_path}: {why}") from None
     if tokenizer.pad_token_id is None:
         # Base models often lack a pad token; padding is always masked, so any id works.
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
     return model, tokenizer
+
+
+def _hub_problem(exc: BaseException, name: str, revision: str | None) -> str | None:
+    """One line for a hub failure found anywhere in ``exc``'s chain; None for any other error."""
+    from huggingface_hub import errors
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)):
+            return (f"not a local folder, and the Hugging Face hub cannot be reached (offline or HF_HUB_OFFLINE=1) "
+                    f"with no cached copy; pass a local path (--model /path/to/model), or download it first "
+                    f"(hf download {name})")
+        if isinstance(seen, errors.RevisionNotFoundError):
+            return f"revision {revision!r} not found on the hub (model_args.revision)"
+        if isinstance(seen, errors.GatedRepoError):
+            return "a gated repository: accept its licence on the hub and log in (hf auth login)"
+        if isinstance(seen, errors.RepositoryNotFoundError):
+            return "not a local folder, and no such model on the Hugging Face hub (or it is private: hf auth login)"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class ValueHead(nn.Module):
@@ -70,12 +127,19 @@ class Policy:
     value_head: ValueHead | None = None
     share_prompts: bool = True  # run a prompt shared by several rows once (see forward); False = one plain forward
     fast: bool = True  # Llama-family models: the packed forward of rlbench.engine.fastpath (checked on first use)
+    # a LoRA run's reference: the same peft model with its adapters switched off (the base), not a second copy
+    adapters_off: bool = False
     _fast_ok: dict = field(default_factory=dict, repr=False, compare=False)  # id(model) -> fast path matched
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:  # a stale name (bf16-mixed) would otherwise silently mean fp32
+            raise ValueError(f"precision={self.precision!r}: must be one of {', '.join(PRECISIONS)}")
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16-mixed":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.precision, self.device)
+
+    def _adapters(self) -> contextlib.AbstractContextManager:
+        return self.model.disable_adapter() if self.adapters_off else contextlib.nullcontext()
 
     def parameters(self) -> Iterator[nn.Parameter]:
         yield from self.model.parameters()
@@ -103,7 +167,7 @@ class Policy:
           the prompts' KV cache repeated to their rows (:meth:`_forward_shared`);
         - otherwise one forward over ``[B, P + T]`` with ``logits_to_keep``.
         """
-        with self.autocast():
+        with self.autocast(), self._adapters():
             logits, hidden = self._logits(batch, with_values)
         logits = logits.float()
         if temperature != 1.0:
@@ -160,11 +224,8 @@ class Policy:
                     mine, why = None, f"{type(exc).__name__}: {exc}"
             mask = batch.response_mask.bool()
             if mine is not None:
-                scale = 1.0 + float(theirs[mask].abs().max()) if bool(mask.any()) else 1.0
-                tol = (1e-3 if self.precision == "fp32" and mine.dtype == torch.float32 else 5e-2) * scale
-                error = float((mine - theirs).abs().amax(-1)[mask].max()) if bool(mask.any()) else 0.0
-                why = f"max logit difference {error:.3g} > {tol:.3g}"
-            ok = mine is not None and error <= tol
+                why = fastpath.disagreement(mine[mask], theirs[mask], self.precision)
+            ok = mine is not None and why is None
             if not ok:
                 warnings.warn(f"{type(self.model).__name__}: the packed forward disagrees with the model's own "
                               f"({why}); using the model's forward instead", RuntimeWarning, stacklevel=4)
@@ -258,6 +319,8 @@ def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _cache_kwarg(model: nn.Module) -> str:
-    """transformers 5.x renamed ``past_key_values`` to ``cache``; accept both generations of models."""
-    params = inspect.signature(model.forward).parameters
+    """transformers 5.x renamed ``past_key_values`` to ``cache``; accept both generations of models (a peft model's
+    forward passes keywords through to its base model, whose signature decides)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from rlbench.config import SamplingConfig, TinyConfig
 from rlbench.engine.policy import Policy
-from rlbench.engine.rollout import HFGenerator, encode_prompt
-from rlbench.evaluate import evaluate
+from rlbench.engine.generation import encode_prompt, make_generator
+from rlbench.eval.evaluate import evaluate
 from rlbench.results import write_json
 from rlbench.tasks.base import Task
 from rlbench.tiny.model import build_tiny_model
@@ -109,7 +109,7 @@ def run_sft(tiny: TinyConfig, task: Task, sampling: SamplingConfig, out: Path, p
     model = build_tiny_model(tiny, tokenizer)
     device = torch.device("cpu")
     policy = Policy(model, tokenizer, device, precision="fp32")  # bf16 autocast measured 10x slower here (no avx512_bf16)
-    generator = HFGenerator(policy)
+    generator = make_generator("rlbench", policy)
     held_out = task.load("test")[:CHECK_PROBLEMS]
     stream = task.fresh_train_examples(tiny.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=tiny.sft_lr, betas=(0.9, 0.98), weight_decay=0.01)

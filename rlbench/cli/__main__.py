@@ -1,0 +1,4 @@
+from rlbench.cli.group import main
+
+if __name__ == "__main__":
+    main()

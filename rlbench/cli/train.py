@@ -1,0 +1,118 @@
+"""``rlbench train``, ``warmstart`` and ``list``: one run, the tiny lab's warm-start, and what can be run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+from rlbench.cli.errors import DIVERGED, fail
+from rlbench.config import resolve
+
+CONFIG_HELP = "YAML config file (RunConfig keys); --set and the shorthand flags override it."
+SET_HELP = "Override any config key, e.g. --set optim.lr=1e-4 --set algo.baseline=rloo (repeatable)."
+REPORT_TO_HELP = ("Also log to experiment trackers: comma-separated tensorboard, wandb, trackio ('none' for none); "
+                  "the config key report_to.")
+
+
+def report_to_overrides(report_to: str | None) -> list[str]:
+    """``--report-to a,b`` as the ``--set`` override it stands for (none when the flag is not given)."""
+    if report_to is None:
+        return []
+    names = "" if report_to.strip().lower() == "none" else report_to.replace(" ", "")
+    return [f"report_to=[{names}]"]
+
+
+def run_options(func: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP),
+            click.option("--algo", help="Algorithm name (see `rlbench list`)."),
+            click.option("--task", help="Task name (see `rlbench list`)."),
+            click.option("--model", help="'tiny' (the tiny lab), a hub id, or a local model directory."),
+            click.option("--seed", type=int),
+            click.option("--out", type=click.Path(file_okay=False), help="Run directory."),
+            click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@click.command()
+@run_options
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (a finished run is kept).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train data-parallel in N processes (one per GPU; gloo on CPU) through `accelerate launch`.")
+@click.option("--report-to", "report_to", metavar="TRACKERS", help=REPORT_TO_HELP)
+def train(config_file: str | None, algo: str | None, task: str | None, model: str | None, seed: int | None,
+          out: str | None, overrides: tuple[str, ...], resume: bool, quiet: bool, processes: int,
+          report_to: str | None) -> None:
+    """Train one model with one algorithm on one task until the budget is spent.
+
+    A run whose loss, gradient norm or weights stop being finite ends with status "diverged" in summary.json, keeps
+    its last good state, saves no final model and exits with code 3.
+    """
+    from rlbench.engine.distributed import launched_world
+    from rlbench.lifeline import follow_parent
+
+    overrides = (*overrides, *report_to_overrides(report_to))  # a --set, so a relaunch below carries it too
+    config = resolve(config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out})
+    if processes > 1 and launched_world() == 1:
+        named = {"--config": config_file, "--algo": algo, "--task": task, "--model": model, "--seed": seed, "--out": out}
+        args = [a for k, v in named.items() if v is not None for a in (k, str(v))]
+        args += [a for o in overrides for a in ("--set", o)] + ["--resume"] * resume + ["--quiet"] * quiet
+        sys.exit(launch(processes, ["train", *args]))
+    follow_parent()  # a run started by `compare` must not outlive it
+    from rlbench.training import train as run_training
+
+    summary = run_training(config, progress=not quiet, resume=resume)
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 reports for the run
+    if summary["status"] == "diverged":
+        fail(f"run diverged at {summary['stop_reason']}", DIVERGED)
+    click.echo(json.dumps({k: summary[k] for k in ("status", "stop_reason", "initial", "final", "score", "usage", "wall_seconds")}, indent=2))
+
+
+def launch(processes: int, args: list[str]) -> int:
+    """``accelerate launch`` the rlbench command ``args`` in ``processes`` processes; their exit code.
+
+    ``--multi_gpu`` is accelerate's name for "several processes": on a machine without GPUs they join a gloo group.
+    """
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlbench.cli", *args]
+    return subprocess.call(command)
+
+
+@click.command("list")
+def list_() -> None:
+    """Registered algorithms and tasks, with their options and defaults."""
+    from rlbench import registry
+
+    for title, table in (("algorithms", registry.algorithms()), ("tasks", registry.tasks())):
+        click.echo(f"{title}:")
+        for name, cls in table.items():
+            click.echo(f"  {name:<12} {cls.description}")
+            opts = ", ".join(f"{k}={v!r}" for k, v in cls.options().items())
+            if opts:
+                click.echo(f"  {'':<12}   options: {opts}")
+
+
+@click.command()
+@run_options
+def warmstart(config_file: str | None, algo: str | None, task: str | None, model: str | None, seed: int | None,
+              out: str | None, overrides: tuple[str, ...]) -> None:
+    """Build (or find in the cache) the tiny lab's SFT warm-start and print where it is."""
+    config = resolve(config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out})
+    from rlbench import registry
+    from rlbench.tiny.warmstart import ensure_warmstart
+
+    task_obj = registry.get_task(config.task_name).from_options({k: v for k, v in config.task.items() if k != "name"})
+    path = ensure_warmstart(config.tiny, task_obj, config.sampling)
+    report = json.loads((path / "warmstart.json").read_text())
+    report.pop("history", None)
+    click.echo(json.dumps({"path": str(path), **report}, indent=2))

@@ -1,0 +1,58 @@
+"""What the engine asks of the parts plugged into it; it imports none of them.
+
+Algorithms (``algorithms/``, built on :class:`rlbench.algorithms.base.Algorithm`), tasks (``tasks/``) and the run's
+evaluation (``rlbench.eval``) sit above the engine and satisfy these protocols; the composition happens in
+``rlbench.training``.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from rlbench.engine.batch import PolicyOutput, RolloutBatch
+from rlbench.engine.generation import Generator
+
+
+class Grade(Protocol):
+    reward: float
+    correct: bool
+    reason: str
+
+
+class Task(Protocol):
+    name: str
+
+    def load(self, split: str) -> list[Any]: ...
+
+    def prompt(self, example: Any) -> "str | list[dict[str, str]]": ...
+
+    def grade_many(self, completions: Sequence[str], examples: Sequence[Any]) -> Sequence[Grade]: ...
+
+
+class Algorithm(Protocol):
+    """An RL objective; the trainer asks what it needs and never branches on a name."""
+
+    needs_reference: bool
+    needs_values: bool
+    needs_old_logprobs: bool
+    needs_entropy_grad: bool
+    epochs: int  # passes over each batch
+    minibatches: int  # optimiser steps per pass
+
+    def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]: ...
+
+    def inert_rows(self, batch: RolloutBatch) -> torch.Tensor | None: ...
+
+    def loss(self, batch: RolloutBatch, out: PolicyOutput) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def microbatch_weight(self, micro: RolloutBatch, whole: RolloutBatch) -> float: ...
+
+
+class Evaluator(Protocol):
+    """The run's held-out evaluation: ``examples`` define the evaluation set (and the run's fingerprint)."""
+
+    examples: Sequence[Any]
+
+    def __call__(self, generator: Generator, *, keep_records: bool) -> dict[str, Any]:
+        """Aggregate metrics (``greedy``/``sampled``), plus ``records`` (one per problem) when ``keep_records``."""

@@ -1,0 +1,132 @@
+"""The report's header sentences (method, protocol, audit), shared by the markdown and the HTML page."""
+from __future__ import annotations
+
+from typing import Any
+
+from rlbench.report import stats
+
+Fact = tuple[str, str]
+
+
+def method_facts(data: dict[str, Any]) -> list[Fact]:
+    """How the intervals and the paired test are computed, with the numbers this report used."""
+    iv, test = data["intervals"], data["paired_test"]
+    level = iv["level"]
+    seeds = max((len(t["seeds"]) for t in data["tasks"]), default=0)
+    if iv["method"] == "t":
+        ci = (f"{level:.0%} Student-t interval over seeds: mean ± t(n−1) · s/√n, s the sample standard deviation "
+              f"of the per-seed run scores, cut to the possible range 0–100%.")
+        if seeds >= 2:
+            mult = stats.t_quantile(0.5 + level / 2, seeds - 1)
+            wide = ", so the interval is wide" if seeds <= 5 else ""
+            ci += (f" With n = {seeds} seeds the multiplier is {mult:.2f}{wide}; it is approximate, "
+                   f"since it assumes a roughly normal seed-to-seed spread that {seeds} points cannot check.")
+    else:
+        ci = (f"{level:.0%} percentile bootstrap over seeds, {iv['resamples']:,} resamples, RNG seed {iv['rng_seed']}.")
+        if seeds >= 2:
+            ci += (f" With n = {seeds} seeds it is approximate and tends to be too narrow (few distinct resamples); "
+                   "the Student-t interval (--ci t) is the safer choice for so few seeds.")
+    paired = (f"the seed is the unit of replication. Δ = row − reference, the mean over shared seeds of the "
+              f"difference of the two runs' scores; two-sided paired t-test over seeds (n − 1 degrees of freedom), "
+              f"p-values Holm-adjusted across the rows tested against the reference, α = {test['alpha']}. With 6 or "
+              f"more seeds the exact sign-flip permutation test over seeds is shown alongside (with fewer it cannot "
+              f"reach p below 0.05). Problems are not resampled: they are shared by every run, and a test that treats "
+              f"them as replicates of an algorithm rejects true nulls far too often (docs/report.md).")
+    return [
+        ("Report command", f"`{data['report_command']}`"),
+        ("Primary metric", f"{data['metric']} accuracy: each run's score is the mean of its last K evaluations "
+                           "(K per task below), the estimand of the EM-PG paper; it ranks, is tested and is plotted"),
+        ("Confidence intervals", ci),
+        ("Test", paired),
+    ]
+
+
+def task_facts(task: dict[str, Any]) -> list[Fact]:
+    budget = ", ".join(f"{k}={v}" for k, v in (task["budget"] or {}).items() if v is not None) or "–"
+    facts = [
+        ("Comparison command", f"`{task['command']}`" if task["command"] else "– (not in manifest.json)"),
+        ("Folder", f"`{task['dir']}`"),
+        ("Task / model", f"{task['task']} / {task['model']}"),
+        ("Budget per run", budget),
+        ("Seeds", ", ".join(str(s) for s in task["seeds"])),
+        ("Evaluation", eval_protocol(task["eval"])),
+        ("Reference", task["reference"]),
+        ("Verdict", task["verdicts"]["statement"]),
+        ("Power", power_line(task["verdicts"]["power"])),
+        ("Noise floor", noise_floor(task)),
+        ("Learning", learning_line(task)),
+        ("Code version", str(task["code_version"] or "unknown") + (f", created {task['created']}" if task["created"] else "")),
+        ("Audit", audit_line(task["audit"])),
+    ]
+    if task["extra_run_folders"]:
+        facts.append(("Not in the manifest (ignored)", ", ".join(task["extra_run_folders"])))
+    return facts
+
+
+def eval_protocol(ev: dict[str, Any]) -> str:
+    parts = [f"{ev.get('problems') or 'all'} problems of the '{ev.get('split', '?')}' split"]
+    if ev.get("greedy", True):
+        parts.append("greedy decoding (pass@1)")
+    samples = ev.get("samples")
+    if samples:
+        parts.append(f"{samples} sampled completion(s) per problem at temperature {ev.get('temperature')}, "
+                     f"top-p {ev.get('top_p')} (mean accuracy over samples)")
+    if ev.get("max_new_tokens"):
+        parts.append(f"at most {ev['max_new_tokens']} new tokens")
+    if ev.get("every"):
+        parts.append(f"every {ev['every']} optimiser steps, before training and at the end of the budget")
+    elif ev.get("points"):
+        parts.append(f"{ev['points']} evaluation points spread over the budget plus one before training")
+    k = ev.get("final_mean_of") or 1
+    parts.append("a run scores the mean of its last " + (f"{k} evaluations" if k > 1 else "evaluation (the final one)"))
+    return "; ".join(parts)
+
+
+def power_line(power: dict[str, Any]) -> str:
+    """What the seeds run can resolve, from the observed seed-to-seed spread of the paired differences."""
+    if power["sd"] is None or power["mdd"] is None:
+        return "not enough seeds to estimate the seed-to-seed spread (2 or more shared seeds needed)"
+    if power["sd"] == 0:
+        return ("every row's per-seed differences vs the reference are the same in every seed (SD 0), so the "
+                "seed-to-seed noise cannot be estimated from them; run more seeds, or add --control")
+    needed = power["seeds_for_effect"]
+    return (f"the per-seed differences vs the reference have a pooled SD of {100 * power['sd']:.1f} pp, so with "
+            f"{power['seeds']} seeds the minimum detectable difference (two-sided paired t, α = {power['alpha']}, "
+            f"{power['power']:.0%} power) is {100 * power['mdd']:.1f} pp; detecting {100 * power['effect']:.0f} pp "
+            f"would take {needed if needed is not None else 'more than 10,000'} seeds")
+
+
+def noise_floor(task: dict[str, Any]) -> str:
+    """The A/A control's gap to the reference, or where the noise estimate comes from without one."""
+    found = [(label, t) for label, t in task["verdicts"]["control"].items() if t]
+    if not found:
+        return ("no A/A control in this comparison (`rlbench compare --control` adds one); the detectable difference "
+                "above is estimated from the seed-to-seed spread of the rows themselves")
+    parts = []
+    for label, t in found:
+        text = f"{label} − {t['copy_of']} = {100 * t['delta']:+.1f} pp over {t['n']} seeds"
+        if t["p"] is not None:
+            text += f" (paired t p = {t['p']:.3g})"
+        parts.append(text)
+    return ("; ".join(parts) + ": two copies of one algorithm differ this much by chance alone; a gap between rows "
+            "of this size is noise")
+
+
+def learning_line(task: dict[str, Any]) -> str:
+    """Did every counted run end above where it started (its evaluation before training) on the primary metric?"""
+    below = task["not_above_start"]
+    if not below:
+        return f"every completed run's {task['metric']} score is above its evaluation before training"
+    return (f"{len(below)} completed run(s) did not end above their evaluation before training on "
+            f"{task['metric']}: {', '.join(below)}")
+
+
+def audit_line(audit: dict[str, Any]) -> str:
+    if not audit["present"]:
+        return "no audit.json (the comparison has not finished, or was not run by `rlbench compare`)"
+    if audit["matched"]:
+        return ("matched (recomputed from the run files): every run has its row's algorithm and options and the same "
+                "other settings, initial weights and evaluation set; per seed the same prompt token stream; and each "
+                "spent its budget exactly as the budget rule says")
+    return (f"NOT matched: {len(audit['problems'])} problem(s), listed below; flagged runs carry ⚠ and are left out "
+            "of every number unless the report is built with --include-flagged")
