@@ -14,13 +14,13 @@ from click.testing import CliRunner
 from rlbench.cli import main
 from rlbench.compare import parse_budget
 from rlbench.config import ConfigError
+from run_helpers import stable_rows
 
 SETTINGS = [
     "--set", "rollout.batch_size=8", "--set", "rollout.samples_per_prompt=2", "--set", "sampling.max_new_tokens=8",
     "--set", "eval.limit=6", "--set", "eval.every=3", "--set", "task.train_size=60", "--set", "task.test_size=12",
     "--set", "optim.lr=1e-3", "--set", "checkpoint_every=2",
 ]
-VOLATILE = {"time", "gen_tokens_per_s", "train_tokens_per_s", "tokens_per_second", "seconds"}
 
 
 def _cmd(model: Path, out: Path) -> list[str]:
@@ -29,17 +29,7 @@ def _cmd(model: Path, out: Path) -> list[str]:
             "--no-report", "--quiet", *SETTINGS]
 
 
-def _stable(value):
-    """Everything but wall-clock measurements."""
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
 
-
-def _rows(path: Path) -> list:
-    return [_stable(json.loads(line)) for line in path.read_text().splitlines()]
 
 
 def test_budget_parsing():
@@ -72,8 +62,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_comparison(tiny_qwen_dir, tm
     for run in ("reinforce-s1", "em-pg-s1"):
         a, b = clean / "runs" / run, killed / "runs" / run
         for name in ("metrics.jsonl", "eval.jsonl", "eval_records.jsonl"):
-            assert _rows(a / name) == _rows(b / name), (run, name)
-        steps = [r["step"] for r in _rows(b / "metrics.jsonl")]
+            assert stable_rows(a / name) == stable_rows(b / name), (run, name)
+        steps = [r["step"] for r in stable_rows(b / "metrics.jsonl")]
         assert steps == list(range(1, 7))  # no duplicated or missing rows
         sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
         assert sa["final"] == sb["final"] and sa["status"] == sb["status"] == "completed"
@@ -120,7 +110,7 @@ def test_variant_rows_and_the_control_run_with_their_own_options_and_stream(tiny
     assert configs["reinforce.baseline-none-s1"]["algo"]["baseline"] == "none"
     assert configs["reinforce-s1"]["algo"]["baseline"] == "mean"  # defaults are written out, not implied
     assert [c["rollout"]["sample_stream"] for c in configs.values()] == [0, 0, 1]
-    ref, control = (_rows(runs / n / "metrics.jsonl") for n in ("reinforce-s1", "reinforce.control-s1"))
+    ref, control = (stable_rows(runs / n / "metrics.jsonl") for n in ("reinforce-s1", "reinforce.control-s1"))
     assert [r["prompt_ids_hash"] for r in ref] == [r["prompt_ids_hash"] for r in control]  # same prompts
     texts = [[json.loads(line)["completion"] for line in (runs / n / "samples.jsonl").read_text().splitlines()]
              for n in ("reinforce-s1", "reinforce.control-s1")]
@@ -208,8 +198,8 @@ def test_sigkill_of_the_compare_alone_ends_its_run_and_a_rerun_equals_an_uninter
     assert "audit: matched" in done.stdout
     for name in ("reinforce-s1", "em-pg-s1"):
         for log in ("metrics.jsonl", "eval.jsonl", "eval_records.jsonl"):
-            assert _rows(clean / "runs" / name / log) == _rows(killed / "runs" / name / log), (name, log)
-        assert [r["step"] for r in _rows(killed / "runs" / name / "metrics.jsonl")] == list(range(1, 7))
+            assert stable_rows(clean / "runs" / name / log) == stable_rows(killed / "runs" / name / log), (name, log)
+        assert [r["step"] for r in stable_rows(killed / "runs" / name / "metrics.jsonl")] == list(range(1, 7))
 
 
 def test_a_second_writer_is_refused_naming_the_holder_and_sigterm_of_the_compare_ends_its_run(tiny_qwen_dir, tmp_path):
@@ -230,7 +220,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_sigterm_of_the_compare
         train = subprocess.run([sys.executable, "-m", "rlbench.cli", "train", "--config", str(run / "request.yaml"),
                                 "--resume", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
         assert train.returncode == 2 and f"{run}: another rlbench run is writing this folder (pid {child})" in train.stderr
-        steps = [r["step"] for r in _rows(run / "metrics.jsonl")]
+        steps = [r["step"] for r in stable_rows(run / "metrics.jsonl")]
         assert steps == list(range(1, len(steps) + 1))  # one writer: no step twice
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

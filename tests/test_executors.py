@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from rlbench import executors
 from rlbench.cli import main
 from rlbench.config import ConfigError
+from run_helpers import stable_rows
 from rlbench.executors import FAKE_GPUS_ENV, PLACEMENTS, Job, LocalExecutor, device_slices, placement_from_flags
 
 # A stand-in for `rlbench train`: it records the devices it was given, its arguments and its parent, then sleeps.
@@ -223,19 +224,9 @@ RAY_SETTINGS = [
     "--set", "optim.lr=1e-3", "--set", "checkpoint_every=2",
 ]
 ROWS = ("ppo[entropy_coef=0.05]", "em-pg[entropy_coef=0.05]")
-VOLATILE = {"time", "gen_tokens_per_s", "train_tokens_per_s", "tokens_per_second", "seconds"}
 
 
-def _stable(value):
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
 
-
-def _rows(path: Path) -> list:
-    return [_stable(json.loads(line)) for line in path.read_text().splitlines()]
 
 
 def _cmdline(pid: int) -> str:
@@ -302,8 +293,8 @@ def test_ray_executor_equals_the_local_one_even_after_a_worker_and_a_run_are_kil
     assert len(runs) == 4 and set(plan) <= set(runs)
     for run in runs:
         for name in ("metrics.jsonl", "eval.jsonl", "eval_records.jsonl"):
-            assert _rows(local / "runs" / run / name) == _rows(remote / "runs" / run / name), (run, name)
-        metrics = _rows(remote / "runs" / run / "metrics.jsonl")
+            assert stable_rows(local / "runs" / run / name) == stable_rows(remote / "runs" / run / name), (run, name)
+        metrics = stable_rows(remote / "runs" / run / "metrics.jsonl")
         assert [r["step"] for r in metrics] == list(range(1, 7))
         assert all(r["grad_norm"] > 0 for r in metrics)
         a, b = (json.loads((d / "runs" / run / "summary.json").read_text()) for d in (local, remote))

@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from report_helpers import make_comparison, read_json
+from run_helpers import stable
 from rlbench.cli import main
 
 SKILL = {"em-pg": 0.7, "grpo": 0.5, "reinforce": 0.6}
@@ -219,15 +220,10 @@ def test_the_control_row_pools_with_its_own_stream(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ real runs
 
-VOLATILE = {"cost", "throughput", "seconds", "wall_seconds", "train_seconds"}  # wall-clock measurements
+VOLATILE = frozenset({"cost", "throughput", "seconds", "wall_seconds", "train_seconds"})  # wall-clock measurements
 
 
-def _stable(value):
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
+
 
 
 @pytest.mark.slow
@@ -250,4 +246,4 @@ def test_two_real_compares_pool_into_the_unsplit_one(tiny_qwen_dir, tmp_path):
     assert result.exit_code == 0, result.output
     unsplit, pooled = (read_json(tmp_path / d / "report.json") for d in ("all", "pooled"))
     assert pooled["tasks"][0]["audit"]["matched"] and pooled["tasks"][0]["seeds"] == [1, 2]
-    assert _stable(_comparable(pooled)) == _stable(_comparable(unsplit))
+    assert stable(_comparable(pooled), VOLATILE) == stable(_comparable(unsplit), VOLATILE)
