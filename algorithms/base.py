@@ -124,6 +124,22 @@ class Algorithm(ABC):
         return False
 
     @property
+    def critic_model(self) -> bool:
+        """With ``needs_values``: a value model of its own (a copy of the initial policy's transformer and a scalar
+        head, verl's critic) instead of a value head on the policy's last hidden state."""
+        return False
+
+    @property
+    def critic_lr_scale(self) -> float:
+        """The critic's learning rate as a multiple of ``optim.lr`` (its own optimiser parameter group)."""
+        return 1.0
+
+    @property
+    def critic_warmup(self) -> int:
+        """The first steps in which only the critic trains: the policy's learning rate is 0 until then."""
+        return 0
+
+    @property
     def needs_old_logprobs(self) -> bool:
         return False
 

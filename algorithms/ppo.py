@@ -1,8 +1,9 @@
 """PPO (Schulman et al. 2017) for language models, as in Ziegler et al. 2019 / Ouyang et al. 2022 (TRL, verl).
 
-Each completion token is an action; a value head on the policy's backbone estimates V(s_t) for the state before
-token t. Token rewards: the outcome reward R on the last valid token, optionally minus a per-token k1 KL to a frozen
-reference (reward shaping, ``kl_reward_coef``):
+Each completion token is an action; a critic estimates V(s_t) for the state before token t: a value model of its own
+(``critic: model``, verl's: a copy of the initial policy's transformer with a scalar head) or a value head on the
+policy's last hidden state (``critic: head``, TRL's). Token rewards: the outcome reward R on the last valid token,
+optionally minus a per-token k1 KL to a frozen reference (reward shaping, ``kl_reward_coef``):
 
     r_t = -kl_reward_coef * (log pi_old(y_t) - log pi_ref(y_t)) + [t = last] * R
 
@@ -16,11 +17,14 @@ Loss, for ``epochs`` passes over ``minibatches`` minibatches:
       + vf_coef * agg[ 1/2 max((V - G)^2, (V_old + clip(V - V_old, -vf_clip, vf_clip) - G)^2) ]  (clipped value loss)
       - entropy_coef * agg[ H ]
 
-The value head shares the policy's optimiser, so ``vf_coef`` balances the two gradients on the shared backbone.
+The critic is its own optimiser parameter group at ``critic_lr_scale`` x ``optim.lr`` (verl: critic lr 10x the
+actor's), and only it trains for the first ``critic_warmup`` steps (the policy's lr is 0). ``vf_coef`` weighs the
+value gradient against the policy's where they share a backbone (``critic: head``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -36,11 +40,14 @@ from .base import (
 @dataclass
 class PPOConfig(AlgorithmConfig):
     gamma: float = 1.0  # discount (TRL, verl)
-    lam: float = 0.95  # GAE lambda (TRL; verl's default is 1.0)
+    lam: float = 1.0  # GAE lambda (verl; TRL 0.95): value targets are the outcome, not partly the critic's own V
     clip_low: float = 0.2  # ratio clipped below at 1 - clip_low (TRL, verl)
     clip_high: float = 0.2  # ratio clipped above at 1 + clip_high
     vf_clip: float | None = 0.2  # value clipping around V_old; null disables it (TRL 0.2, verl 0.5)
-    vf_coef: float = 0.1  # weight of the value loss (TRL, whose value head also shares one optimiser)
+    vf_coef: float = 0.1  # weight of the value loss (TRL)
+    critic: Literal["model", "head"] = "model"  # model: a value model of its own (verl); head: on the policy's (TRL)
+    critic_lr_scale: float = 1.0  # the critic's lr = this x optim.lr (verl's examples: 10; tiny lab: best EV at 1)
+    critic_warmup: int = 0  # first steps in which only the critic trains, the policy's lr 0 (verl critic_warmup)
     kl_reward_coef: float = 0.0  # per-token k1 KL in the reward (verl: off by default; TRL 0.05)
     entropy_coef: float = 0.0  # entropy bonus (verl, TRL: 0)
     epochs: int = 1  # passes over each batch (verl ppo_epochs; TRL num_ppo_epochs 4)
@@ -66,12 +73,18 @@ class PPO(Algorithm):
         require(c.vf_clip is None or c.vf_clip >= 0, "vf_clip", c.vf_clip, "must be >= 0 or null")
         for key in ("vf_coef", "kl_reward_coef", "entropy_coef"):
             require(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0")
+        require(c.critic_lr_scale > 0, "critic_lr_scale", c.critic_lr_scale, "must be > 0")
+        require(c.critic_warmup >= 0, "critic_warmup", c.critic_warmup, "must be >= 0")
         require(c.epochs >= 1, "epochs", c.epochs, "must be >= 1")
         require(c.minibatches >= 1, "minibatches", c.minibatches, "must be >= 1")
 
     @property
     def needs_values(self) -> bool:
         return True
+
+    critic_model = property(lambda self: self.config.critic == "model")
+    critic_lr_scale = property(lambda self: self.config.critic_lr_scale)
+    critic_warmup = property(lambda self: self.config.critic_warmup)
 
     @property
     def needs_reference(self) -> bool:

@@ -1,11 +1,14 @@
 """Open a report's index.html in headless Chromium and fail on console errors, network requests or broken images.
 
-    python benchmarks/check_report_html.py DIR/index.html [--screenshot shot.png] [--chromium /usr/bin/chromium]
+    python benchmarks/check_report_html.py DIR/index.html [--screenshot shot.png] [--full-page]
+                                           [--expect HEADING ...] [--chromium /usr/bin/chromium]
 
 Talks to Chromium over the DevTools protocol through a minimal standard-library WebSocket client (no extra
 packages). It records uncaught exceptions, console.error/assert calls, browser log errors, any request that is not
-file:/data:/about: (the page must be self-contained) and failed loads, then checks that every <img> decoded.
-Prints one JSON object; exit status 0 = clean page, 1 = problems found, 2 = Chromium could not be used.
+file:/data:/about: (the page must be self-contained) and failed loads, then checks that every <img> decoded and
+is not blank (some of its pixels are coloured: the data; axes, grid and text are grey), and that a heading starts
+with each ``--expect`` text (a section that must render: ``--expect "Training curve:"``). The page itself runs no script; the checks are evaluated by
+DevTools. Prints one JSON object; exit status 0 = clean page, 1 = problems found, 2 = Chromium could not be used.
 Install Chromium on Debian with ``apt-get install -y chromium``.
 """
 from __future__ import annotations
@@ -30,6 +33,26 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
 WINDOW = (1400, 3000)
+#: An image with less than this share of coloured pixels is blank: a figure (or every panel of one) with no data.
+COLOUR_MIN = 0.0005
+#: Evaluated in the page by DevTools: each image drawn small onto a canvas, its share of coloured pixels counted
+#: (channels more than 40 apart: not white, grey or black).
+PROBE = """JSON.stringify({
+  title: document.title, images: document.images.length,
+  broken: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length,
+  tables: document.querySelectorAll('table').length, scripts: document.scripts.length,
+  headings: [...document.querySelectorAll('h2, h3')].map(h => h.textContent.trim()),
+  colour: [...document.images].filter(i => i.complete && i.naturalWidth > 0).map(i => {
+    const c = document.createElement('canvas'); c.width = 300;
+    c.height = Math.max(1, Math.round(300 * i.naturalHeight / i.naturalWidth));
+    const g = c.getContext('2d'); g.drawImage(i, 0, 0, c.width, c.height);
+    const px = g.getImageData(0, 0, c.width, c.height).data; let coloured = 0;
+    for (let k = 0; k < px.length; k += 4)
+      if (Math.max(px[k], px[k + 1], px[k + 2]) - Math.min(px[k], px[k + 1], px[k + 2]) > 40) coloured++;
+    return {alt: i.alt, width: i.naturalWidth, height: i.naturalHeight,
+            colour: Math.round(1e4 * coloured / (c.width * c.height)) / 1e4};
+  }),
+  height: document.documentElement.scrollHeight})"""
 LOCAL_SCHEMES = {"file", "data", "about", "blob"}
 #: How long to keep listening after the load event for late errors (layout, image decode).
 SETTLE_SECONDS = 0.5
@@ -170,7 +193,8 @@ def problems_in(events: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def check(page: Path, screenshot: Path | None, chromium: str) -> dict[str, Any]:
+def check(page: Path, screenshot: Path | None, chromium: str, expect: tuple[str, ...] = (),
+          full_page: bool = False) -> dict[str, Any]:
     if not Path(chromium).exists():
         raise ChromiumError(f"{chromium} not found (apt-get install -y chromium)")
     profile = tempfile.mkdtemp(prefix="check-report-chromium-")
@@ -197,16 +221,21 @@ def check(page: Path, screenshot: Path | None, chromium: str) -> dict[str, Any]:
             dev.call("Page.navigate", url=page.resolve().as_uri())
             dev.wait_for("Page.loadEventFired", PAGE_SECONDS)
             dev.drain(SETTLE_SECONDS)
-            probe = dev.call("Runtime.evaluate", returnByValue=True, expression=(
-                "JSON.stringify({title: document.title, images: document.images.length, "
-                "broken: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length, "
-                "tables: document.querySelectorAll('table').length, scripts: document.scripts.length})"))
+            probe = dev.call("Runtime.evaluate", returnByValue=True, expression=PROBE)
             facts = json.loads(probe["result"]["value"])
             problems = problems_in(dev.events)
             if facts["broken"]:
                 problems.append(f"{facts['broken']} of {facts['images']} images did not decode")
+            problems += [f"blank image: {i['alt']!r} ({i['width']}x{i['height']}, {i['colour']:.2%} coloured pixels)"
+                         for i in facts["colour"] if i["colour"] < COLOUR_MIN]
+            problems += [f"no heading starts with {text!r}" for text in expect
+                         if not any(h.startswith(text) for h in facts["headings"])]
             if screenshot is not None:
-                shot = dev.call("Page.captureScreenshot", format="png")
+                clip = {}
+                if full_page:  # the whole page, beyond the window's height
+                    clip = {"captureBeyondViewport": True,
+                            "clip": {"x": 0, "y": 0, "width": WINDOW[0], "height": facts["height"], "scale": 1}}
+                shot = dev.call("Page.captureScreenshot", format="png", **clip)
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 screenshot.write_bytes(base64.b64decode(shot["data"]))
             try:
@@ -249,13 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("page", type=Path, help="the report's index.html")
     parser.add_argument("--screenshot", type=Path, default=None, help=f"save a {WINDOW[0]}x{WINDOW[1]} PNG here")
+    parser.add_argument("--full-page", action="store_true", help="screenshot the whole page, not just the window")
+    parser.add_argument("--expect", action="append", default=[], metavar="HEADING",
+                        help="a section that must render: some h2/h3 starts with this text (repeatable)")
     parser.add_argument("--chromium", default=CHROMIUM, help="Chromium binary")
     args = parser.parse_args(argv)
     if not args.page.is_file():
         print(json.dumps({"page": str(args.page), "ok": False, "error": "no such file"}))
         return 2
     try:
-        result = check(args.page, args.screenshot, args.chromium)
+        result = check(args.page, args.screenshot, args.chromium, tuple(args.expect), args.full_page)
     except (ChromiumError, OSError) as exc:
         print(json.dumps({"page": str(args.page), "ok": False, "error": str(exc)}))
         return 2

@@ -21,7 +21,7 @@ import yaml
 
 from rlbench import registry
 from rlbench.config import (
-    BudgetConfig, ConfigError, RunConfig, build_dataclass, build_run_config, saved_config_mismatch,
+    BudgetConfig, ConfigError, RunConfig, build_dataclass, build_run_config, saved_config_mismatch, set_at,
 )
 from rlbench.engine.budget import UNITS
 from rlbench.executors import Job, Placement, make_executor
@@ -35,6 +35,9 @@ from rlbench.results import (
 )
 from rlbench.variants import Row
 
+# run settings a row may not change: with them equal, the runs of one seed see the same prompts, model and budget
+MATCHED_KEYS = ("task", "model", "model_args", "tiny", "budget", "eval", "seed", "out", "algo.name", "sampling",
+                "rollout.sample_stream", "rollout.batch_size", "rollout.samples_per_prompt", "rollout.seed_rows")
 PACKAGES = ("rlbench", "torch", "transformers", "accelerate", "datasets", "math-verify", "sympy", "click")
 
 
@@ -60,6 +63,13 @@ class Comparison:
     algo_options: dict[str, dict[str, Any]]  # per-algorithm hyperparameters (the YAML form), under each row's own
     command: str
     reference: str | None = None  # the label the others are tested against; None = the report's default
+    # per-algorithm run settings chosen by `rlbench tune` (dotted keys), under each row's own; and how they were chosen
+    tuned: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    tuning: dict[str, Any] | None = None
+
+    def settings(self, row: Row) -> dict[str, Any]:
+        """The run settings (dotted keys) of ``row``'s runs beyond the shared config: tuned, then the row's own."""
+        return {**self.tuned.get(row.algo, {}), **row.settings}
 
     @property
     def algos(self) -> list[str]:
@@ -67,7 +77,13 @@ class Comparison:
 
     def run_config(self, row: Row, seed: int) -> RunConfig:
         tree = json.loads(json.dumps(self.base))
-        tree["algo"] = {"name": row.algo, **self.algo_options.get(row.algo, {}), **row.options}
+        tree["algo"] = {"name": row.algo, **self.algo_options.get(row.algo, {}), **row.algo_options}
+        for key, value in self.settings(row).items():
+            fixed = next((f for f in MATCHED_KEYS if key == f or key.startswith(f + ".")), None)
+            if fixed is not None:
+                raise ConfigError(f"--algos {row.label}: {key} cannot differ between rows ({fixed} is what makes the "
+                                  "runs matched); set it for every row with --set")
+            set_at(tree, key.split("."), value, what=f"--algos {row.label}: {key}")
         if row.control:
             tree.setdefault("rollout", {})["sample_stream"] = 1
         tree["seed"] = seed
@@ -101,7 +117,10 @@ class Comparison:
             "task": config.task_name,
             "model": config.model,
             "algos": self.algos,
-            "rows": [{**row.to_dict(), "resolved": self.run_config(row, self.seeds[0]).algo} for row in self.rows],
+            # "settings" and "tuning" only where there are some: older manifests, without them, stay the same design
+            "rows": [{**row.to_dict(), "resolved": self.run_config(row, self.seeds[0]).algo,
+                      **({"settings": self.settings(row)} if self.settings(row) else {})} for row in self.rows],
+            **({"tuning": self.tuning} if self.tuning else {}),
             "reference": self.reference,
             "seeds": self.seeds,
             "budget": dataclasses.asdict(config.budget),
@@ -154,7 +173,7 @@ def machine() -> dict[str, Any]:
 def _check_manifest(path: Path, fresh: dict[str, Any]) -> None:
     """A rerun must be the same comparison; otherwise its runs would not be comparable."""
     old = json.loads(path.read_text())
-    for key in ("task", "model", "rows", "reference", "seeds", "budget", "config", "algo_options"):
+    for key in ("task", "model", "rows", "reference", "seeds", "budget", "config", "algo_options", "tuning"):
         if old.get(key) != fresh.get(key):
             raise ConfigError(f"{key}: differs from the comparison already in {path.parent} ({old.get(key)!r} there); "
                               "use another --out")

@@ -397,14 +397,20 @@ def merge_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply ``a.b=value`` overrides to a nested dict (values parsed as YAML, then coerced by type later)."""
     for item in overrides:
         path, value = _parse_override(item)
-        node = tree
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part} is not a section")
-            node = child
-        node[path[-1]] = value
+        set_at(tree, path, value, what=f"--set {item!r}")
     return tree
+
+
+def set_at(tree: dict[str, Any], keys: typing.Sequence[str], value: Any, what: str) -> None:
+    """tree[k1][k2]... = value, making sections on the way; ``what`` names the setting in the error when a level on
+    the path is a value rather than a section."""
+    node = tree
+    for part in keys[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {part} is not a section")
+        node = child
+    node[keys[-1]] = value
 
 
 class AliasRefused(yaml.composer.ComposerError):
@@ -461,8 +467,13 @@ def saved_config_mismatch(saved: Path, config: "RunConfig", here: str = "now") -
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A config file's top-level mapping; too large, aliased or invalid YAML raises a ConfigError naming the file."""
+    """A config file's top-level mapping; too large, aliased or invalid YAML raises a ConfigError naming the file.
+
+    A name that is not a file but names a shipped config (``tiny-arith``, ``math-hard-qwen2.5-math-7b.yaml``) reads
+    that one, so an installed rlbench runs its reference configs from any folder."""
     path = Path(path)
+    if not path.exists():
+        path = shipped_config(path.name) or path
     try:
         with path.open("rb") as handle:
             text = handle.read(MAX_CONFIG_BYTES + 1)  # never more: a 50 MB file took minutes and GBs to reject
@@ -483,6 +494,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: the top level must be a mapping of config keys")
     return data
+
+
+def shipped_config(name: str) -> Path | None:
+    """The config of that name that rlbench ships (``configs/`` in the source, ``rlbench.configs`` installed)."""
+    import importlib.resources
+
+    try:
+        folder = importlib.resources.files("rlbench.configs")
+    except ModuleNotFoundError:
+        return None
+    for candidate in (name, f"{name}.yaml"):
+        found = folder / candidate
+        if found.is_file():
+            return Path(str(found))
+    return None
 
 
 def _nested(tree: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,9 @@ Rules of thumb (estimates, not measurements; the allocator adds fragmentation on
 - CUDA context and allocator slack: :data:`CUDA_OVERHEAD`.
 
 FSDP (full sharding) across N GPUs divides the weights, gradients, optimiser states, the reference and the autocast
-copies by N; the activations, logits and KV cache of each GPU's own micro-batch stay as they are.
+copies by N; the activations, logits and KV cache of each GPU's own micro-batch stay as they are. It adds one term:
+the **rollout copy**, the full weights (in the weights' dtype) each GPU's generator decodes with, since a sharded model
+cannot decode on one rank alone (rlbench/engine/sharding.py); it sleeps in CPU memory during the update. ``rlbench plan --processes N --fsdp`` shows that layout.
 """
 from __future__ import annotations
 
@@ -184,8 +186,9 @@ def layer_activation_values(shape: ModelShape) -> int:
 
 
 def estimate(config: RunConfig, shape: ModelShape, prompt_len: int, needs_reference: bool, minibatches: int = 1,
-             gpu_memory_gib: float = 80.0) -> Plan:
-    """Every term of the memory a run needs on one GPU, by phase (module docstring: the rules and the formulas)."""
+             gpu_memory_gib: float = 80.0, fsdp: bool = False) -> Plan:
+    """Every term of the memory a run needs on one GPU, by phase (module docstring: the rules and the formulas);
+    with ``fsdp``, the rollout copy too (then :meth:`Plan.sharded` gives the per-GPU numbers)."""
     P, L, h, V = shape.parameters, shape.layers, shape.hidden, shape.vocab
     lora = config.lora.rank > 0
     w_bytes = 2 if config.precision == "bf16-pure" else 4
@@ -220,6 +223,9 @@ def estimate(config: RunConfig, shape: ModelShape, prompt_len: int, needs_refere
         terms.append(Term("KV cache", per_token * gen * seq,
                           f"2 x {L} layers x {shape.kv_heads} kv heads x {shape.head_dim} x {act} B x {gen} rows x "
                           f"{seq} tokens", "generate", False))
+    if fsdp:  # on the CPU while updating
+        terms.append(Term("rollout copy (FSDP)", P * w_bytes,
+                          f"{P:,} x {w_bytes} B (full weights the generator decodes with)", "generate", False))
     # update
     terms.append(Term("gradients", trainable * t_bytes, f"{trainable:,} x {t_bytes} B", "update", True))
     if config.precision == "bf16":
@@ -249,10 +255,14 @@ def fsdp_gpus_needed(plan: Plan, gpu_memory_gib: float) -> int | None:
     return None
 
 
-def plan_run(config: RunConfig, prompt_len: int, gpu_memory_gib: float, shape: ModelShape | None = None) -> Plan:
+def plan_run(config: RunConfig, prompt_len: int, gpu_memory_gib: float, shape: ModelShape | None = None,
+             processes: int = 1, fsdp: bool = False) -> Plan:
+    """The plan per GPU; with ``fsdp``, sharded across ``processes`` GPUs (data parallelism alone, ``processes``
+    without ``fsdp``, keeps a whole copy per GPU: the same plan as one process)."""
     algo = config.algorithm
-    return estimate(config, shape or model_shape(config), prompt_len, algo.needs_reference, algo.minibatches,
-                    gpu_memory_gib)
+    plan = estimate(config, shape or model_shape(config), prompt_len, algo.needs_reference, algo.minibatches,
+                    gpu_memory_gib, fsdp=fsdp)
+    return plan.sharded(processes) if fsdp else plan
 
 
 def _gib(value: float) -> str:
@@ -275,26 +285,33 @@ def verdict(config: RunConfig, plan: Plan, prompt_len: int, gpu_memory_gib: floa
     if need be), LoRA (with checkpointing, then a bf16 base, if need be), or checkpointing alone."""
     limit = gpu_memory_gib * GIB
     peak = plan.peak
-    if peak <= limit:
-        return [f"verdict: fits on one {gpu_memory_gib:g} GiB GPU (peak {peak / GIB:.1f} GiB, "
-                f"{peak / limit:.0%} of it)"]
-    lines = [f"verdict: does NOT fit on one {gpu_memory_gib:g} GiB GPU (peak {peak / GIB:.1f} GiB). Options:"]
+    if plan.gpus > 1:  # asked for FSDP across N GPUs (--processes N --fsdp)
+        where = f"{plan.gpus} x {gpu_memory_gib:g} GiB GPUs with FSDP"
+        if peak <= limit:
+            return [f"verdict: fits on {where} (peak {peak / GIB:.1f} GiB per GPU, {peak / limit:.0%} of it)"]
+        lines = [f"verdict: does NOT fit on {where} (peak {peak / GIB:.1f} GiB per GPU). Options:"]
+    else:
+        if peak <= limit:
+            return [f"verdict: fits on one {gpu_memory_gib:g} GiB GPU (peak {peak / GIB:.1f} GiB, "
+                    f"{peak / limit:.0%} of it)"]
+        lines = [f"verdict: does NOT fit on one {gpu_memory_gib:g} GiB GPU (peak {peak / GIB:.1f} GiB). Options:"]
     shape = plan.shape
 
-    def planned(**changes: Any) -> Plan:
+    def planned(fsdp: bool = False, **changes: Any) -> Plan:
         variant = _variant(config, **changes)
-        return plan_run(variant, prompt_len, gpu_memory_gib, None if "lora_rank" in changes else shape)
+        return plan_run(variant, prompt_len, gpu_memory_gib, None if "lora_rank" in changes else shape, fsdp=fsdp)
 
     ckpt = {} if config.gradient_checkpointing else {"gradient_checkpointing": True}
     for extra, said in (({}, ""), (ckpt, " with gradient_checkpointing: true")):
         if said and not extra:
             continue
-        sharded = planned(**extra) if extra else plan
+        sharded = planned(fsdp=True, **extra)
         n = fsdp_gpus_needed(sharded, gpu_memory_gib)
         if n is not None:
             lines.append(f"  - FSDP across {n} GPUs{said}: {sharded.sharded(n).peak / GIB:.1f} GiB per GPU (sharding "
                          f"divides the weights, gradients, optimiser states, reference and autocast copies by {n}; "
-                         f"activations, logits and the KV cache stay per GPU)")
+                         f"activations, logits, the KV cache and the generator's full rollout copy stay per GPU; "
+                         f"rlbench plan --processes {n} --fsdp shows it)")
             break
     else:
         lines.append(f"  - FSDP: not even {MAX_FSDP} GPUs suffice: each GPU's activations, logits or KV cache alone are "
@@ -332,13 +349,16 @@ def report(config: RunConfig, plan: Plan, prompt_len: int, gpu_memory_gib: float
         f"precision: {config.precision}; prompt {prompt_len} + max_new_tokens {config.sampling.max_new_tokens} tokens "
         f"(--prompt-len sets the prompt budget)",
         "",
-        "estimated GPU memory per rank (GiB)",
+        "estimated GPU memory per rank (GiB)" + (f", FSDP across {plan.gpus} GPUs" if plan.gpus > 1 else ""),
     ]
     for phase, title in (("resident", "always resident"), ("generate", "while generating"),
                          ("update", "while updating")):
         out.append(f"  {title}:")
         for t in (t for t in plan.terms if t.phase == phase):
-            out.append(f"    {t.name:<26}{_gib(t.bytes)}   {t.how}")
+            if t.sharded and plan.gpus > 1:
+                out.append(f"    {t.name:<26}{_gib(t.bytes / plan.gpus)}   {t.how} / {plan.gpus} GPUs")
+            else:
+                out.append(f"    {t.name:<26}{_gib(t.bytes)}   {t.how}")
     out.append(f"  {'CUDA context and slack':<28}{_gib(CUDA_OVERHEAD)}   rule of thumb")
     out.append(f"  {'total while generating':<28}{_gib(plan.total('generate'))}")
     out.append(f"  {'total while updating':<28}{_gib(plan.total('update'))}")

@@ -134,10 +134,11 @@ def train(config: RunConfig, progress: bool = True, resume: bool = False) -> dic
             summary = json.loads((out / SUMMARY).read_text())
             done = summary if summary.get("status") == "completed" else None
         done = ranks.broadcast(done)
-        if done is not None:
-            return done
-        trainer = build_trainer(config, progress=progress, ranks=ranks)
-        try:
-            return trainer.run(resume=resume)
-        finally:  # completed, diverged, interrupted or failed: the tracker runs are finished either way
-            close_trackers(trainer.listeners)
+        if done is None:
+            trainer = build_trainer(config, progress=progress, ranks=ranks)
+            try:
+                done = trainer.run(resume=resume)
+            finally:  # completed, diverged, interrupted or failed: the tracker runs are finished either way
+                close_trackers(trainer.listeners)
+        ranks.close()
+        return done

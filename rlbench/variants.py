@@ -4,6 +4,10 @@
 readable label (what the leaderboard prints), the registered algorithm it runs, its options, and a folder-safe slug
 (``em-pg.baseline-mean``) that names its run folders ``<slug>-s<seed>``. A plain name keeps its name as label and
 slug, so comparisons without variants keep the folder names they always had.
+
+An option with a dot in its name is a run setting rather than an algorithm option: ``grpo[optim.lr=2e-4]`` trains
+GRPO at another learning rate (``rlbench tune`` makes its trials this way). The audit then expects that setting on
+that row's runs only.
 """
 from __future__ import annotations
 
@@ -27,6 +31,16 @@ class Row:
     options: dict[str, Any] = field(default_factory=dict)
     slug: str = ""
     control: bool = False  # draws its rollouts from an independent sampling stream; never ranked
+
+    @property
+    def algo_options(self) -> dict[str, Any]:
+        """The algorithm's own options (``algo.<key>``)."""
+        return {k: v for k, v in self.options.items() if "." not in k}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Run settings by dotted key (``optim.lr``), set on this row's runs only."""
+        return {k: v for k, v in self.options.items() if "." in k}
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "algo": self.algo, "options": dict(self.options), "slug": self.slug,

@@ -3,8 +3,10 @@
     prompt:      "Q: 94+2-39=? A:"
     completion:  " 94+2=96 96-39=57 #### 57"
 
-Train and test problems come from different random streams and the train split drops every test problem, so the
-two never overlap. Reward: 1 if the text after the last ``####`` is exactly the right integer, else 0.
+Train, validation and test problems come from three random streams (seeds ``train-``, ``validation-`` and
+``test-<data_seed>``); validation drops every test problem and train (and the SFT stream) every validation and test
+problem, so no two overlap. Test is generated first and alone, so it does not depend on the validation settings.
+Reward: 1 if the text after the last ``####`` is exactly the right integer, else 0.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class ArithConfig(TaskConfig):
     min_ops: int = 2  # number of + / - operations in a problem
     max_ops: int = 3
     train_size: int = 20000
+    validation_size: int = 500  # what selects (the SFT stop rule, tuning) reads; disjoint from test and train
     test_size: int = 500
     data_seed: int = 1234
 
@@ -58,8 +61,8 @@ class Arith(Task):
             raise ConfigError(f"task.max_operand={c.max_operand}: need 0 <= min_operand <= max_operand")
         if not 1 <= c.min_ops <= c.max_ops:
             raise ConfigError(f"task.max_ops={c.max_ops}: need 1 <= min_ops <= max_ops")
-        if c.train_size < 1 or c.test_size < 1:
-            raise ConfigError("task.train_size / task.test_size: must be >= 1")
+        if c.train_size < 1 or c.validation_size < 1 or c.test_size < 1:
+            raise ConfigError("task.train_size / task.validation_size / task.test_size: must be >= 1")
         self._cache: dict[str, list[Example]] = {}
 
     def sample(self, rng: random.Random) -> Example:
@@ -93,20 +96,27 @@ class Arith(Task):
             raise ConfigError(f"split {split!r}: the arith task has {', '.join(self.splits)}")
         if split not in self._cache:
             c = self.config
-            test = self._cache.get("test") or self._unique(random.Random(f"test-{c.data_seed}"), c.test_size, set(), "test")
-            self._cache["test"] = test
-            if split == "train":
-                exclude = {e.id for e in test}
+            if split == "test":
+                self._cache["test"] = self._unique(random.Random(f"test-{c.data_seed}"), c.test_size, set(), "test")
+            elif split == "validation":
+                exclude = {e.id for e in self.load("test")}
+                self._cache["validation"] = self._unique(
+                    random.Random(f"validation-{c.data_seed}"), c.validation_size, exclude, "validation")
+            else:
+                exclude = self._held_out_ids()
                 self._cache["train"] = self._unique(random.Random(f"train-{c.data_seed}"), c.train_size, exclude, "train")
         return self._cache[split]
 
+    def _held_out_ids(self) -> set[str]:
+        return {e.id for split in ("validation", "test") for e in self.load(split)}
+
     def fresh_train_examples(self, seed: int):
-        """An endless stream of training problems (never a test problem), for SFT warm-starts."""
+        """An endless stream of training problems (never a validation or test problem), for SFT warm-starts."""
         rng = random.Random(f"sft-{seed}")
-        test_ids = {e.id for e in self.load("test")}
+        held_out = self._held_out_ids()
         while True:
             ex = self.sample(rng)
-            if ex.id not in test_ids:
+            if ex.id not in held_out:
                 yield ex
 
     def prompt(self, example: Example) -> str:

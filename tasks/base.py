@@ -54,8 +54,9 @@ class Task(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type[TaskConfig]] = TaskConfig
-    #: splits the task can load; ``train`` feeds RL, the others evaluation
-    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    #: splits the task can load: ``train`` feeds RL; ``validation`` (disjoint from test, and never trained on) is
+    #: what anything that selects reads (SFT stop rules, tuning); ``test`` is what the leaderboard reports
+    splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
 
     def __init__(self, config: TaskConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -1,4 +1,4 @@
-"""Boxed final answers (MATH's convention): the reference of a record, and grading of completions by equivalence.
+"""Boxed final answers (MATH's convention): the reference (and level) of a record, and grading by equivalence.
 
 A completion's answer is the content of its last ``\\boxed{}`` (``grading.last_boxed``); an unboxed answer is never
 credited (reason ``no_answer``). A boxed one is credited when math-verify finds it equivalent to the reference, in a
@@ -13,6 +13,19 @@ from rlbench.config import ConfigError
 from .base import Grade
 from .data import DataError, Record
 from .grading import MAX_ANSWER_CHARS, EquivalenceChecker, last_boxed
+
+
+def level_of(record: Record) -> int | None:
+    """MATH's "Level 3" strings and MATH-500's integer 3 alike; None for "Level ?"."""
+    if "level" not in record.fields:
+        raise DataError(f"{record.where}: field 'level' is missing (needed to select the preset's levels)")
+    value = record.fields["level"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        digits = value.removeprefix("Level").strip()
+        return int(digits) if digits.isascii() and digits.isdigit() else None
+    raise DataError(f"{record.where}: field 'level' must be like 'Level 5' or 5, got {value!r}")
 
 
 def equivalence_checker(timeout: float, workers: int) -> EquivalenceChecker:

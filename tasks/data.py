@@ -4,10 +4,13 @@ Tasks get plain dicts from here and turn them into Examples themselves; this mod
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+T = TypeVar("T")
 
 from rlbench.config import ConfigError
 
@@ -51,12 +54,85 @@ def looks_local(spec: str) -> bool:
 
 def split_file(directory: Path, stem: str) -> Path:
     """``directory/stem`` with the first suffix that exists, or a DataError listing what was looked for."""
+    found = find_split_file(directory, stem)
+    if found is not None:
+        return found
+    tried = ", ".join(f"{stem}{s}" for s in SUFFIXES)
+    raise DataError(f"{directory}: no {stem} data file (looked for {tried})")
+
+
+def find_split_file(directory: Path, stem: str) -> Path | None:
+    """``directory/stem`` with the first suffix that exists, or None."""
     for suffix in SUFFIXES:
         candidate = directory / f"{stem}{suffix}"
         if candidate.is_file():
             return candidate
-    tried = ", ".join(f"{stem}{s}" for s in SUFFIXES)
-    raise DataError(f"{directory}: no {stem} data file (looked for {tried})")
+    return None
+
+
+#: problems a task carves out of its training data as the ``validation`` split when the data has no validation file
+VALIDATION_SIZE = 500
+
+
+def text_key(text: str) -> str:
+    """A problem's text with its whitespace normalised: how problems are matched across splits and data copies."""
+    return " ".join(text.split())
+
+
+def carve_validation(keys: Sequence[str], size: int, where: str) -> tuple[list[int], list[int]]:
+    """(train rows, validation rows) of one training source, both in source order.
+
+    ``keys`` are the rows' problem texts (``text_key``). Validation: of the distinct texts, the ``size`` whose
+    sha256 is lowest, one row each (the first); train: every row whose text is not among them, so a duplicated
+    problem never sits on both sides. The choice depends on the texts alone, not on row order or ids, so every copy
+    of the data (hub or local, any order) gives the same validation problems.
+    """
+    distinct = list(dict.fromkeys(keys))
+    if size < 1:
+        raise ConfigError(f"task.validation_size={size}: must be >= 1")
+    if size >= len(distinct):
+        raise ConfigError(f"task.validation_size={size}: {where} has only {len(distinct)} distinct problems, and "
+                          "training needs at least one of them; lower task.validation_size")
+    digest = {k: hashlib.sha256(f"rlbench-validation\n{k}".encode()).hexdigest() for k in distinct}
+    chosen = set(sorted(distinct, key=digest.__getitem__)[:size])
+    validation, seen, train = [], set(), []
+    for row, key in enumerate(keys):
+        if key not in chosen:
+            train.append(row)
+        elif key not in seen:
+            seen.add(key)
+            validation.append(row)
+    return train, validation
+
+
+def train_and_validation(items: Sequence[T], key: Callable[[T], str], size: int, where: str,
+                         own: Sequence[T] | None = None) -> tuple[list[T], list[T]]:
+    """(train, validation) of a task's training items: the data's ``own`` validation items when it has them (train
+    then drops every item whose key is among theirs), else a slice of ``size`` carved out by ``carve_validation``."""
+    if own is not None:
+        held = {key(item) for item in own}
+        return [item for item in items if key(item) not in held], list(own)
+    rows, validation = carve_validation([key(item) for item in items], size, where)
+    return [items[i] for i in rows], [items[i] for i in validation]
+
+
+def same_problem(held_out: Sequence[Record], text_field: str) -> Callable[[Record], bool]:
+    """Whether a record repeats one of ``held_out``: the same ``unique_id``, or the same text (``text_key``)."""
+    ids = {r.fields["unique_id"] for r in held_out if r.fields.get("unique_id")}
+    texts = {text_key(r.text(text_field)) for r in held_out}
+    return lambda r: r.fields.get("unique_id") in ids or text_key(r.text(text_field)) in texts
+
+
+def local_split_file(spec: str, split: str) -> Path | None:
+    """The local file ``spec`` names for ``split``: ``spec`` with ``{split}`` filled in, ``<split>.*`` in a directory,
+    or ``spec`` itself (one file serves every split). ``validation`` only from a file of that name, else None."""
+    if "{split}" in spec:
+        path = Path(spec.format(split=split)).expanduser()
+        return None if split == "validation" and not path.is_file() else path
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return find_split_file(path, split) if split == "validation" else split_file(path, split)
+    return None if split == "validation" else path
 
 
 def read_records(path: str | Path) -> list[Record]:

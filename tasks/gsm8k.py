@@ -5,6 +5,11 @@ Prompt ("paper", as in EM-PG and verl's GSM8K preprocessing, base model, no chat
 Grading ("strict", the paper's reward): the last ``#### <number>`` of the completion (an optional ``$`` after the
 marker is allowed), normalised (thousands commas, trailing ``.0``, ``%``), must equal the reference exactly.
 "flexible": the last number anywhere in the completion. Numbers are compared as exact decimals, never evaluated.
+
+Splits: ``test`` is the data's test split (1,319 problems). GSM8K has no validation split, so ``validation`` is a fixed
+slice of the training data (``validation_size`` = 500 problems, chosen by the sha256 of their text, see
+``tasks/data.py: carve_validation``) and ``train`` is the rest (6,973 of 7,473). A local directory (or ``{split}``
+path) that holds its own ``validation`` file overrides the slice; ``train`` then drops any problem whose text is in it.
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from rlbench.config import ConfigError
 from rlbench.registry import register_task
 
 from .base import Example, Grade, Prompt, Task, TaskConfig
-from .data import DataError, Record, load_hub, looks_local, read_records, split_file
+from .data import (VALIDATION_SIZE, DataError, Record, load_hub, local_split_file, looks_local, read_records,
+                   text_key, train_and_validation)
 from .grading import NUMBER, find_numbers, normalize_number
 
 HUB_ID = "openai/gsm8k"
@@ -37,6 +43,9 @@ class GSM8KConfig(TaskConfig):
     hub_config: str | None = "main"  # the hub dataset's configuration name
     prompt_style: Literal["paper", "chat"] = "paper"
     grading: Literal["strict", "flexible"] = "strict"
+    # problems carved out of train as the validation split (by text hash; see tasks/data.py), unless the data
+    # directory has its own validation file
+    validation_size: int = VALIDATION_SIZE
 
 
 def reference_answer(solution: str) -> str | None:
@@ -67,31 +76,47 @@ class GSM8K(Task):
         super().__init__(config)
         self._cache: dict[str, list[Example]] = {}
 
+    def local_file(self, split: str) -> Path | None:
+        """The local file whose rows are exactly ``split`` (in order), or None: hub data, ``train`` (the training
+        file minus the validation problems), or ``validation`` carved out of train (no validation file of its own)."""
+        data = self.config.data
+        return None if data is None or not looks_local(data) or split == "train" else local_split_file(data, split)
+
     def _records(self, split: str) -> list[Record]:
         data = self.config.data
         if data is None or not looks_local(data):
             return load_hub(data or HUB_ID, self.config.hub_config, split)
-        if "{split}" in data:
-            return read_records(data.format(split=split))
-        path = Path(data).expanduser()
-        if path.is_dir():
-            return read_records(split_file(path, split))
-        return read_records(path)
+        return read_records(local_split_file(data, split))  # type: ignore[arg-type]  # never None but for validation
 
     def load(self, split: str) -> list[Example]:
         if split not in self.splits:
             raise ConfigError(f"split {split!r}: the gsm8k task has {', '.join(self.splits)}")
         if split not in self._cache:
-            examples = []
-            for index, record in enumerate(self._records(split)):
-                question = record.text("question")
-                solution = record.text("answer")
-                answer = reference_answer(solution)
-                if answer is None:
-                    raise DataError(f"{record.where}: field 'answer' has no '#### <number>' final answer")
-                examples.append(Example(f"{split}-{index}", question, answer, solution, {"index": index}))
-            self._cache[split] = examples
+            if split == "test":
+                self._cache["test"] = self._examples("test", list(enumerate(self._records("test"))))
+                return self._cache["test"]
+            # validation: the data's own file, else a slice carved out of train (rows keep their train-<row> ids)
+            own = self.local_file("validation")
+            own_rows = None if own is None else list(enumerate(read_records(own)))
+            where = "the training data" if self.config.data is None else f"task.data={self.config.data!r} (train)"
+            train, validation = train_and_validation(list(enumerate(self._records("train"))),
+                                                     lambda row: text_key(row[1].text("question")),
+                                                     self.config.validation_size, where, own_rows)
+            self._cache["train"] = self._examples("train", train)
+            self._cache["validation"] = self._examples("train" if own is None else "validation", validation)
         return self._cache[split]
+
+    @staticmethod
+    def _examples(source: str, rows: list[tuple[int, Record]]) -> list[Example]:
+        examples = []
+        for index, record in rows:
+            question = record.text("question")
+            solution = record.text("answer")
+            answer = reference_answer(solution)
+            if answer is None:
+                raise DataError(f"{record.where}: field 'answer' has no '#### <number>' final answer")
+            examples.append(Example(f"{source}-{index}", question, answer, solution, {"index": index}))
+        return examples
 
     def prompt(self, example: Example) -> Prompt:
         text = f"{example.question} {INSTRUCTION}"

@@ -6,6 +6,9 @@ Presets (``preset``):
 - ``lvl5`` (the Open LLM Leaderboard's "MATH Lvl 5"): train = level-5 train problems (2,304); test = level-5 test
   problems (1,324).
 
+Validation: 500 (``validation_size``) problems of the preset's training split, chosen by text hash (``tasks/data.py``),
+which train then drops (paper 8,388 left, lvl5 1,804); a ``validation`` file in ``data`` overrides the slice.
+
 Data (``data``): a directory with ``train.jsonl``, ``test.jsonl`` and, for ``paper``, ``math500_test.jsonl`` (the
 layout of the shared MATH copy; .json / .parquet also read); or a single file, which is the test split (filtered to
 level 5 under ``lvl5``); or None for the hub (lighteval / HuggingFaceH4 copies, see ``HUB``).
@@ -24,8 +27,9 @@ from rlbench.config import ConfigError
 from rlbench.registry import register_task
 
 from .base import Example, Grade, Prompt, Task, TaskConfig
-from .boxed import equivalence_checker, grade_boxed, reference_answer
-from .data import DataError, Record, load_hub, read_records, split_file
+from .boxed import equivalence_checker, grade_boxed, level_of, reference_answer
+from .data import (VALIDATION_SIZE, DataError, Record, find_split_file, load_hub, read_records, same_problem,
+                   split_file, text_key, train_and_validation)
 
 SYSTEM = "You are a helpful assistant."
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -52,23 +56,8 @@ class MathHardConfig(TaskConfig):
     prompt_style: Literal["chat", "base"] = "chat"
     grade_timeout: float = 2.0  # wall seconds per grade; the checking process is killed when it passes
     grade_workers: int = 0  # grading processes; 0 = min(4, CPUs)
-
-
-def level_of(record: Record) -> int | None:
-    """MATH's "Level 3" strings and MATH-500's integer 3 alike; None for "Level ?"."""
-    if "level" not in record.fields:
-        raise DataError(f"{record.where}: field 'level' is missing (needed to select the preset's levels)")
-    value = record.fields["level"]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        digits = value.removeprefix("Level").strip()
-        return int(digits) if digits.isascii() and digits.isdigit() else None
-    raise DataError(f"{record.where}: field 'level' must be like 'Level 5' or 5, got {value!r}")
-
-
-def _problem_key(problem: str) -> str:
-    return " ".join(problem.split())
+    # problems carved out of the preset's training split as validation, unless the data has a validation file
+    validation_size: int = VALIDATION_SIZE
 
 
 @register_task
@@ -95,7 +84,7 @@ class MathHard(Task):
 
     def _select(self, split: str) -> list[tuple[str, int, Record]]:
         """(source name, index in source, record) of one split under the preset."""
-        train_levels, test_levels = PRESET_LEVELS[self.config.preset]
+        test_levels = PRESET_LEVELS[self.config.preset][1]
         data = self.config.data
         if data is not None and not Path(data).expanduser().exists():
             raise DataError(f"task.data={data!r}: no such file or directory (math-hard reads local data, or the hub when unset)")
@@ -107,15 +96,22 @@ class MathHard(Task):
             if self.config.preset == "paper":
                 return [("math500_test", i, r) for i, r in enumerate(self._source("math500_test"))]
             return [("test", i, r) for i, r in enumerate(self._source("test")) if level_of(r) in test_levels]
+        # train and validation: the preset's training levels (for paper, minus MATH-500 by id and by text), then a
+        # validation file of the data's own (train drops its problems) or a slice carved out of them
         sources = ("train", "test") if self.config.preset == "paper" else ("train",)
-        chosen = [(s, i, r) for s in sources for i, r in enumerate(self._source(s)) if level_of(r) in train_levels]
+        own = find_split_file(Path(data).expanduser(), "validation") if data is not None else None
+        rows = [(s, i, r) for s in sources + (("validation",) if own else ()) for i, r in
+                enumerate(read_records(own) if s == "validation" else self._source(s))]
+        rows = [row for row in rows if level_of(row[2]) in PRESET_LEVELS[self.config.preset][0]]
         if self.config.preset == "paper":
-            held_out = self._source("math500_test")
-            ids = {r.fields["unique_id"] for r in held_out if r.fields.get("unique_id")}
-            problems = {_problem_key(r.text("problem")) for r in held_out}
-            chosen = [(s, i, r) for s, i, r in chosen
-                      if r.fields.get("unique_id") not in ids and _problem_key(r.text("problem")) not in problems]
-        return chosen
+            math500 = same_problem(self._source("math500_test"), "problem")
+            rows = [row for row in rows if not math500(row[2])]
+        where = "the preset's training data" if data is None else f"task.data={data!r} (preset {self.config.preset!r} train)"
+        train, validation = train_and_validation([row for row in rows if row[0] != "validation"],
+                                                 lambda row: text_key(row[2].text("problem")), self.config.validation_size,
+                                                 where, [row for row in rows if row[0] == "validation"] if own else None)
+        held = same_problem([r for _, _, r in validation], "problem")
+        return validation if split == "validation" else [row for row in train if not held(row[2])]
 
     def load(self, split: str) -> list[Example]:
         if split not in self.splits:

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 # timing fields of metrics.jsonl / eval.jsonl rows: the one thing two equal runs cannot share
 RUN_TIMING = frozenset({"time", "gen_tokens_per_s", "train_tokens_per_s", "tokens_per_second", "seconds"})
 
@@ -21,3 +23,33 @@ def stable(value: Any, volatile: frozenset[str] = RUN_TIMING) -> Any:
 def stable_rows(path: Path) -> list:
     """A JSONL file's rows without their timing fields."""
     return [stable(json.loads(line)) for line in path.read_text().splitlines()]
+
+
+# metrics.jsonl fields that depend on wall time; and the quantities that several data-parallel ranks sum in another
+# order than one process does: equal up to float round-off
+DP_TIMING = ("time", "usage", "gen_tokens_per_s", "train_tokens_per_s")
+DP_ROUNDED = ("entropy", "approx_kl", "loss", "pg_loss", "vf_loss", "grad_norm", "kl", "sampler_gap_abs",
+              "sampler_gap_kl", "value_explained_var")
+
+
+def assert_reproduces(one: Path, many: Path) -> list[dict]:
+    """A run of several processes (``many``) reproduces the one-process run (``one``): the same prompts, every logged
+    value equal (summed ones within round-off), the same evaluations; rows written once. Returns ``one``'s metrics."""
+    rows_one, rows_many = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                           for d in (one, many))
+    assert [r["step"] for r in rows_many] == [r["step"] for r in rows_one]  # written once, by rank 0
+    for a, b in zip(rows_one, rows_many):
+        assert a["prompt_ids_hash"] == b["prompt_ids_hash"]
+        for key in a:
+            if key in DP_TIMING:
+                continue
+            if key in DP_ROUNDED:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+            else:
+                assert b[key] == a[key], (a["step"], key)
+    evals_one, evals_many = ([json.loads(line) for line in (d / "eval.jsonl").read_text().splitlines()]
+                             for d in (one, many))
+    assert [e["step"] for e in evals_many] == [e["step"] for e in evals_one]
+    assert [e["greedy"]["accuracy"] for e in evals_many] == [e["greedy"]["accuracy"] for e in evals_one]
+    assert json.loads((many / "summary.json").read_text())["status"] == "completed"
+    return rows_one

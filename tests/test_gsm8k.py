@@ -40,7 +40,8 @@ def ex(answer: str) -> Example:
 
 def test_registered_with_documented_options() -> None:
     assert get_task("gsm8k") is GSM8K
-    assert GSM8K.options() == {"data": None, "hub_config": "main", "prompt_style": "paper", "grading": "strict"}
+    assert GSM8K.options() == {"data": None, "hub_config": "main", "prompt_style": "paper", "grading": "strict",
+                               "validation_size": 500}
 
 
 def test_load_local_file(tmp_path: Path) -> None:
@@ -52,18 +53,21 @@ def test_load_local_file(tmp_path: Path) -> None:
 
 
 def test_load_directory_and_split_pattern(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "train.jsonl", ROWS[:1])
+    # a directory's own validation file is the validation split; train drops its problems (here ROWS[1])
+    write_jsonl(tmp_path / "train.jsonl", ROWS[:2])
+    write_jsonl(tmp_path / "validation.jsonl", ROWS[1:2])
     write_jsonl(tmp_path / "test.jsonl", ROWS[1:])
     by_dir = get_task("gsm8k").from_options({"data": str(tmp_path)})
     assert [e.answer for e in by_dir.load("train")] == ["7"]
+    assert [e.id for e in by_dir.load("validation")] == ["validation-0"]
     assert [e.answer for e in by_dir.load("test")] == ["2000", "-5"]
     by_pattern = get_task("gsm8k").from_options({"data": str(tmp_path / "{split}.jsonl")})
     assert [e.answer for e in by_pattern.load("train")] == ["7"]
 
 
 def test_unknown_split(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="split 'validation'"):
-        task(tmp_path).load("validation")
+    with pytest.raises(ConfigError, match="split 'dev': the gsm8k task has train, validation, test"):
+        task(tmp_path).load("dev")
 
 
 @pytest.mark.parametrize(
@@ -115,9 +119,10 @@ def test_hub_loading_goes_through_datasets(monkeypatch: pytest.MonkeyPatch) -> N
         return ROWS[:2]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    examples = get_task("gsm8k")().load("train")
+    task_ = get_task("gsm8k").from_options({"validation_size": 1})
+    examples = task_.load("train") + task_.load("validation")  # validation is carved out of the hub's train split
     assert calls == [("openai/gsm8k", "main", "train")]
-    assert [e.answer for e in examples] == ["7", "2000"]
+    assert sorted(e.answer for e in examples) == ["2000", "7"]
 
 
 def test_hub_failure_names_the_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,8 +236,9 @@ def real_test_set() -> list[Example]:
 def test_real_data_sizes() -> None:
     examples = real_test_set()
     assert len(examples) == 1319
-    train = get_task("gsm8k").from_options({"data": str(GSM8K_TEST.parent)}).load("train")
-    assert len(train) == 7473
+    task_ = get_task("gsm8k").from_options({"data": str(GSM8K_TEST.parent)})
+    # the 7,473 training problems minus the 500 carved out as the validation split (intended since issue 14)
+    assert len(task_.load("train")) == 6973 and len(task_.load("validation")) == 500
 
 
 def test_gold_check_real_test_set() -> None:

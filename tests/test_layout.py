@@ -16,7 +16,8 @@ LAYERS = [
     ("engine", ["rlbench.engine"]),
     ("plugins", ["rlbench.algorithms", "rlbench.tasks"]),
     ("runs", ["rlbench.eval", "rlbench.tiny", "rlbench.training", "rlbench.tracking", "rlbench.plan"]),
-    ("comparisons", ["rlbench.compare", "rlbench.variants", "rlbench.report", "rlbench.executors", "rlbench.progress"]),
+    ("comparisons", ["rlbench.compare", "rlbench.variants", "rlbench.report", "rlbench.executors", "rlbench.progress",
+                     "rlbench.tune"]),
     ("cli", ["rlbench.cli", "rlbench.__main__"]),
 ]
 

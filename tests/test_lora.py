@@ -44,7 +44,8 @@ def _trained_one_step(trainer):
 
 
 def test_only_the_adapters_and_the_value_head_train(tiny_qwen_dir, tmp_path):
-    trainer = build_trainer(_config(tiny_qwen_dir, tmp_path, {"name": "ppo"}), progress=False)
+    # critic: head, the LoRA-sized critic (the default, critic: model, trains a full copy of the transformer)
+    trainer = build_trainer(_config(tiny_qwen_dir, tmp_path, {"name": "ppo", "critic": "head"}), progress=False)
     model, head = trainer.policy.model, trainer.policy.value_head
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)

@@ -86,23 +86,29 @@ def test_registered_with_documented_options() -> None:
         "prompt_style": "chat",
         "grade_timeout": 2.0,
         "grade_workers": 0,
+        "validation_size": 500,
     }
 
 
 def test_paper_preset(math_dir: Path) -> None:
-    task = make(math_dir)
-    train = task.load("train")
-    # Levels 3-5 of train + test, minus MATH-500 by id (test/a/2) and by problem text (train/a/5).
-    assert [e.id for e in train] == ["train/a/2", "train/a/3", "test/a/1"]
-    assert [e.answer for e in train] == ["2", "\\frac{1}{3}", "7"]
+    task = make(math_dir, validation_size=1)
+    train, validation = task.load("train"), task.load("validation")
+    # Levels 3-5 of train + test, minus MATH-500 by id (test/a/2) and by problem text (train/a/5); one of them is
+    # carved out as the validation split (since issue 14).
+    assert len(validation) == 1
+    both = sorted(train + validation, key=lambda e: ["train/a/2", "train/a/3", "test/a/1"].index(e.id))
+    assert [e.id for e in both] == ["train/a/2", "train/a/3", "test/a/1"]
+    assert [e.answer for e in both] == ["2", "\\frac{1}{3}", "7"]
     test = task.load("test")
     assert [e.id for e in test] == ["test/a/2", "test/b/9"]
     assert test[0].answer == "8" and test[0].meta["level"] == 4
 
 
 def test_lvl5_preset(math_dir: Path) -> None:
-    task = make(math_dir, preset="lvl5")
-    assert [e.id for e in task.load("train")] == ["train/a/3"]
+    with (math_dir / "train.jsonl").open("a") as handle:  # a second level-5 training problem to carve from
+        handle.write(json.dumps(row("train/a/6", "Level 5", "6")) + "\n")
+    task = make(math_dir, preset="lvl5", validation_size=1)
+    assert sorted(e.id for e in task.load("train") + task.load("validation")) == ["train/a/3", "train/a/6"]
     assert [e.id for e in task.load("test")] == ["test/a/1"]
 
 
@@ -178,7 +184,8 @@ def test_hub_sources(monkeypatch: pytest.MonkeyPatch) -> None:
         return {k: v for k, v in row("-", level, answer, problem).items() if k != "unique_id"}
 
     tables = {
-        (*HUB["math"], "train"): [lighteval("Level 5", "1", "Kept."), lighteval("Level 5", "2", "Held out.")],
+        (*HUB["math"], "train"): [lighteval("Level 5", "1", "Kept."), lighteval("Level 5", "2", "Held out."),
+                                  lighteval("Level 4", "4", "Also kept.")],
         (*HUB["math"], "test"): [lighteval("Level 2", "3", "Too easy.")],
         (*HUB["math500"], "test"): [{"problem": "Held out.", "solution": "", "answer": "2", "level": 5, "unique_id": "test/q/1"}],
     }
@@ -189,8 +196,8 @@ def test_hub_sources(monkeypatch: pytest.MonkeyPatch) -> None:
         return tables[(name, config, split)]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    task = make(None)
-    assert [e.question for e in task.load("train")] == ["Kept."]
+    task = make(None, validation_size=1)
+    assert sorted(e.question for e in task.load("train") + task.load("validation")) == ["Also kept.", "Kept."]
     assert [e.id for e in task.load("test")] == ["test/q/1"]
     assert set(calls) == set(tables)
 
@@ -304,9 +311,10 @@ def real(preset: str) -> MathHard:
 
 def test_real_data_sizes() -> None:
     paper, lvl5 = real("paper"), real("lvl5")
-    assert len(paper.load("train")) == 8888
+    # 8,888 and 2,304 training problems, each minus the 500 carved out as the validation split (since issue 14)
+    assert (len(paper.load("train")), len(paper.load("validation"))) == (8388, 500)
     assert len(paper.load("test")) == 500
-    assert len(lvl5.load("train")) == 2304
+    assert (len(lvl5.load("train")), len(lvl5.load("validation"))) == (1804, 500)
     assert len(lvl5.load("test")) == 1324
     assert not {e.id for e in paper.load("train")} & {e.id for e in paper.load("test")}
 

@@ -134,3 +134,28 @@ def test_plan_says_how_the_7b_config_could_fit():
 def test_plan_of_a_missing_folder_is_one_line(tmp_path):
     result = _plan_cli("--model", str(tmp_path / "nope"))
     assert result.exit_code == 2 and "no such directory" in result.output
+
+
+def test_fsdp_adds_the_full_rollout_copy_and_shards_the_rest():
+    plain = estimate(_config(), SHAPE, PROMPT, True)
+    fsdp = estimate(_config(), SHAPE, PROMPT, True, fsdp=True)
+    t = {x.name: x for x in fsdp.terms}
+    copy = t["rollout copy (FSDP)"]
+    assert copy.bytes == 1000 * 4 and not copy.sharded and copy.phase == "generate"  # fp32, whole, on the CPU after
+    resident = 4000 + 4000 + 8000  # weights, reference, AdamW: halved over 2 GPUs; the rollout copy is not
+    assert fsdp.sharded(2).total("generate") == CUDA_OVERHEAD + resident / 2 + 1024 + 4000
+    assert fsdp.sharded(2).total("update") == plain.sharded(2).total("update")
+    pure = {x.name: x.bytes for x in estimate(_config(precision="bf16-pure"), SHAPE, PROMPT, True, fsdp=True).terms}
+    assert pure["rollout copy (FSDP)"] == 1000 * 2  # the weights' own dtype
+
+
+def test_plan_shows_the_7b_config_on_8_gpus_with_fsdp():
+    args = ("--config", "configs/math-hard-qwen2.5-math-7b.yaml", "--prompt-len", "1024")
+    result = _plan_cli(*args, "--processes", "8", "--fsdp")
+    assert result.exit_code == 0, result.output
+    assert "FSDP across 8 GPUs" in result.output and "rollout copy (FSDP)" in result.output
+    assert "verdict: fits on 8 x 80 GiB GPUs with FSDP" in result.output
+    # the suggestion for one GPU counts the rollout copy too, and names the command that shows it
+    assert re.search(r"FSDP across (\d+) GPUs: .*rlbench plan --processes \1 --fsdp", _plan_cli(*args).output)
+    # data parallelism alone: every GPU holds the whole model, the plan of one
+    assert "does NOT fit on one 80 GiB GPU" in _plan_cli(*args, "--processes", "8").output

@@ -1,7 +1,8 @@
 """PPO on the shared hand-built batch (see algo_helpers), numbers from a hand calculation.
 
 Sampling-time values V_old = [[.5, .6, .7], [.4, .3], [.8], [.9, .95]], rewards [1, 0, 1, 1] on the last valid token.
-GAE with gamma 1, lambda 0.95 (the defaults), row 0: delta = [.1, .1, .3] -> A = [.46575, .385, .3]; row 1:
+GAE with gamma 1, lambda 0.95 (TRL's; set explicitly, the default is verl's 1.0), row 0: delta = [.1, .1, .3]
+-> A = [.46575, .385, .3]; row 1:
 delta = [-.1, -.3] -> A = [-.385, -.3]; row 2: A = [.2]; row 3: delta = [.05, .05] -> A = [.0975, .05].
 Returns G = A + V_old. Advantages are then whitened over the 8 valid tokens (unbiased variance).
 """
@@ -31,7 +32,7 @@ WHITENED = [[1.1833176562, 0.9208772800, 0.6446242523], [-1.5816501468, -1.30539
 
 
 def test_gae_returns_and_whitened_advantages():
-    algo = PPO()
+    algo = PPO(PPOConfig(lam=0.95))
     batch = make_batch(values=torch.tensor(V_OLD), old_logprobs=torch.tensor(OLD_LOGP))
     algo.compute_advantages(batch)
     close(batch.returns, RETURNS)
@@ -40,7 +41,7 @@ def test_gae_returns_and_whitened_advantages():
 
 def test_unwhitened_gae():
     batch = make_batch(values=torch.tensor(V_OLD))
-    PPO(PPOConfig(whiten_advantages=False)).compute_advantages(batch)
+    PPO(PPOConfig(lam=0.95, whiten_advantages=False)).compute_advantages(batch)
     close(batch.advantages, [[0.46575, 0.385, 0.3], [-0.385, -0.3, 0.0], [0.2, 0.0, 0.0], [0.0975, 0.05, 0.0]])
 
 
@@ -53,7 +54,7 @@ def test_gae_with_discount_and_lambda_one():
 
 def test_kl_penalty_per_token_in_the_reward():
     # r_t = -0.5 * k1_t (k1 = [[.1, .2, .3], [-.1, .4], [.2], [0, .6]]) plus R on the last token, then GAE
-    algo = PPO(PPOConfig(kl_reward_coef=0.5, whiten_advantages=False))
+    algo = PPO(PPOConfig(lam=0.95, kl_reward_coef=0.5, whiten_advantages=False))
     assert algo.needs_reference and algo.needs_old_logprobs
     batch = make_batch(
         values=torch.tensor(V_OLD), old_logprobs=torch.tensor(LOGP), ref_logprobs=torch.tensor(REF_FOR_K1)
@@ -68,7 +69,7 @@ def test_clipped_policy_and_value_losses_and_gradients():
     # value: V - V_old = [[.1, .3, .1], [-.3, .05], [0], [.4, -.05]], clip 0.2; the clipped branch is the larger at
     # row 0 token 2 and row 1 token 1 (gradient 0); row 3 token 1 is clipped too but its unclipped loss is larger.
     # vf loss = 1/2 token-mean max(...) = 0.0316393; loss = pg + 0.1 vf
-    algo = PPO()
+    algo = PPO(PPOConfig(lam=0.95))
     batch = make_batch(values=torch.tensor(V_OLD), old_logprobs=torch.tensor(OLD_LOGP))
     algo.compute_advantages(batch)
     values = torch.tensor(V_NEW, requires_grad=True)
@@ -90,7 +91,7 @@ def test_clipped_policy_and_value_losses_and_gradients():
 
 def test_value_clip_disabled():
     # 1/2 token-mean (V - G)^2 without clipping; d/dV = 0.1 * (V - G) / 8
-    algo = PPO(PPOConfig(vf_clip=None))
+    algo = PPO(PPOConfig(lam=0.95, vf_clip=None))
     batch = make_batch(values=torch.tensor(V_OLD), old_logprobs=torch.tensor(OLD_LOGP))
     algo.compute_advantages(batch)
     values = torch.tensor(V_NEW, requires_grad=True)
@@ -101,7 +102,7 @@ def test_value_clip_disabled():
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
 def test_ratio_one_reduces_to_the_policy_gradient(mode):
-    algo = PPO(PPOConfig(loss_agg=mode))
+    algo = PPO(PPOConfig(lam=0.95, loss_agg=mode))
     batch = make_batch(values=torch.tensor(V_OLD), old_logprobs=torch.tensor(LOGP))
     algo.compute_advantages(batch)
     out = policy_output(values=torch.tensor(V_NEW, requires_grad=True))
@@ -114,7 +115,7 @@ def test_ratio_one_reduces_to_the_policy_gradient(mode):
 
 
 def test_entropy_bonus():
-    algo = PPO(PPOConfig(entropy_coef=0.01))
+    algo = PPO(PPOConfig(lam=0.95, entropy_coef=0.01))
     assert algo.needs_entropy_grad
     batch = make_batch(values=torch.tensor(V_OLD), old_logprobs=torch.tensor(LOGP))
     algo.compute_advantages(batch)
@@ -126,15 +127,15 @@ def test_entropy_bonus():
 def test_defaults_and_needs():
     algo = PPO()
     c = algo.config
-    assert (c.gamma, c.lam, c.clip_low, c.clip_high) == (1.0, 0.95, 0.2, 0.2)
+    assert (c.gamma, c.lam, c.clip_low, c.clip_high) == (1.0, 1.0, 0.2, 0.2)
     assert (c.vf_clip, c.vf_coef, c.kl_reward_coef, c.entropy_coef) == (0.2, 0.1, 0.0, 0.0)
     assert algo.needs_values and algo.needs_old_logprobs and not algo.needs_reference
     assert (algo.epochs, algo.minibatches) == (1, 4)
-    assert not PPO(PPOConfig(epochs=1, minibatches=1)).needs_old_logprobs
+    assert not PPO(PPOConfig(lam=0.95, epochs=1, minibatches=1)).needs_old_logprobs
 
 
 def test_missing_value_head_output_is_a_clear_error():
-    algo = PPO()
+    algo = PPO(PPOConfig(lam=0.95))
     batch = make_batch(values=torch.tensor(V_OLD))
     algo.compute_advantages(batch)
     with pytest.raises(ValueError, match="value head"):
@@ -146,7 +147,7 @@ def test_non_finite_padding_does_not_poison_the_loss():
     v_old = [[0.5, 0.6, 0.7], [0.4, 0.3, nan], [0.8, inf, -inf], [0.9, 0.95, nan]]
     v_new = [[0.6, 0.9, 0.8], [0.1, 0.35, -inf], [0.8, nan, nan], [1.3, 0.9, inf]]
     old = [[-0.5, -1.1, -2.2], [0.1, -0.35, -inf], [-2.0, inf, nan], [-0.3, -0.2, -inf]]
-    algo = PPO()
+    algo = PPO(PPOConfig(lam=0.95))
     batch = make_batch(values=torch.tensor(v_old), old_logprobs=torch.tensor(old))
     algo.compute_advantages(batch)
     close(batch.advantages, WHITENED)

@@ -58,7 +58,10 @@ def rows(cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> Iterator[tu
         yield f"{prefix}{f.name}", _type_name(hints[f.name]), repr(value), helps.get(f.name, "")
 
 
-@click.command("config")
+@click.command("config", epilog="""\b
+Examples:
+  rlbench config
+  rlbench config --algo grpo --task gsm8k""")
 @click.option("--algo", help="Also list this algorithm's options (algo.*).")
 @click.option("--task", help="Also list this task's options (task.*).")
 def config_keys(algo: str | None, task: str | None) -> None:

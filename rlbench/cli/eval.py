@@ -244,11 +244,15 @@ def format_lm_eval(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.command("eval")
+@click.command("eval", epilog="""\b
+Examples:
+  rlbench eval --model tiny --task arith --split validation --out /tmp/eval.json
+  rlbench eval --model runs/em-pg-s1/checkpoint --task arith --k 8 --out /tmp/ck.json
+  rlbench eval --model Qwen/Qwen2.5-1.5B-Instruct --task gsm8k --data data/gsm8k --out gsm8k.json""")
 @click.option("--model", required=True, help="'tiny' (the tiny lab's warm-start), a hub id, or a local model directory")
 @click.option("--task", "task_name", required=True, help="registered task name, e.g. gsm8k, math-hard, arith")
 @click.option("--data", default=None, help="task data (sets task.data): a local file or directory, or a hub id")
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default="test", show_default=True, help="train, validation or test (validation: what tuning reads)")
 @click.option("--k", "k", type=int, default=None, help=f"sampled completions per problem (default {DEFAULT_K}; 0 = greedy only)")
 @click.option("--limit", type=int, default=None, help="first N problems of the split (default: all)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

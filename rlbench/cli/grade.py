@@ -164,7 +164,9 @@ def encode_record(record: dict[str, Any]) -> bytes:
         return (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
 
 
-@click.command("grade")
+@click.command("grade", epilog="""\b
+Examples:
+  rlbench grade --task gsm8k --completions completions.jsonl""")
 @click.option("--task", "task_name", required=True, help="registered task name, e.g. gsm8k or math-hard")
 @click.option("--data", default=None, help="task data (sets task.data): a local file or directory, or a hub id")
 @click.option("--split", default="test", show_default=True, help="split whose rows 'index' / 'id' refer to")

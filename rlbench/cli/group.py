@@ -15,6 +15,7 @@ from rlbench.cli.plan import plan
 from rlbench.cli.report import report
 from rlbench.cli.status import status
 from rlbench.cli.train import list_, train, warmstart
+from rlbench.cli.tune import tune
 from rlbench import __version__
 from rlbench.config import ConfigError
 from rlbench.results import RunFileError
@@ -52,5 +53,5 @@ def main() -> None:
     """
 
 
-for _command in (train, list_, warmstart, compare, grade, eval_, report, plan, status, config_keys):
+for _command in (train, list_, warmstart, compare, tune, grade, eval_, report, plan, status, config_keys):
     main.add_command(_command)

@@ -19,7 +19,11 @@ from rlbench.report.runs import METRICS
 from rlbench.results import INDEX_HTML, LEADERBOARD, REPORT_JSON
 
 
-@click.command("report")
+@click.command("report", epilog="""\b
+Examples:
+  rlbench report runs/tiny-arith
+  rlbench report runs/tiny-arith --metric sampled --ci bootstrap --out /tmp/sampled
+  rlbench report runs/seeds-1-5 runs/seeds-6-10 --out runs/pooled   # one comparison split over folders""")
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: the comparison folder; required with several, pooled or not).")

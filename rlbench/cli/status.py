@@ -4,7 +4,10 @@ from __future__ import annotations
 import click
 
 
-@click.command()
+@click.command(epilog="""\b
+Examples:
+  rlbench status runs/tiny-arith
+  watch -n 10 rlbench status runs/tiny-arith""")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def status(folder: str) -> None:
     """Show a comparison's progress once: every run's state, step, last reward, last evaluation and ETA.

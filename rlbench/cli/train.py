@@ -42,15 +42,24 @@ def run_options(func: Any) -> Any:
     return func
 
 
-@click.command()
+@click.command(epilog="""\b
+Examples:
+  rlbench train --algo em-pg --task arith --out runs/em-pg-s1
+  rlbench train --config tiny-arith --algo grpo --seed 2 --set optim.lr=2e-4 --out runs/grpo-s2
+  rlbench train --resume --out runs/grpo-s2
+  rlbench train --config configs/gsm8k-qwen2.5-1.5b.yaml --set lora.rank=16 --out runs/gsm8k-lora
+  rlbench train --processes 2 --set rollout.seed_rows=true --algo grpo --task arith --out runs/dp""")
 @run_options
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (a finished run is kept).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train data-parallel in N processes (one per GPU; gloo on CPU) through `accelerate launch`.")
+@click.option("--fsdp", is_flag=True,
+              help="With --processes N: shard the model, gradients and optimiser N ways (FSDP) instead of a whole "
+                   "copy per process; what configs/accelerate/fsdp.yaml does.")
 @click.option("--report-to", "report_to", metavar="TRACKERS", help=REPORT_TO_HELP)
 def train(config_file: str | None, algo: str | None, task: str | None, model: str | None, seed: int | None,
-          out: str | None, overrides: tuple[str, ...], resume: bool, quiet: bool, processes: int,
+          out: str | None, overrides: tuple[str, ...], resume: bool, quiet: bool, processes: int, fsdp: bool,
           report_to: str | None) -> None:
     """Train one model with one algorithm on one task until the budget is spent.
 
@@ -62,11 +71,16 @@ def train(config_file: str | None, algo: str | None, task: str | None, model: st
 
     overrides = (*overrides, *report_to_overrides(report_to))  # a --set, so a relaunch below carries it too
     config = resolve(config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out})
+    if fsdp and processes < 2 and launched_world() == 1:
+        fail("--fsdp shards the model across processes: give --processes N (N >= 2)")
+    if fsdp and config.lora.rank:  # before any process starts or model loads (build_parts refuses it too)
+        fail(f"lora.rank={config.lora.rank}: LoRA with FSDP is not supported yet; LoRA's trainable weights are small, "
+             f"so train data-parallel without --fsdp, or set lora.rank=0")
     if processes > 1 and launched_world() == 1:
         named = {"--config": config_file, "--algo": algo, "--task": task, "--model": model, "--seed": seed, "--out": out}
         args = [a for k, v in named.items() if v is not None for a in (k, str(v))]
         args += [a for o in overrides for a in ("--set", o)] + ["--resume"] * resume + ["--quiet"] * quiet
-        sys.exit(launch(processes, ["train", *args]))
+        sys.exit(launch(processes, ["train", *args], fsdp=fsdp))
     follow_parent()  # a run started by `compare` must not outlive it
     from rlbench.training import train as run_training
 
@@ -78,17 +92,23 @@ def train(config_file: str | None, algo: str | None, task: str | None, model: st
     click.echo(json.dumps({k: summary[k] for k in ("status", "stop_reason", "initial", "final", "score", "usage", "wall_seconds")}, indent=2))
 
 
-def launch(processes: int, args: list[str]) -> int:
+def launch(processes: int, args: list[str], fsdp: bool = False) -> int:
     """``accelerate launch`` the rlbench command ``args`` in ``processes`` processes; their exit code.
 
     ``--multi_gpu`` is accelerate's name for "several processes": on a machine without GPUs they join a gloo group.
+    ``--use_fsdp`` launches them the same way and exports ``ACCELERATE_USE_FSDP=true``, which shards the model
+    (rlbench.engine.sharding does the sharding itself; accelerate's other FSDP settings are not read).
     """
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+    mode = ["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlbench.cli", *args]
     return subprocess.call(command)
 
 
-@click.command("list")
+@click.command("list", epilog="""\b
+Examples:
+  rlbench list
+  rlbench config --algo ppo   # every key with its type, default and help""")
 def list_() -> None:
     """Registered algorithms and tasks, with their options and defaults."""
     from rlbench import registry
@@ -102,7 +122,10 @@ def list_() -> None:
                 click.echo(f"  {'':<12}   options: {opts}")
 
 
-@click.command()
+@click.command(epilog="""\b
+Examples:
+  rlbench warmstart
+  rlbench warmstart --config tiny-arith""")
 @run_options
 def warmstart(config_file: str | None, algo: str | None, task: str | None, model: str | None, seed: int | None,
               out: str | None, overrides: tuple[str, ...]) -> None:

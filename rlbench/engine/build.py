@@ -6,15 +6,18 @@ import copy
 import importlib
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rlbench.config import ConfigError, LoraConfig, OptimConfig, RunConfig
 from rlbench.engine.contracts import Algorithm
+from rlbench.engine.distributed import Ranks
 from rlbench.engine.generation import Generator, make_generator
-from rlbench.engine.policy import Policy, ValueHead, load_model, pick_device
+from rlbench.engine.policy import Policy, ValueHead, ValueModel, load_model, pick_device
 from rlbench.engine.precision import bf16_step_check, stuck_message
 from rlbench.engine.run_state import weights_hash
+from rlbench.engine.sharding import RolloutCopy, Sharding, fsdp_requested, shard_policy
 
 LORA_INIT_SEED = 0  # every LoRA run starts from the same adapters (see add_lora)
 
@@ -29,18 +32,26 @@ class Parts:
     init_weights: str  # sha256 of the initial weights: part of the run's fingerprint
     trainable_parameters: int = 0  # what the optimiser updates (LoRA: the adapters, and the value head)
     total_parameters: int = 0
+    sharding: Sharding | None = None  # FSDP (rlbench.engine.sharding): the mesh and the generator's rollout copy
 
 
-def build_parts(config: RunConfig, model_path: str, algorithm: Algorithm, device: str | None = None) -> Parts:
-    """``device`` overrides ``config.device`` (each data-parallel rank trains on its own GPU)."""
+def build_parts(config: RunConfig, model_path: str, algorithm: Algorithm, device: str | None = None,
+                ranks: Ranks = Ranks()) -> Parts:
+    """``device`` overrides ``config.device`` (each data-parallel rank trains on its own GPU). Under FSDP
+    (:func:`rlbench.engine.sharding.fsdp_requested`) the model loads on the CPU and is sharded across ``ranks``."""
     device = pick_device(device or config.device)
     check_optimizer(config.optim.name, device)  # before the model loads: a missing library fails in a second
+    sharded = fsdp_requested() and ranks.world > 1
+    if sharded and config.lora.rank:
+        raise ConfigError(f"lora.rank={config.lora.rank}: LoRA with FSDP is not supported yet; LoRA's trainable "
+                          f"weights are small, so train data-parallel without FSDP (drop --fsdp), or set lora.rank=0")
     if config.lora.rank and config.rollout.backend == "vllm":
         raise ConfigError("lora.rank: LoRA with rollout.backend=vllm is not supported yet (the engine would need the "
                           "adapters merged after every step); use rollout.backend=rlbench or hf")
     a = config.model_args
     try:
-        model, tokenizer = load_model(model_path, config.precision, device, revision=a.revision,
+        model, tokenizer = load_model(model_path, config.precision, torch.device("cpu") if sharded else device,
+                                      revision=a.revision,
                                       attn_implementation=a.attn_implementation, trust_remote_code=a.trust_remote_code)
     except FileNotFoundError as exc:  # load_model's own message already names --model
         raise ConfigError(str(exc)) from None
@@ -50,11 +61,18 @@ def build_parts(config: RunConfig, model_path: str, algorithm: Algorithm, device
     checkpointing = config.gradient_checkpointing
     if checkpointing:
         enable_checkpointing(model)
+    # a critic model of its own starts as a copy of the initial transformer, without the LM head or LoRA adapters
+    critic_backbone = copy.deepcopy(model.base_model) if algorithm.needs_values and algorithm.critic_model else None
     if config.lora.rank:
         model = add_lora(model, config.lora, device)
     # HF models load in eval mode; checkpointing only acts in training mode, and LoRA dropout only there too
     model.train(checkpointing or (config.lora.rank > 0 and config.lora.dropout > 0))
-    value_head = ValueHead(model.config.hidden_size).to(device) if algorithm.needs_values else None
+    value_head = None
+    if critic_backbone is not None:
+        critic_backbone.train(checkpointing)
+        value_head = ValueModel(critic_backbone, model.config.hidden_size).to(model.device if sharded else device)
+    elif algorithm.needs_values:
+        value_head = ValueHead(model.config.hidden_size).to(model.device if sharded else device)
     init_weights = weights_hash(model)  # before any update or resume: the run's starting point (adapters included)
     if config.precision == "bf16-pure" and not config.allow_stuck_bf16:
         check = bf16_step_check(model.parameters(), config.optim.lr)
@@ -63,24 +81,27 @@ def build_parts(config: RunConfig, model_path: str, algorithm: Algorithm, device
     # With checkpointing the training forward is the model's own, over whole rows: the packed fast path bypasses the
     # model's layers (so nothing would be recomputed), and a shared prompt's KV cache is dropped by a checkpointed
     # layer. Checkpointing is for memory, the fast path for speed; decoding (no gradient) keeps its fast path.
-    policy = Policy(model, tokenizer, device, config.precision, value_head, share_prompts=not checkpointing,
-                    fast=not checkpointing)
+    # FSDP: every rank must run the same forward calls through the model's own modules (see rlbench.engine.sharding)
+    plain = checkpointing or sharded
+    policy = Policy(model, tokenizer, device, config.precision, value_head, value_model=critic_backbone is not None,
+                    share_prompts=not plain, fast=not plain)
     reference = None
     if algorithm.needs_reference:
         if config.lora.rank:  # the base model is the peft model with its adapters off: no second copy
             reference = Policy(model, tokenizer, device, config.precision, adapters_off=True)
         else:
-            reference = Policy(copy.deepcopy(model).eval().requires_grad_(False), tokenizer, device, config.precision)
-    generator = build_generator(config, policy, model_path)
+            reference = Policy(copy.deepcopy(model).eval().requires_grad_(False), tokenizer, device, config.precision,
+                               share_prompts=not sharded, fast=not sharded)
+    sharding = shard_policy(policy, reference, ranks) if sharded else None
+    generator = build_generator(config, sharding.rollout if sharding else policy, model_path)
+    if sharding:
+        generator = RolloutCopy(generator, sharding)
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = make_optimizer(config.optim, trainable, device)
-    o = config.optim
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-    )
+    optimizer = make_optimizer(config.optim, param_groups(policy, algorithm), device)
+    scheduler = make_scheduler(config.optim, optimizer, algorithm)
     return Parts(policy, reference, generator, optimizer, scheduler, init_weights,
                  trainable_parameters=sum(p.numel() for p in trainable),
-                 total_parameters=sum(p.numel() for p in policy.parameters()))
+                 total_parameters=sum(p.numel() for p in policy.parameters()), sharding=sharding)
 
 
 def check_optimizer(name: str, device: torch.device) -> None:
@@ -97,9 +118,38 @@ def check_optimizer(name: str, device: torch.device) -> None:
                           "bitsandbytes); or use optim.name=adamw") from None
 
 
-def make_optimizer(o: OptimConfig, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over ``params`` (the trainable ones), torch's or bitsandbytes' 8-bit one (``optim.name``)."""
+def param_groups(policy: Policy, algorithm: Algorithm) -> list[dict[str, Any]]:
+    """The trainable parameters as the optimiser's groups: the policy's, then the critic's (``policy.value_head``,
+    at ``algorithm.critic_lr_scale`` x ``optim.lr``) when there is one. A group's ``lr_scale`` multiplies
+    ``optim.lr`` (:func:`make_optimizer`); the scheduler keeps the groups in this order (:func:`make_scheduler`)."""
+    critic = {id(p) for p in policy.value_head.parameters()} if policy.value_head is not None else set()
+    groups = [{"params": [p for p in policy.parameters() if p.requires_grad and id(p) not in critic], "lr_scale": 1.0}]
+    if critic:
+        groups.append({"params": [p for p in policy.value_head.parameters() if p.requires_grad],
+                       "lr_scale": float(algorithm.critic_lr_scale)})
+    return groups
+
+
+def make_scheduler(o: OptimConfig, optimizer: torch.optim.Optimizer,
+                   algorithm: Algorithm) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``optim.warmup_steps``, then constant, for every group. During the algorithm's
+    ``critic_warmup`` steps the policy's group (the first) stays at lr 0, so only the critic trains, and its own
+    warm-up starts after them (verl's ``critic_warmup``); the trainer drops the gradients of a group at lr 0."""
+    def ramp(s: int) -> float:
+        return min(1.0, (s + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+
+    frozen = algorithm.critic_warmup if algorithm.needs_values else 0
+    lambdas = [lambda s: 0.0 if s < frozen else ramp(s - frozen)] + [ramp] * (len(optimizer.param_groups) - 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def make_optimizer(o: OptimConfig, params: list[torch.nn.Parameter] | list[dict[str, Any]],
+                   device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over ``params`` (the trainable ones, or :func:`param_groups`, each at its ``lr_scale`` x ``optim.lr``),
+    torch's or bitsandbytes' 8-bit one (``optim.name``)."""
     check_optimizer(o.name, device)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "lr": o.lr * g.get("lr_scale", 1.0)} for g in params]
     kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
     if o.name == "adamw-8bit":
         import bitsandbytes

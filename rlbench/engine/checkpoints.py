@@ -13,9 +13,11 @@ from typing import Any
 import torch
 
 from rlbench.engine.budget import Usage
+from rlbench.engine.distributed import Ranks
 from rlbench.engine.export import save_hf
 from rlbench.engine.policy import Policy
 from rlbench.engine.run_state import torch_save
+from rlbench.engine.sharding import full_optimizer_state, full_state_dict, load_full_optimizer_state, load_full_state_dict
 from rlbench.results import (
     CHECKPOINT, EVAL_RECORDS, EVALS, METRICS, SAMPLES, RunFileError, read_jsonl, truncate_jsonl, write_dir_atomic,
 )
@@ -45,11 +47,21 @@ def prune_checkpoints(out: Path, keep: int) -> None:
 
 
 def training_state(policy: Policy, optimizer: torch.optim.Optimizer, scheduler: Any, usage: Usage, evals_done: int,
-                   wall_seconds: float) -> dict[str, Any]:
+                   wall_seconds: float, sharded: bool = False, main: bool = True) -> dict[str, Any]:
+    """The resumable state. ``sharded`` (FSDP): every rank calls this, the shards are gathered one tensor at a time
+    and rank 0 (``main``) gets the state in a one-process run's format (a state resumes under either layout)."""
+    if sharded:
+        model = full_state_dict(policy.model, main)
+        head = full_state_dict(policy.value_head, main) if policy.value_head is not None else None
+        optim = full_optimizer_state(optimizer, main)
+    else:
+        model = policy.model.state_dict()
+        head = policy.value_head.state_dict() if policy.value_head is not None else None
+        optim = optimizer.state_dict()
     return {
-        "model": policy.model.state_dict(),
-        "value_head": policy.value_head.state_dict() if policy.value_head is not None else None,
-        "optimizer": optimizer.state_dict(),
+        "model": model,
+        "value_head": head,
+        "optimizer": optim,
         "scheduler": scheduler.state_dict(),
         "usage": dataclasses.asdict(usage),
         "evals_done": int(evals_done),
@@ -58,9 +70,13 @@ def training_state(policy: Policy, optimizer: torch.optim.Optimizer, scheduler: 
 
 
 def restore_state(state: dict[str, Any], policy: Policy, optimizer: torch.optim.Optimizer, scheduler: Any,
-                  file: Path) -> tuple[Usage, float, int]:
+                  file: Path, ranks: Ranks | None = None) -> tuple[Usage, float, int]:
     """Load ``state`` into the live objects; (usage, wall seconds so far, evaluations done). A state of another model,
-    or a dict missing keys, raises :class:`RunFileError` naming ``file`` before anything is changed on disk."""
+    or a dict missing keys, raises :class:`RunFileError` naming ``file`` before anything is changed on disk.
+
+    With ``ranks`` (FSDP), rank 0 holds the state and every other rank passes ``{}``: each receives its shards."""
+    if ranks is not None:
+        return _restore_sharded(state, policy, optimizer, scheduler, file, ranks)
     try:
         policy.model.load_state_dict(state["model"])
         if policy.value_head is not None:
@@ -71,6 +87,33 @@ def restore_state(state: dict[str, Any], policy: Policy, optimizer: torch.optim.
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().split("\n")[0].rstrip(":") or type(exc).__name__
         raise RunFileError(f"{file}: not a state of this run ({first})") from None
+
+
+def _restore_sharded(state: dict[str, Any], policy: Policy, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     file: Path, ranks: Ranks) -> tuple[Usage, float, int]:
+    problem = None
+    if ranks.main:  # the checks first, on rank 0, so that no rank is left waiting in a collective
+        try:
+            expected = {"model": set(policy.model.state_dict())}
+            if policy.value_head is not None:
+                expected["value_head"] = set(policy.value_head.state_dict())
+            for key, names in expected.items():
+                if set(state[key]) != names:
+                    raise KeyError(f"{key}: other tensors than this run's")
+            small = (state["scheduler"], state["usage"], state["wall_seconds"], state["evals_done"])
+        except (KeyError, TypeError) as exc:
+            problem = str(exc).strip().split("\n")[0].rstrip(":") or type(exc).__name__
+    problem = ranks.broadcast(problem)
+    if problem is not None:
+        raise RunFileError(f"{file}: not a state of this run ({problem})")
+    scheduler_state, usage, wall, evals_done = ranks.broadcast(small if ranks.main else None)
+    main = ranks.main
+    load_full_state_dict(policy.model, state["model"] if main else None)
+    if policy.value_head is not None:
+        load_full_state_dict(policy.value_head, state["value_head"] if main else None)
+    load_full_optimizer_state(optimizer, state["optimizer"] if main else None)
+    scheduler.load_state_dict(scheduler_state)
+    return Usage(**usage), float(wall), int(evals_done)
 
 
 def drop_logs(out: Path) -> None:

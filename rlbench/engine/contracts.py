@@ -35,6 +35,9 @@ class Algorithm(Protocol):
 
     needs_reference: bool
     needs_values: bool
+    critic_model: bool  # with needs_values: the critic is a copy of the initial transformer, not a head on the policy's
+    critic_lr_scale: float  # the critic's learning rate as a multiple of optim.lr
+    critic_warmup: int  # first steps in which only the critic trains (the policy's lr is 0)
     needs_old_logprobs: bool
     needs_entropy_grad: bool
     epochs: int  # passes over each batch

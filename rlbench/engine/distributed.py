@@ -60,10 +60,14 @@ class Ranks:
 
     def sum_grads(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Sum gradients over ranks; a parameter no rank touched keeps ``grad=None`` (AdamW then skips it, as in one
-        process)."""
+        process). FSDP's sharded parameters (DTensors) are skipped: their reduce-scatter has summed them already."""
         if self.world == 1:
             return
-        params = list(params)
+        from torch.distributed.tensor import DTensor
+
+        params = [p for p in params if not isinstance(p, DTensor)]
+        if not params:
+            return
         touched = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
         dist.all_reduce(touched)
         for p, n in zip(params, touched.tolist()):
@@ -84,6 +88,13 @@ class Ranks:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def close(self) -> None:
+        """End the process group once every rank is done: a rank that exits while another still tears down its
+        communication threads can abort it (gloo's "terminate called without an active exception")."""
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 def launched_world() -> int:

@@ -23,12 +23,21 @@ def check_finite(step: int, quantity: str, value: float) -> None:
 
 
 def check_weights(policy: Policy, step: int) -> None:
-    """Raise :class:`Diverged` naming the first non-finite parameter (one device sync when all are finite)."""
-    if bool(torch.stack([torch.isfinite(p).all() for p in policy.parameters()]).all()):
-        return
+    """Raise :class:`Diverged` naming the first non-finite parameter (one device sync when all are finite).
+
+    Under FSDP each rank checks its own shards and the flags are all-reduced: every rank stops at the same step."""
+    from rlbench.engine.sharding import is_sharded, nonfinite_weights
+
     named = list(policy.model.named_parameters())
     if policy.value_head is not None:
         named += [(f"value_head.{n}", p) for n, p in policy.value_head.named_parameters()]
+    if any(is_sharded(p) for _, p in named):
+        for (name, _), (nan, inf) in zip(named, nonfinite_weights(p for _, p in named)):
+            if nan or inf:
+                raise Diverged(step, f"weight {name}", "nan" if nan else "inf")
+        return
+    if bool(torch.stack([torch.isfinite(p).all() for p in policy.parameters()]).all()):
+        return
     for name, p in named:
         if not bool(torch.isfinite(p).all()):
             raise Diverged(step, f"weight {name}", "nan" if bool(torch.isnan(p).any()) else "inf")

@@ -113,6 +113,23 @@ class ValueHead(nn.Module):
         return self.proj(hidden.float()).squeeze(-1)
 
 
+class ValueModel(nn.Module):
+    """A critic of its own, as verl's: a copy of the policy's initial transformer (without its LM head) and a
+    :class:`ValueHead` on its last hidden state. It reads the tokens and shares no weight with the policy."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = ValueHead(hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:
+        """Values ``[B, T]``: V(s_t) for the state before completion token t (the hidden state one position back)."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+        T = response_len
+        return self.head(out.last_hidden_state[:, -(T + 1) : -1])
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions count real tokens only, so left padding does not shift them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -124,7 +141,8 @@ class Policy:
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     precision: str = "fp32"
-    value_head: ValueHead | None = None
+    value_head: nn.Module | None = None  # every critic parameter: a ValueHead, or a ValueModel (value_model below)
+    value_model: bool = False  # value_head is a ValueModel: it reads the tokens, not the policy's hidden states
     share_prompts: bool = True  # run a prompt shared by several rows once (see forward); False = one plain forward
     fast: bool = True  # Llama-family models: the packed forward of rlbench.engine.fastpath (checked on first use)
     # a LoRA run's reference: the same peft model with its adapters switched off (the base), not a second copy
@@ -167,8 +185,9 @@ class Policy:
           the prompts' KV cache repeated to their rows (:meth:`_forward_shared`);
         - otherwise one forward over ``[B, P + T]`` with ``logits_to_keep``.
         """
+        head_values = with_values and not self.value_model  # the head reads the policy's last hidden states
         with self.autocast(), self._adapters():
-            logits, hidden = self._logits(batch, with_values)
+            logits, hidden = self._logits(batch, head_values)
         logits = logits.float()
         if temperature != 1.0:
             logits = logits / temperature
@@ -183,7 +202,12 @@ class Policy:
         if with_values:
             if self.value_head is None:
                 raise RuntimeError("values requested but the policy has no value head")
-            values = self.value_head(hidden) * batch.response_mask
+            if self.value_model:
+                with self.autocast():
+                    values = self.value_head(batch.input_ids, batch.attention_mask, batch.response_len)
+            else:
+                values = self.value_head(hidden)
+            values = values * batch.response_mask
         return PolicyOutput(logprobs=logprobs, entropy=entropy, values=values)
 
     def _logits(self, batch: RolloutBatch, with_values: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -33,6 +33,7 @@ from rlbench.engine.checkpoints import (
 from rlbench.engine.contracts import Algorithm, Evaluator, Task
 from rlbench.engine.distributed import Ranks, gather_generation, rank_device, weighted_means
 from rlbench.engine.divergence import Diverged, check_finite, check_weights
+from rlbench.engine.sharding import clip_grad_norm, local_parameters, padded_micro_batches
 from rlbench.engine.generation import encode_prompt
 from rlbench.engine.interrupts import interrupts_deferred, raise_interrupt
 from rlbench.engine.maths import kl_penalty, masked_mean
@@ -70,10 +71,14 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.out = run_dir(config)
         self.train_examples = task.load("train")  # before the model: bad data fails in a second, not after a load
-        parts = build_parts(config, model_path, algorithm, device=rank_device(config.device, ranks))
+        parts = build_parts(config, model_path, algorithm, device=rank_device(config.device, ranks), ranks=ranks)
         self.policy, self.reference, self.generator = parts.policy, parts.reference, parts.generator
+        self.sharding = parts.sharding  # FSDP (rlbench.engine.sharding); None: every rank holds the whole model
         self.optimizer, self.scheduler, self._init_weights = parts.optimizer, parts.scheduler, parts.init_weights
         self.parameter_counts = {"trainable": parts.trainable_parameters, "total": parts.total_parameters}
+        if self.sharding is not None:  # each rank's shard, in rank order: about total / processes each
+            self.parameter_counts["per_rank"] = ranks.gather_objects(
+                sum(local_parameters(m) for m in (self.policy.model, self.policy.value_head) if m is not None))
         if self.progress:  # LoRA users check this first: did only the adapters (and a value head) end up trainable?
             share = parts.trainable_parameters / max(parts.total_parameters, 1)
             tqdm.write(f"trainable parameters: {parts.trainable_parameters:,} of {parts.total_parameters:,} "
@@ -177,7 +182,15 @@ class Trainer:
                     at_sampler = epoch == 0 and index == 0 and batch.old_logprobs is None
                     self.optimizer.zero_grad(set_to_none=True)
                     loss_sum, terms = 0.0, []
-                    for micro_rows in self._micro(live):
+                    micros = self._micro(live)
+                    if self.sharding is not None:  # FSDP: every rank runs as many as the busiest, the extra at weight 0
+                        padding = padded_micro_batches(len(micros), ranks) - len(micros)
+                        for _ in range(padding):
+                            out = self.policy.forward(batch.select(micros[0][:1].to(self.device)),
+                                                      c.sampling.temperature, with_entropy=True,
+                                                      with_values=algo.needs_values)
+                            (algo.loss(batch.select(micros[0][:1].to(self.device)), out)[0] * 0.0).backward()
+                    for micro_rows in micros:
                         micro = batch.select(micro_rows.to(self.device))
                         out = self.policy.forward(micro, c.sampling.temperature, with_entropy=True,
                                                   with_values=algo.needs_values)
@@ -209,8 +222,13 @@ class Trainer:
         step = self.meter.used.steps + 1
         check_finite(step, "loss", loss)
         clip = self.config.optim.grad_clip
+        for group in self.optimizer.param_groups:  # a group at lr 0 is frozen: Adam's moments and steps stay as they are
+            if group["lr"] == 0:  # (the policy's during a critic warm-up, rlbench.engine.build.make_scheduler)
+                for p in group["params"]:
+                    p.grad = None
         params = [p for p in self.policy.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        clip_norm = clip_grad_norm if self.sharding is not None else torch.nn.utils.clip_grad_norm_
+        norm = clip_norm(params, clip if clip > 0 else math.inf)
         grad_norms.append(float(norm))
         check_finite(step, "grad_norm", grad_norms[-1])  # before clipping, which would hide it
         self.optimizer.step()
@@ -233,7 +251,8 @@ class Trainer:
         c = self.config
         tokens = int(batch.response_mask.sum())
         self.meter.add(prompts=c.rollout.prompts_per_step, samples=batch.size, tokens=tokens, steps=1)
-        row: dict[str, Any] = {"step": self.meter.used.steps, **rollout_metrics(batch, grades, c.rollout.samples_per_prompt),
+        # algo and seed on every row: a metrics file read on its own (or concatenated with others) says whose it is
+        row: dict[str, Any] = {"step": self.meter.used.steps, "algo": c.algo_name, "seed": c.seed, **rollout_metrics(batch, grades, c.rollout.samples_per_prompt),
                                **upd, **adv_metrics, "lr": self.scheduler.get_last_lr()[0]}
         if batch.ref_logprobs is not None and batch.old_logprobs is not None:
             row["kl_ref"] = float(masked_mean(kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k3"), batch.response_mask))
@@ -248,7 +267,8 @@ class Trainer:
             self._tell("step", row)
             logged = list(zip(examples, batch.info["texts"], grades))[:SAMPLES_LOGGED_PER_STEP]
             append_jsonl_many(self.out / SAMPLES, [
-                {"step": row["step"], "id": ex.id, "completion": text, "reason": g.reason} for ex, text, g in logged])
+                {"step": row["step"], "id": ex.id, "prompt": self.task.prompt(ex), "completion": text, "reward": g.reward,
+                 "reason": g.reason} for ex, text, g in logged])
         return row
 
     # ------------------------------------------------------------------------------------------ whole run
@@ -283,31 +303,44 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.out / CONFIG, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 
-    def save_checkpoint(self, name: str = CHECKPOINT) -> Path:
-        """The model as a Hugging Face folder: the final ``checkpoint/``, or a periodic ``checkpoint-N/``."""
-        return save_model(self.out / name, self.policy)
+    def save_checkpoint(self, name: str = CHECKPOINT) -> Path | None:
+        """The model as a Hugging Face folder: the final ``checkpoint/``, or a periodic ``checkpoint-N/``; rank 0
+        writes it (under FSDP every rank calls this: the value head's shards are gathered)."""
+        policy = self.sharding.full_policy(self.policy) if self.sharding is not None else self.policy
+        return save_model(self.out / name, policy) if self.ranks.main else None
 
     def save_periodic_checkpoint(self, step: int) -> None:
         """``checkpoint-<step>/`` (``keep_checkpoints`` > 0), then only the newest ``keep_checkpoints`` of them kept."""
-        if self.config.keep_checkpoints and self.ranks.main:
+        if self.config.keep_checkpoints and (self.ranks.main or self.sharding is not None):
             self.save_checkpoint(f"{CHECKPOINT}-{step}")
-            prune_checkpoints(self.out, self.config.keep_checkpoints)
+            if self.ranks.main:
+                prune_checkpoints(self.out, self.config.keep_checkpoints)
 
     def save_state(self, evals_done: int) -> None:
         """Everything a resumed run needs to continue bit for bit: weights, optimiser, schedule, usage."""
-        if self.ranks.main:
-            save_state_dir(self.out / STATE, training_state(self.policy, self.optimizer, self.scheduler, self.meter.used,
-                                                            evals_done, time.time() - self._started))
+        if self.ranks.main or self.sharding is not None:  # FSDP: every rank sends its shards to rank 0
+            state = training_state(self.policy, self.optimizer, self.scheduler, self.meter.used, evals_done,
+                                   time.time() - self._started, sharded=self.sharding is not None, main=self.ranks.main)
+            if self.ranks.main:
+                save_state_dir(self.out / STATE, state)
 
     def _restore(self) -> int:
         """Load the last state and drop every log row written after it; returns the evaluations already done."""
-        state = load_state_dir(self.out / STATE)
+        sharded = self.sharding is not None
+        # FSDP: rank 0 alone reads the state (a 7B's is tens of GB) and sends each rank its shards
+        state = load_state_dir(self.out / STATE) if self.ranks.main or not sharded else None
+        if sharded and self.ranks.broadcast(state is None):
+            state = None
+        elif sharded and state is None:
+            state = {}
         if state is None:
             if self.ranks.main:
                 drop_logs(self.out)
             return 0
         self.meter.used, wall, evals_done = restore_state(state, self.policy, self.optimizer, self.scheduler,
-                                                          self.out / STATE / STATE_FILE)
+                                                          self.out / STATE / STATE_FILE, ranks=self.ranks if sharded else None)
+        if sharded:
+            self.generator.sync_weights(self.policy)  # the rollout copy: the restored weights, not the initial ones
         self._started -= wall  # wall time counts every session of the run
         if self.ranks.main:  # every rank restores the state; only rank 0 owns the logs
             truncate_logs(self.out, self.meter.used.steps, evals_done)
@@ -348,7 +381,7 @@ class Trainer:
             self.meter.pause()
             self.evaluate(point=evals_done, final=True)
             # inside the try: a Ctrl-C while the model is written still leaves an "interrupted" summary
-            checkpoint = self.save_checkpoint() if ranks.main else None
+            checkpoint = self.save_checkpoint() if ranks.main or self.sharding is not None else None
             status = "completed"
         except KeyboardInterrupt:
             self.meter.pause()

@@ -20,7 +20,7 @@ import yaml
 
 from rlbench.config import ConfigError
 from rlbench.tasks.base import Example
-from rlbench.tasks.data import looks_local, split_file
+from rlbench.tasks.data import looks_local
 from rlbench.tasks.gsm8k import GSM8K, INSTRUCTION
 
 TASK_NAME = "rlbench_gsm8k"
@@ -50,12 +50,11 @@ def data_file(task: GSM8K, split: str) -> Path:
     spec = task.config.data
     if spec is None or not looks_local(spec):
         raise ConfigError("--data: the lm-eval harness reads a local file; give --data FILE (a .jsonl like GSM8K's test.jsonl)")
-    if "{split}" in spec:
-        path = Path(spec.format(split=split)).expanduser()
-    else:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            path = split_file(path, split)
+    path = task.local_file(split)
+    if path is None:
+        raise ConfigError(f"--split {split}: not a whole file in rlbench (validation is carved out of the training file, "
+                          "docs/tasks.md), and the lm-eval harness reads whole files; use --split test, or a "
+                          "--data DIR holding its own validation.jsonl")
     if not path.is_file():
         raise ConfigError(f"--data {path}: no such file")
     return path.resolve()

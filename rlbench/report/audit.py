@@ -37,14 +37,20 @@ def audit_comparison(comp: ComparisonFiles) -> dict[str, Any]:
     rows = {r.get("label"): r for r in comp.manifest.get("rows") or [] if isinstance(r, dict)}
     budget = comp.manifest.get("budget") if isinstance(comp.manifest.get("budget"), dict) else {}
     blame: dict[str, list[str]] = {run.name: [] for run in comp.runs}
-    facts = {run.name: _facts(run, blame[run.name]) for run in comp.runs}
+    settings = {label: _row_settings(row) for label, row in rows.items()}
+    varied = sorted({path for own in settings.values() for path in own})  # settings some row sets for itself
+    facts = {run.name: _facts(run, blame[run.name], varied) for run in comp.runs}
     for run in comp.runs:
         f = facts[run.name]
         if f is not None:
             _check_own(run, f, rows.get(run.algo), budget, comp.manifest, blame[run.name])
+            _check_settings(run, f["config"], settings.get(run.algo, {}), blame[run.name])
     present = [run for run in comp.runs if facts[run.name] is not None]
     for field in ("shared config", "init_weights", "eval_set"):
         _majority(field, {run.name: facts[run.name][field] for run in present}, blame)
+    for path in varied:  # the rows that leave a setting alone share its value
+        _majority(".".join(path), {run.name: value_at(facts[run.name]["config"], path) for run in present
+                                   if path not in settings.get(run.algo, {})}, blame)
     for seed in sorted({run.seed for run in present}):
         chains = {run.name: facts[run.name]["prompts"] for run in present if run.seed == seed}
         _prompt_streams(seed, chains, budget, blame)
@@ -58,7 +64,22 @@ def audit_comparison(comp: ComparisonFiles) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ one run
 
 
-def _facts(run: RunFiles, problems: list[str]) -> dict[str, Any] | None:
+def _row_settings(row: Any) -> dict[tuple[str, ...], Any]:
+    """A manifest row's own run settings (``optim.lr`` chosen by tuning or set on the row), by key path; the
+    algorithm's options are checked through the row's resolved algorithm instead."""
+    own = row.get("settings") if isinstance(row, dict) and isinstance(row.get("settings"), dict) else {}
+    return {tuple(str(k).split(".")): v for k, v in own.items() if not str(k).startswith("algo.")}
+
+
+def _check_settings(run: RunFiles, config: dict[str, Any], own: dict[tuple[str, ...], Any],
+                    problems: list[str]) -> None:
+    for path, value in own.items():
+        actual = value_at(config, path)
+        if actual != value and not _coerced_equal(actual, value):
+            problems.append(f"{run.name}: {'.'.join(path)} = {actual!r}, but its row {run.algo} runs {value!r}")
+
+
+def _facts(run: RunFiles, problems: list[str], varied: list[tuple[str, ...]] = ()) -> dict[str, Any] | None:
     """The audited facts of one run, or None (with the reason) when its files cannot be read."""
     if run.status != "completed":
         problems.append(f"{run.name}: status {run.status}")
@@ -74,8 +95,8 @@ def _facts(run: RunFiles, problems: list[str]) -> dict[str, Any] | None:
         problems.append(f"{run.name}: config.yaml or fingerprint.json is not a mapping")
         return None
     shared = {k: v for k, v in config.items() if k not in SHARED_EXCLUDED}
-    for section, key in PER_ROW:
-        shared = {**shared, section: {k: v for k, v in (shared.get(section) or {}).items() if k != key}}
+    for *section, key in [*PER_ROW, *varied]:
+        shared = _without(shared, tuple(section), key)
     return {"config": config, "fingerprint": fingerprint, "shared config": shared,
             "init_weights": fingerprint.get("init_weights"), "eval_set": fingerprint.get("eval_set"),
             "prompts": [row.get("prompt_ids_hash") for row in run.metrics]}
@@ -100,8 +121,11 @@ def _check_own(run: RunFiles, f: dict[str, Any], row: dict[str, Any] | None, bud
     stream = (config.get("rollout") or {}).get("sample_stream", 0)
     if stream != (1 if row and row.get("control") else 0):
         say(f"{run.name}: rollout.sample_stream = {stream!r} does not fit its row")
+    own = _row_settings(row)
     for path, value in _leaves(manifest.get("config") if isinstance(manifest.get("config"), dict) else {}):
         actual = value_at(config, path)
+        if path in own:
+            continue  # its row sets it (checked against the row)
         if path[0] not in SHARED_EXCLUDED and actual != value and not _coerced_equal(actual, value):
             say(f"{run.name}: {'.'.join(path)} = {actual!r}, but the manifest says {value!r}")
     _check_steps(run, config, f["prompts"], budget, problems)
@@ -221,6 +245,16 @@ def _prompt_streams(seed: int, chains: dict[str, list[Any]], budget: dict[str, A
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _without(tree: dict[str, Any], section: tuple[str, ...], key: str) -> dict[str, Any]:
+    """A copy of ``tree`` without ``section...key`` (the original is left alone)."""
+    if not section:
+        return {k: v for k, v in tree.items() if k != key}
+    child = tree.get(section[0])
+    if not isinstance(child, dict):
+        return tree
+    return {**tree, section[0]: _without(child, section[1:], key)}
 
 
 def _leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlbench.report import behaviours, stats, verdicts
+from rlbench.report.curves import eval_curves, training_curves
+from rlbench.report.examples import examples
 from rlbench.report.audit import audit_comparison
 from rlbench.variants import control_source
 from rlbench.report.inputs import ComparisonFiles, ReportInputError, RunFiles, load_comparison, pool_comparisons
@@ -141,6 +143,7 @@ def analyse_task(comp: ComparisonFiles, label: str, reference: str | None, metri
         "budget": m.get("budget"),
         "seeds": m["seeds"],
         "eval": _eval_protocol(m),
+        "tuning": m.get("tuning") if isinstance(m.get("tuning"), dict) else None,
         "code_version": _provenance(comp, "code_version", ", "),
         "created": _provenance(comp, "created", ", "),
         "packages": m.get("packages"),
@@ -189,6 +192,8 @@ def _algo_row(algo: str, runs: list[RunFiles], rows: dict[str, dict], ref_runs: 
            "train_seconds": _mean_of(number(row["usage"]["seconds"]) for row in done_rows)},
         "behaviours": {m: behaviours.rates(t for r in done for t in completions(r, m)) for m in METRICS},
         "curves": _curves(done, metric, ci),
+        "training": training_curves(done),
+        "examples": examples(done),
     }
 
 
@@ -225,22 +230,13 @@ def paired_delta(runs: list[RunFiles], ref_runs: list[RunFiles], metric: str) ->
 
 
 def _curves(runs: list[RunFiles], metric: str, ci: str) -> dict[str, Any]:
-    """Accuracy at each evaluation point and training length per step, averaged over seeds (with intervals).
-
-    Points are aligned by their order: every run of a comparison evaluates at the same budget fractions.
-    """
-    out: dict[str, Any] = {"eval": [], "length": []}
+    """Accuracy at each evaluation point (mean over seeds with intervals, and each seed's own curve) and training
+    length per step averaged over seeds; see :func:`rlbench.report.curves.eval_curves`."""
+    out: dict[str, Any] = {"eval": [], "eval_seeds": {}, "length": []}
     if not runs:
         return out
-    for j in range(min(len(r.evals) for r in runs)):
-        points = [r.evals[j] for r in runs]
-        accs = [v for v in (number(dig(p, metric, "accuracy")) for p in points) if v is not None]
-        if not accs:
-            continue
-        iv = stats.interval(accs, ci, bounds=ACCURACY_RANGE)
-        out["eval"].append({"samples": _mean_of(number(dig(p, "usage", "samples")) for p in points),
-                            "seconds": _mean_of(number(dig(p, "usage", "seconds")) for p in points),
-                            "mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": iv.n})
+    accuracy = eval_curves(runs, metric, ci, ACCURACY_RANGE)
+    out["eval"], out["eval_seeds"] = accuracy["points"], accuracy["seeds"]
     for k in range(min(len(r.metrics) for r in runs)):
         rows = [r.metrics[k] for r in runs]
         lengths = [v for v in (number(row.get("length_mean")) for row in rows) if v is not None]
@@ -271,8 +267,10 @@ def _row_options(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for row in manifest.get("rows") or []:
         resolved = row.get("resolved") if isinstance(row.get("resolved"), dict) else {}
+        settings = row.get("settings") if isinstance(row.get("settings"), dict) else {}
         out.append({"label": row.get("label"), "algo": row.get("algo"), "control": bool(row.get("control")),
-                    "given": row.get("options") or {}, "options": {k: v for k, v in resolved.items() if k != "name"}})
+                    "given": row.get("options") or {}, "options": {k: v for k, v in resolved.items() if k != "name"},
+                    "settings": settings})
     return out
 
 

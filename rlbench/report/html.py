@@ -25,6 +25,8 @@ p.note { color: #555; margin: 2px 0; font-size: 13px; }
 .bad { color: #b00020; font-weight: 600; } .good { color: #1b7f3b; font-weight: 600; }
 figure { margin: 16px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; }
+td.pre { text-align: left; white-space: pre-wrap; font: 12px/1.35 ui-monospace, Menlo, Consolas, monospace;
+         min-width: 220px; max-width: 520px; overflow-wrap: anywhere; }
 """
 
 
@@ -66,7 +68,8 @@ def _inline(text: str) -> str:
 
 def _table(table: Table, heading: str) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in table.rows)
+    body = "".join("<tr>" + "".join(f'<td class="pre">{escape(c)}</td>' if i in table.pre else _td(c)
+                                    for i, c in enumerate(row)) + "</tr>" for row in table.rows)
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in table.notes)
     return f"<{heading}>{escape(table.title)}</{heading}><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
@@ -81,4 +84,4 @@ def _td(cell: str) -> str:
 
 def _figure(plot: Plot) -> str:
     return (f'<figure><h3>{escape(plot.title)}</h3><img alt="{escape(plot.title)}" '
-            f'src="data:image/png;base64,{plot.png_base64}"><figcaption>{escape(plot.caption)}</figcaption></figure>')
+            f'src="data:image/png;base64,{plot.png_base64}"><figcaption>{_inline(plot.caption)}</figcaption></figure>')

@@ -2,7 +2,8 @@
 
 Layout::
 
-    DIR/manifest.json  DIR/audit.json  DIR/runs/<algo>-s<seed>/{summary.json, metrics.jsonl, eval.jsonl, eval_records.jsonl}
+    DIR/manifest.json  DIR/audit.json  DIR/runs/<algo>-s<seed>/{summary.json, metrics.jsonl, eval.jsonl, eval_records.jsonl,
+                                                               samples.jsonl}
 
 A missing or broken ``manifest.json`` and any file that exists but cannot be parsed is a :class:`ReportInputError`
 (the CLI prints its one line and exits 2). A run that is missing, still running or interrupted is *not* an error:
@@ -22,14 +23,14 @@ from typing import Any, Sequence
 
 from rlbench.config import TRACKING_KEYS, ConfigError, first_difference, value_at
 from rlbench.results import (
-    AUDIT, EVAL_RECORDS, EVALS, FINGERPRINT, MANIFEST, METRICS, RUNS, SUMMARY, read_jsonl, run_name,
+    AUDIT, EVAL_RECORDS, EVALS, FINGERPRINT, MANIFEST, METRICS, RUNS, SAMPLES, SUMMARY, read_jsonl, run_name,
 )
 
 MANIFEST_KEYS = ("task", "algos", "seeds")
 # What makes two folders one comparison: the manifest keys `rlbench compare` refuses to change on a rerun, the rows'
 # labels and the evaluation protocol (the trackers in config.report_to aside). The rest of a manifest is its seeds
 # and provenance (command, created, code_version, packages, machine), which may differ between the pooled folders.
-DESIGN_KEYS = ("task", "model", "algos", "rows", "reference", "budget", "config", "algo_options", "eval")
+DESIGN_KEYS = ("task", "model", "algos", "rows", "reference", "budget", "config", "algo_options", "eval", "tuning")
 
 
 class ReportInputError(ConfigError):
@@ -53,6 +54,7 @@ class RunFiles:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # logged training rollouts (samples.jsonl)
 
     @property
     def complete(self) -> bool:
@@ -235,6 +237,7 @@ def load_run(path: Path, algo: str, seed: int) -> RunFiles:
         run.status = "running"  # or killed: logs but no summary; a rerun of the comparison resumes it
     if run.status == "completed":
         run.records = _read_rows(path / EVAL_RECORDS, ("id",))
+        run.samples = _read_rows(path / SAMPLES, ())  # optional: older runs lack it, or its prompt and reward
     return run
 
 

@@ -1,33 +1,22 @@
-"""The report's figures as base64 PNG, drawn with matplotlib's Agg canvas (no display, no pyplot global state)."""
+"""The report's figures as base64 PNG, drawn with matplotlib's Agg canvas (no display, no pyplot global state).
+
+The curves during training are small multiples, one panel per row (rlbench.report.panels); the rest are here.
+"""
 from __future__ import annotations
 
-import base64
-import io
-from dataclasses import dataclass
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from rlbench.report import panels
+from rlbench.report.canvas import DPI, Plot, colours, png as _png
 from rlbench.report.runs import STAGES
 
-DPI = 100
+__all__ = ["DPI", "Plot", "colours", "task_plots"]
+
 STAGE_COLOURS = {"generate": "#4c72b0", "grade": "#dd8452", "logprobs": "#55a868", "update": "#c44e52",
                  "sync": "#8172b3", "other": "#bbbbbb"}
-
-
-@dataclass
-class Plot:
-    title: str
-    caption: str
-    png_base64: str
-
-
-def colours(algos: list[str]) -> dict[str, str]:
-    """One colour per algorithm, the same in every task's figures."""
-    palette = [f"C{i}" for i in range(10)]
-    return {a: palette[i % len(palette)] for i, a in enumerate(algos)}
 
 
 def task_plots(task: dict[str, Any], data: dict[str, Any]) -> list[Plot]:
@@ -36,48 +25,30 @@ def task_plots(task: dict[str, Any], data: dict[str, Any]) -> list[Plot]:
     rows = [r for r in task["algorithms"] if r["complete"]]
     if not rows:
         return []
-    band = f"mean over seeds, band = {level:.0%} CI ({data['intervals']['method']})"
+    ref = task["reference"]
+    panel = "One panel per row; thin lines are single seeds, the thick line their mean"
     plots = [
         Plot(f"{metric.capitalize()} accuracy during training",
-             f"Held-out {metric} accuracy at each evaluation point, against training samples consumed and against "
-             f"training-loop seconds (evaluation time excluded); {band}.", _accuracy(rows, metric, col)),
+             f"Held-out {metric} accuracy at each evaluation point against training samples consumed, completion "
+             f"tokens generated in training, and training-loop seconds (evaluation time excluded). {panel}, the band "
+             f"its {level:.0%} CI ({data['intervals']['method']}); grey dashed: the reference ({ref}) mean, for "
+             "comparison.", panels.accuracy(rows, ref, metric, col)),
         Plot("Run scores", f"Each run's score (held-out accuracy, mean of its last {task['final_mean_of']} "
              f"evaluation(s)), mean over seeds with {level:.0%} CI bars; dots are single seeds.", _final(rows, col)),
-        Plot(f"Difference from {task['reference']}",
-             f"Δ = row − {task['reference']} in run score, paired on seeds: mean with its {level:.0%} paired-t interval; "
+        Plot(f"Difference from {ref}",
+             f"Δ = row − {ref} in run score, paired on seeds: mean with its {level:.0%} paired-t interval; "
              "dots are single seeds. Grey: the A/A control, the gap chance alone produced.", _deltas(task, col)),
-        Plot("Response length during training",
-             "Mean completion length (tokens) of the training rollouts at each step, mean over seeds.",
-             _length(rows, col)),
-        Plot("Where the training time goes",
-             "Share of training-loop time per stage (mean over seeds); the label gives generated tokens per second "
-             "of generation and seconds per optimiser step.", _time_split(rows)),
     ]
+    for key, label, image in panels.training(rows, ref, col):
+        width = max((r.get("training") or {}).get("bin") or 1 for r in rows)
+        binned = f", each point the mean of {width} consecutive steps" if width > 1 else ""
+        plots.append(Plot(f"Training curve: {label}",
+                          f"metrics.jsonl `{key}` per optimiser step{binned}. {panel}; the same y-axis in every "
+                          "panel.", image))
+    plots.append(Plot("Where the training time goes",
+                      "Share of training-loop time per stage (mean over seeds); the label gives generated tokens per "
+                      "second of generation and seconds per optimiser step.", _time_split(rows)))
     return [p for p in plots if p.png_base64]  # a figure with nothing to draw is left out, not drawn empty
-
-
-def _accuracy(rows: list[dict[str, Any]], metric: str, col: dict[str, str]) -> str:
-    if not any(r["curves"]["eval"] for r in rows):
-        return ""
-    fig = Figure(figsize=(12, 4.2), dpi=DPI)
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.97, bottom=0.12, wspace=0.05)
-    axes = fig.subplots(1, 2, sharey=True)
-    # the two x-axes the curves record (report.build._curves), not the budget units
-    for ax, key, label in zip(axes, ("samples", "seconds"), ("samples consumed", "training-loop seconds")):
-        for r in rows:
-            pts = [p for p in r["curves"]["eval"] if p[key] is not None]
-            if not pts:
-                continue
-            x = [p[key] for p in pts]
-            ax.plot(x, [100 * p["mean"] for p in pts], marker="o", ms=3, color=col[r["algo"]], label=r["algo"])
-            if all(p["lo"] is not None for p in pts):
-                ax.fill_between(x, [100 * p["lo"] for p in pts], [100 * p["hi"] for p in pts], color=col[r["algo"]],
-                                alpha=0.15, linewidth=0)
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"{metric} accuracy (%)")
-    axes[0].legend(loc="best", fontsize=9)
-    return _png(fig)
 
 
 def _final(rows: list[dict[str, Any]], col: dict[str, str]) -> str:
@@ -131,22 +102,6 @@ def _deltas(task: dict[str, Any], col: dict[str, str]) -> str:
     return _png(fig)
 
 
-def _length(rows: list[dict[str, Any]], col: dict[str, str]) -> str:
-    if not any(r["curves"]["length"] for r in rows):
-        return ""
-    fig = Figure(figsize=(12, 3.6), dpi=DPI)
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.97, bottom=0.14)
-    ax = fig.subplots()
-    for r in rows:
-        pts = [p for p in r["curves"]["length"] if p["samples"] is not None]
-        ax.plot([p["samples"] for p in pts], [p["mean"] for p in pts], color=col[r["algo"]], label=r["algo"], lw=1.2)
-    ax.set_xlabel("samples consumed")
-    ax.set_ylabel("rollout length (tokens)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
-    return _png(fig)
-
-
 def _time_split(rows: list[dict[str, Any]]) -> str:
     if all(r["cost"]["generate_pct"] is None for r in rows):
         return ""
@@ -172,11 +127,3 @@ def _time_split(rows: list[dict[str, Any]]) -> str:
     ax.set_xlabel("share of training-loop time (%)")
     ax.legend(ncols=len(STAGES) + 1, loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, frameon=False)
     return _png(fig)
-
-
-def _png(fig: Figure) -> str:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    # no Software/date metadata: the same data gives byte-identical images
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return base64.b64encode(buf.getvalue()).decode("ascii")

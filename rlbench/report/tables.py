@@ -17,6 +17,7 @@ class Table:
     columns: list[str]
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
+    pre: tuple[int, ...] = ()  # columns of verbatim text (prompts, completions): shown as written, wrapped
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -135,12 +136,16 @@ def control(task: dict[str, Any], level: float) -> Table | None:
 def row_options(task: dict[str, Any]) -> Table | None:
     """What each row ran: its algorithm and every option, so a default that changes later cannot hide."""
     rows = [[r["label"], r["algo"], ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "–",
-             ", ".join(f"{k}={v}" for k, v in r["given"].items()) or ("copy of the reference" if r["control"] else "–")]
+             ", ".join(f"{k}={v}" for k, v in r["given"].items()) or ("copy of the reference" if r["control"] else "–"),
+             ", ".join(f"{k}={v}" for k, v in (r.get("settings") or {}).items()) or "–"]
             for r in task["row_options"]]
     if not rows:
         return None
-    return Table("Rows and their options", ["row", "algorithm", "options (all, defaults included)", "set on the row"],
-                 rows, ["From manifest.json; `rlbench list` gives each option's meaning and default."])
+    return Table("Rows and their options", ["row", "algorithm", "options (all, defaults included)", "set on the row",
+                                            "run settings of its own"],
+                 rows, ["From manifest.json; `rlbench list` gives each option's meaning and default. Run settings of "
+                        "its own: what tuning chose for the row's algorithm (`compare --tuned`) or a dotted option on "
+                        "the row; every other setting is shared."])
 
 
 def cost(task: dict[str, Any]) -> Table:
@@ -158,7 +163,8 @@ def cost(task: dict[str, Any]) -> Table:
     return Table("Cost and throughput", columns, rows, notes)
 
 
-def behaviour(task: dict[str, Any]) -> Table:
+def behaviour(task: dict[str, Any]) -> Table | None:
+    """Behaviour rates of the final evaluation; None (no section) when no response showed any, or none was logged."""
     columns = ["algorithm", "kind", "responses", *(b.replace("_", "-") for b in BEHAVIOURS)]
     rows = []
     for r in task["algorithms"]:
@@ -168,11 +174,44 @@ def behaviour(task: dict[str, Any]) -> Table:
             if n:
                 rows.append([algo_name(r, task["reference"]), kind, str(n),
                              *(num(rates[b]["per_100"]) for b in BEHAVIOURS)])
+    if not any(r["behaviours"][kind][b]["per_100"] for r in task["algorithms"] for kind in ("greedy", "sampled")
+               for b in BEHAVIOURS):
+        return None  # all 0 (the tiny lab's true answer) or no records: report.json keeps the counts
     notes = ["Responses (of 100) in the final evaluation with at least one match of the behaviour's patterns "
              "(rlbench/report/behaviours.py; lexical cues, not a classifier). All completed seeds pooled."]
-    if not rows:
-        notes.append("No per-problem records (eval_records.jsonl) to count in.")
     return Table("Reasoning behaviours per 100 responses", columns, rows, notes)
+
+
+def examples(task: dict[str, Any]) -> Table | None:
+    """A few correct and wrong completions of each row; None when no run logged any. Columns no example fills
+    (a prompt, a reward: older run files lack them) are left out."""
+    found = [(r, e) for r in task["algorithms"] for e in r.get("examples") or []]
+    if not found:
+        return None
+    fields = [("seed", "seed"), ("step", "step"), ("id", "problem"), ("prompt", "prompt"),
+              ("completion", "completion"), ("reward", "reward"), ("reason", "verdict")]
+    fields = [(k, title) for k, title in fields
+              if k in ("seed", "step", "completion", "reason") or any(e[k] is not None for _, e in found)]
+    rows = [[algo_name(r, task["reference"]), *(_example_cell(e, k) for k, _ in fields)] for r, e in found]
+    columns = ["row", *(title for _, title in fields)]
+    notes = ["Training rollouts logged by the trainer (samples.jsonl), at the latest step with a correct and with a "
+             "wrong one; \"final eval\": a greedy completion of the final evaluation (eval_records.jsonl), for runs "
+             "whose files hold no logged rollouts. Texts over 600 characters are cut in the middle (…)."]
+    return Table("Example completions", columns, rows, notes,
+                 pre=tuple(i + 1 for i, (k, _) in enumerate(fields) if k in ("prompt", "completion")))
+
+
+def _example_cell(example: dict[str, Any], key: str) -> str:
+    value = example[key]
+    if key == "step":
+        return "final eval" if example["source"] != "training" else _int(value)
+    if key == "reason":
+        return value or {True: "correct", False: "wrong"}.get(example["correct"], "–")
+    if key == "reward":
+        return num(value, 2)
+    if key == "seed":
+        return str(value)
+    return "–" if value is None else str(value)
 
 
 def runs(task: dict[str, Any]) -> Table:
@@ -206,5 +245,10 @@ def task_tables(task: dict[str, Any], data: dict[str, Any]) -> list[Table]:
     level = data["intervals"]["level"]
     aa = control(task, level)
     options = row_options(task)
-    return [leaderboard(task, data["metric"], level), *([aa] if aa else []), *([options] if options else []),
-            cost(task), behaviour(task), runs(task)]
+    sections = [aa, options, cost(task), behaviour(task), examples(task), runs(task)]
+    return [leaderboard(task, data["metric"], level), *(t for t in sections if t is not None and not _empty(t))]
+
+
+def _empty(table: Table) -> bool:
+    """No rows, or every cell but the row names "–": a section with nothing to say is left out."""
+    return all(cell == "–" for row in table.rows for cell in row[1:])

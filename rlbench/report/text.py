@@ -50,6 +50,7 @@ def task_facts(task: dict[str, Any]) -> list[Fact]:
         ("Budget per run", budget),
         ("Seeds", ", ".join(str(s) for s in task["seeds"])),
         ("Evaluation", eval_protocol(task["eval"])),
+        ("Tuning", tuning_line(task.get("tuning"))),
         ("Reference", task["reference"]),
         ("Verdict", task["verdicts"]["statement"]),
         ("Power", power_line(task["verdicts"]["power"])),
@@ -61,6 +62,21 @@ def task_facts(task: dict[str, Any]) -> list[Fact]:
     if task["extra_run_folders"]:
         facts.append(("Not in the manifest (ignored)", ", ".join(task["extra_run_folders"])))
     return facts
+
+
+def tuning_line(tuning: dict[str, Any] | None) -> str:
+    """How each algorithm's settings were chosen (``rlbench tune``), or that the rows share the config's."""
+    if not tuning:
+        return "none: every row runs the shared config with its algorithm's defaults"
+    grid = "; ".join(f"{k} in {{{', '.join(map(str, v))}}}" for k, v in (tuning.get("grid") or {}).items())
+    budget = ", ".join(f"{k}={v}" for k, v in (tuning.get("budget_per_run") or {}).items()) or "–"
+    seeds = tuning.get("seeds") or []
+    chosen = "; ".join(f"{algo} " + ", ".join(f"{k}={v}" for k, v in (s or {}).items())
+                       for algo, s in (tuning.get("tuned") or {}).items())
+    return (f"each algorithm tuned with equal effort on the {tuning.get('split', '?')} split (never test): grid {grid}, "
+            f"{tuning.get('trials_per_algorithm', '?')} trials per algorithm x {len(seeds)} seeds "
+            f"({', '.join(map(str, seeds))}), {budget} per run, scored by the {tuning.get('metric', '?')} run score; "
+            f"chosen: {chosen}")
 
 
 def eval_protocol(ev: dict[str, Any]) -> str:
