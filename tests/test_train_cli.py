@@ -80,7 +80,10 @@ def test_ctrl_c_leaves_valid_metrics_and_an_interrupted_summary(tiny_qwen_dir, t
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "rlbench.cli", "train", "--model", str(tiny_qwen_dir), "--out", str(out), "--quiet",
            "--set", "budget.steps=100000", *SMALL]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # Ctrl-C as a terminal sends it: with SIGINT's default action in the run (a shell's background job inherits it
+    # ignored, and Python then never installs its KeyboardInterrupt handler)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):

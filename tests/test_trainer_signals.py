@@ -8,7 +8,7 @@ from rlbench.engine.interrupts import interrupts_deferred
 
 
 def test_ctrl_c_inside_the_block_is_raised_after_it_completes():
-    # Python's own Ctrl-C handler, whatever an earlier test in this process left installed
+    # Python's own Ctrl-C handler, which it does not install when started with SIGINT ignored (a shell's background job)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         done = []
