@@ -21,7 +21,7 @@ from rlbench.config import ConfigError, parse_yaml, value_at
 from rlbench.report.inputs import load_comparison
 from rlbench.report.runs import run_score
 from rlbench.results import write_text_atomic
-from rlbench.variants import Row, parse_rows
+from rlbench.variants import Row, option_text, parse_rows
 
 TUNED = "tuned.yaml"
 TUNING_TABLE = "tuning.md"
@@ -51,11 +51,12 @@ def parse_grid(items: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
 
 def trial_rows(algos: str, grid: dict[str, list[Any]]) -> list[Row]:
     """One row per algorithm and grid point, in the order given (algorithm-major)."""
-    names = [row.algo for row in parse_rows(algos)]
-    if any(row.options for row in parse_rows(algos)):
+    given = parse_rows(algos)
+    names = [row.algo for row in given]
+    if any(row.options for row in given):
         raise ConfigError(f"--algos {algos}: name plain algorithms; the grid says what varies")
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    spec = ",".join(f"{name}[{','.join(f'{k}={_text(v)}' for k, v in point.items())}]"
+    spec = ",".join(f"{name}[{','.join(f'{k}={option_text(v)}' for k, v in point.items())}]"
                     for name in names for point in points)
     return parse_rows(spec)
 
@@ -155,11 +156,7 @@ def load_tuned(path: Path, task: str, algos: list[str]) -> tuple[dict[str, dict[
 
 
 def _label(settings: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_text(v)}" for k, v in settings.items())
-
-
-def _text(value: Any) -> str:
-    return "true" if value is True else "false" if value is False else str(value)
+    return ", ".join(f"{k}={option_text(v)}" for k, v in settings.items())
 
 
 def _pct(value: float | None) -> str:

@@ -117,12 +117,14 @@ def _parse_one(entry: str) -> Row:
         options[key] = raw if isinstance(value, (dict, list)) else value
     if not options:
         return Row(algo, algo, {}, algo)
-    label = f"{algo}[{','.join(f'{k}={_text(v)}' for k, v in options.items())}]"
-    slug = algo + "." + ".".join(f"{_UNSAFE.sub('_', k)}-{_UNSAFE.sub('_', _text(v))}" for k, v in options.items())
+    label = f"{algo}[{','.join(f'{k}={option_text(v)}' for k, v in options.items())}]"
+    slug = algo + "." + ".".join(f"{_UNSAFE.sub('_', k)}-{_UNSAFE.sub('_', option_text(v))}"
+                                 for k, v in options.items())
     return Row(label, algo, options, slug)
 
 
-def _text(value: Any) -> str:
+def option_text(value: Any) -> str:
+    """An option's value as a row label writes it (``true``, ``null``, ``2e-4``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return "null" if value is None else str(value)

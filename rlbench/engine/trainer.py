@@ -185,11 +185,11 @@ class Trainer:
                     micros = self._micro(live)
                     if self.sharding is not None:  # FSDP: every rank runs as many as the busiest, the extra at weight 0
                         padding = padded_micro_batches(len(micros), ranks) - len(micros)
+                        stand_in = batch.select(micros[0][:1].to(self.device)) if padding else None
                         for _ in range(padding):
-                            out = self.policy.forward(batch.select(micros[0][:1].to(self.device)),
-                                                      c.sampling.temperature, with_entropy=True,
+                            out = self.policy.forward(stand_in, c.sampling.temperature, with_entropy=True,
                                                       with_values=algo.needs_values)
-                            (algo.loss(batch.select(micros[0][:1].to(self.device)), out)[0] * 0.0).backward()
+                            (algo.loss(stand_in, out)[0] * 0.0).backward()
                     for micro_rows in micros:
                         micro = batch.select(micro_rows.to(self.device))
                         out = self.policy.forward(micro, c.sampling.temperature, with_entropy=True,
