@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -148,6 +149,63 @@ def test_ctrl_c_while_the_final_model_is_written_still_leaves_a_summary(run):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["usage"]["steps"] == 2
     assert _state_steps(run) == 2  # kept: --resume continues from it
+
+
+class _CtrlCWhileWriting:
+    """A file whose ``write`` number ``at`` receives a real SIGINT, as a terminal's Ctrl-C would deliver it."""
+
+    def __init__(self, handle, at: int) -> None:
+        self.handle, self.at, self.writes = handle, at, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+    def write(self, data) -> int:
+        self.writes += 1
+        if self.writes == self.at:
+            signal.raise_signal(signal.SIGINT)  # delivered to this thread, at once
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+@pytest.fixture()
+def ctrl_c_handler():
+    # Python's own Ctrl-C handler, which it does not install when started with SIGINT ignored (a background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_torch_save_stays_a_ctrl_c(tmp_path, monkeypatch, ctrl_c_handler):
+    from rlbench.engine import run_state
+
+    # torch's C++ writer turns an exception from ``write`` into "RuntimeError: enforce fail ... unexpected pos"
+    monkeypatch.setattr(run_state, "open", lambda file, mode: _CtrlCWhileWriting(open(file, mode), at=3), raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_state.torch_save({"w": torch.zeros(1000)}, tmp_path / "x.pt")
+
+
+def test_ctrl_c_while_the_state_is_written_waits_for_it(tiny_qwen_dir, tmp_path, monkeypatch, ctrl_c_handler):
+    from rlbench.engine import run_state
+
+    saves = []
+
+    def second_save_interrupted(file, mode):
+        saves.append(file)
+        return _CtrlCWhileWriting(open(file, mode), at=3 if len(saves) == 2 else 0)
+
+    monkeypatch.setattr(run_state, "open", second_save_interrupted, raising=False)
+    out = tmp_path / "run"
+    result = _train(tiny_qwen_dir, out, "--set", "budget.steps=5")
+    assert result.exit_code == 130, result.output
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    assert _state_steps(out) == 2  # the state being written when Ctrl-C came was finished, then the run stopped
+    assert len(_strict_rows(out / "metrics.jsonl")) == 2 and not _temp_files(out)
 
 
 def test_resume_from_a_good_state_finishes(tiny_qwen_dir, run):

@@ -98,7 +98,7 @@ class _RecordingFile:
     def write(self, data: Any) -> int:
         try:
             return self.handle.write(data)
-        except OSError as exc:
+        except (OSError, KeyboardInterrupt) as exc:
             self.error = exc
             raise
 
@@ -107,7 +107,8 @@ class _RecordingFile:
 
 
 def torch_save(obj: Any, file: Path) -> None:
-    """``torch.save`` whose failures (a full disk) raise the OSError, naming ``file``."""
+    """``torch.save`` whose failures (a full disk) raise the OSError, naming ``file``; a Ctrl-C during the write
+    stays a KeyboardInterrupt (torch would report it as a RuntimeError)."""
     recorder = None
     try:
         with open(file, "wb") as handle:
@@ -117,6 +118,8 @@ def torch_save(obj: Any, file: Path) -> None:
         error = exc if isinstance(exc, OSError) else recorder.error if recorder else None
         if error is None:
             raise
+        if isinstance(error, KeyboardInterrupt):
+            raise error from None
         error.filename = str(file)
         raise error from None
 

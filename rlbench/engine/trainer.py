@@ -376,8 +376,10 @@ class Trainer:
                     evals_done += 1
                     self.meter.start()
                 if c.checkpoint_every and row["step"] % c.checkpoint_every == 0:
-                    self.save_periodic_checkpoint(row["step"])  # before the state: a resume rewrites it if need be
-                    self.save_state(evals_done)
+                    # deferred: torch.save turns a Ctrl-C inside its write into a RuntimeError, a "cannot write"
+                    with interrupts_deferred():
+                        self.save_periodic_checkpoint(row["step"])  # before the state: a resume rewrites it if need be
+                        self.save_state(evals_done)
             self.meter.pause()
             self.evaluate(point=evals_done, final=True)
             # inside the try: a Ctrl-C while the model is written still leaves an "interrupted" summary
