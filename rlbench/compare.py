@@ -57,7 +57,7 @@ def parse_budget(text: str) -> BudgetConfig:
 @dataclasses.dataclass
 class Comparison:
     out: Path
-    base: dict[str, Any]  # RunConfig tree shared by every run (algo and seed excluded)
+    base: dict[str, Any]  # RunConfig tree shared by every run (seed excluded; its algo: options every row's takes)
     rows: list[Row]  # one per leaderboard row: an algorithm with its options, or the A/A control
     seeds: list[int]
     algo_options: dict[str, dict[str, Any]]  # per-algorithm hyperparameters (the YAML form), under each row's own
@@ -77,7 +77,9 @@ class Comparison:
 
     def run_config(self, row: Row, seed: int) -> RunConfig:
         tree = json.loads(json.dumps(self.base))
-        tree["algo"] = {"name": row.algo, **self.algo_options.get(row.algo, {}), **row.algo_options}
+        # options set for every row (--set algo.KEY), under the algorithm's own (algo_options), under the row's
+        tree["algo"] = {"name": row.algo, **tree.get("algo", {}), **self.algo_options.get(row.algo, {}),
+                        **row.algo_options}
         for key, value in self.settings(row).items():
             fixed = next((f for f in MATCHED_KEYS if key == f or key.startswith(f + ".")), None)
             if fixed is not None:

@@ -92,6 +92,24 @@ def test_unknown_algorithm_option_is_named(tmp_path):
     assert result.exit_code == 2 and "algo_options.grpo" in result.output
 
 
+def test_set_algo_key_is_an_option_of_every_rows_algorithm(tmp_path):
+    from rlbench.cli.compare import shared_tree
+    from rlbench.compare import Comparison
+    from rlbench.variants import parse_rows
+
+    tree, options = shared_tree(None, "arith", None, None, ("algo.loss_agg=token-mean",))
+    comp = Comparison(tmp_path, tree, parse_rows("em-pg,reinforce[loss_agg=seq-mean-token-sum]"), [1], options, "cmd")
+    assert comp.run_config(comp.rows[0], 1).algo["loss_agg"] == "token-mean"  # em-pg's default is another
+    assert comp.run_config(comp.rows[1], 1).algo["loss_agg"] == "seq-mean-token-sum"  # the row's own wins
+    tree, options = shared_tree(None, "arith", None, None, ("algo.lam=0.9",))
+    comp = Comparison(tmp_path, tree, parse_rows("ppo,grpo"), [1], options, "cmd")
+    assert comp.run_config(comp.rows[0], 1).algo["lam"] == 0.9
+    with pytest.raises(ConfigError, match="--algos grpo: .*lam"):
+        comp.run_config(comp.rows[1], 1)
+    with pytest.raises(ConfigError, match="--set algo.name"):
+        shared_tree(None, "arith", None, None, ("algo.name=grpo",))
+
+
 def test_variant_rows_and_the_control_run_with_their_own_options_and_stream(tiny_qwen_dir, tmp_path):
     out = tmp_path / "cmp"
     result = CliRunner().invoke(main, ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos",

@@ -173,3 +173,53 @@ def test_long_texts_are_cut_in_the_middle(comparison):
                                                     "reward": 1.0, "reason": "correct"}])
     text = _row(_report(comparison), "grpo")["examples"][0]["completion"]
     assert len(text) < 700 and text.startswith("AAA") and text.endswith("BBB") and " … " in text
+
+
+# ------------------------------------------------------------------------------------------------ critic, confounds
+
+
+def test_critic_fit_shows_each_runs_explained_variance_and_the_prompt_only_ceiling(tmp_path):
+    comparison = make_comparison(tmp_path / "arith", SKILL, seeds=(1, 2), problems=8, samples=2, steps=25)
+    assert "Critic fit" not in render_markdown(_report(comparison))  # no run has a critic: no section
+    _edit_metrics(comparison, lambda algo, seed, row: row.update(value_explained_var=row["step"] / 100)
+                  if algo == "grpo" else None)
+    data = _report(comparison)
+    fit = {r["name"]: r["critic"] for r in data["tasks"][0]["runs"]}
+    assert fit["em-pg-s1"] is None
+    steps = [json.loads(line)["step"] for line in (comparison / "runs/grpo-s1/metrics.jsonl").read_text().splitlines()]
+    assert fit["grpo-s1"]["final"] == steps[-1] / 100
+    assert fit["grpo-s1"]["last_mean"] == pytest.approx(sum(steps[-10:]) / len(steps[-10:]) / 100)
+    assert fit["grpo-s1"]["first_mean"] == pytest.approx(sum(steps[:10]) / len(steps[:10]) / 100)
+    assert "### Critic fit" in render_markdown(data) and "<h3>Critic fit</h3>" in render_html(data)
+
+
+def test_prompt_only_ceiling_is_the_between_problem_share_of_reward_variance():
+    from rlbench.report.critic import prompt_only_ceiling
+    from rlbench.report.inputs import RunFiles
+
+    def run(*groups):
+        records = [{"id": str(i), "samples": [{"correct": bool(x)} for x in g]} for i, g in enumerate(groups)]
+        return RunFiles("ppo-s1", "ppo", 1, Path("."), "completed", records=records)
+
+    assert prompt_only_ceiling(run([1, 1], [0, 0])) == 1.0  # each problem always or never solved
+    # the same rate on both: within-problem variance 0.5 (unbiased) against 0.25 in all, so 1 - 0.5 / 0.25
+    assert prompt_only_ceiling(run([1, 0], [0, 1])) == -1.0
+    # within each: 4/3 * 3/4 * 1/4 = 0.25, as much as in all (mean 1/2): nothing between the problems
+    assert prompt_only_ceiling(run([1, 1, 1, 0], [0, 0, 0, 1])) == pytest.approx(0.0)
+    assert prompt_only_ceiling(run([1], [0])) is None and prompt_only_ceiling(run([1, 1], [1, 1])) is None
+
+
+def test_options_the_rows_share_by_name_but_set_apart_are_named():
+    from rlbench.report.text import differing_options
+
+    def row(label, **options):
+        return {"label": label, "algo": label, "control": False, "options": options}
+
+    line = differing_options([row("em-pg", loss_agg="seq-mean-token-mean", baseline="code"),
+                              row("grpo", loss_agg="token-mean", epochs=1),
+                              row("ppo", loss_agg="token-mean", epochs=1),
+                              {**row("em-pg (A/A)", loss_agg="token-sum"), "control": True}])
+    assert line.startswith("loss_agg (seq-mean-token-mean: em-pg; token-mean: grpo, ppo). ")
+    assert "baseline" not in line and "epochs" not in line and "token-sum" not in line
+    assert differing_options([row("grpo", epochs=1), row("ppo", epochs=1)]).startswith("none")
+    assert differing_options([]).startswith("– ")

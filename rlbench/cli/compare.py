@@ -69,7 +69,11 @@ def shared_tree(config_file: str | None, task: str | None, model: str | None, bu
     if budget_text:
         tree["budget"] = {k: v for k, v in dataclasses.asdict(parse_budget(budget_text)).items() if v is not None}
     tree.setdefault("threads", 1)  # the same for every run, whatever --jobs is: results do not depend on it
-    return merge_overrides(tree, list(overrides)), algo_options
+    tree = merge_overrides(tree, list(overrides))
+    if "name" in (tree.get("algo") or {}):
+        raise ConfigError("--set algo.name: the rows name the algorithms (--algos); --set algo.KEY=VALUE sets an "
+                          "option of every row's algorithm")
+    return tree, algo_options
 
 
 def parse_seeds(seeds: str) -> list[int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlbench.report import behaviours, stats, verdicts
+from rlbench.report.critic import critic_fit
 from rlbench.report.curves import eval_curves, training_curves
 from rlbench.report.examples import examples
 from rlbench.report.audit import audit_comparison
@@ -122,7 +123,7 @@ def analyse_task(comp: ComparisonFiles, label: str, reference: str | None, metri
     flags = audit_flags(audit, [r.name for r in comp.runs])
     if not include_flagged:
         comp = dataclasses.replace(comp, runs=[_set_aside(r) if flags[r.name] and r.complete else r for r in comp.runs])
-    runs = {r.name: run_row(r, flags[r.name], comp.final_mean_of) for r in comp.runs}
+    runs = {r.name: {**run_row(r, flags[r.name], comp.final_mean_of), "critic": critic_fit(r)} for r in comp.runs}
     by_algo = {a: [r for r in comp.runs if r.algo == a] for a in algos}
     rows = [_algo_row(a, by_algo[a], runs, by_algo[ref], a == ref, metric, ci) for a in algos]
     for row in rows:

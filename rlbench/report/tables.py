@@ -214,6 +214,28 @@ def _example_cell(example: dict[str, Any], key: str) -> str:
     return "–" if value is None else str(value)
 
 
+def critic(task: dict[str, Any]) -> Table | None:
+    """Each run's critic: explained variance at the last step and over the last steps, and the prompt-only
+    ceiling; None (no section) when no row has a critic."""
+    fitted = [r for r in task["runs"] if r.get("critic")]
+    if not fitted:
+        return None
+    last = max(r["critic"]["last_steps"] for r in fitted)
+    rows = [[r["name"], _signed(r["critic"]["first_mean"]), _signed(r["critic"]["last_mean"]),
+             _signed(r["critic"]["final"]), _signed(r["critic"]["ceiling"])] for r in fitted]
+    notes = ["Explained variance of each batch's returns by the critic's values at sampling time, before it trains "
+             "on that batch (1 = perfect, 0 = no better than the batch mean, < 0 worse), averaged over the first and "
+             f"the last {last} steps, and the last step's alone (one batch is noisy). Prompt-only ceiling: the share of the final evaluation's "
+             "sampled-reward variance that lies between problems, what a critic knowing each problem's success rate "
+             "(and nothing of the completion) would explain (rlbench/report/critic.py)."]
+    return Table("Critic fit", ["run", f"explained variance, first {last} steps", f"last {last} steps",
+                                "last step", "prompt-only ceiling"], rows, notes)
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
 def runs(task: dict[str, Any]) -> Table:
     columns = ["run", "status", *("train loop" if u == "seconds" else u for u in UNITS), "wall",
                "greedy % (start → score)", "sampled % (start → score)", "greedy % (final)", "audit"]
@@ -245,7 +267,7 @@ def task_tables(task: dict[str, Any], data: dict[str, Any]) -> list[Table]:
     level = data["intervals"]["level"]
     aa = control(task, level)
     options = row_options(task)
-    sections = [aa, options, cost(task), behaviour(task), examples(task), runs(task)]
+    sections = [aa, options, cost(task), critic(task), behaviour(task), examples(task), runs(task)]
     return [leaderboard(task, data["metric"], level), *(t for t in sections if t is not None and not _empty(t))]
 
 

@@ -51,6 +51,7 @@ def task_facts(task: dict[str, Any]) -> list[Fact]:
         ("Seeds", ", ".join(str(s) for s in task["seeds"])),
         ("Evaluation", eval_protocol(task["eval"])),
         ("Tuning", tuning_line(task.get("tuning"))),
+        ("Options that differ between rows", differing_options(task["row_options"])),
         ("Reference", task["reference"]),
         ("Verdict", task["verdicts"]["statement"]),
         ("Power", power_line(task["verdicts"]["power"])),
@@ -62,6 +63,27 @@ def task_facts(task: dict[str, Any]) -> list[Fact]:
     if task["extra_run_folders"]:
         facts.append(("Not in the manifest (ignored)", ", ".join(task["extra_run_folders"])))
     return facts
+
+
+def differing_options(rows: list[dict[str, Any]]) -> str:
+    """Options that several rows' algorithms share by name but run at different values (a loss aggregation, a
+    number of minibatches): a difference between the rows that is not the algorithm's idea itself."""
+    if not rows:
+        return "– (manifest.json lists no row options)"
+    ranked = [r for r in rows if not r["control"]]
+    keys = dict.fromkeys(k for r in ranked for k in r["options"])
+    parts = []
+    for key in keys:
+        holders = [r for r in ranked if key in r["options"]]
+        values: dict[str, list[str]] = {}
+        for r in holders:
+            values.setdefault(str(r["options"][key]), []).append(r["label"])
+        if len(holders) >= 2 and len(values) >= 2:
+            parts.append(f"{key} (" + "; ".join(f"{v}: {', '.join(labels)}" for v, labels in values.items()) + ")")
+    if not parts:
+        return "none: every option the rows share has one value"
+    return ("; ".join(parts) + ". Each is its algorithm's default or its row's setting; a gap between rows may "
+            "come from these as well as from the algorithms (set one value for every row with --set algo.KEY=VALUE)")
 
 
 def tuning_line(tuning: dict[str, Any] | None) -> str:
