@@ -55,6 +55,19 @@ def test_processes_must_split_the_step_evenly_and_seed_rows():
     check_processes(config, Ranks())
 
 
+def test_processes_that_cannot_split_the_step_are_refused_before_any_is_launched(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from rlbench.cli import main, train
+
+    launched = []
+    monkeypatch.setattr(train, "launch", lambda *a, **k: launched.append(a) or 0)
+    result = CliRunner().invoke(main, ["train", "--task", "arith", "--processes", "2", "--out", str(tmp_path / "r"),
+                                       "--set", "rollout.seed_rows=false"])
+    assert result.exit_code == 2 and not launched, result.output
+    assert result.output.count("rollout.seed_rows=false: 2 processes") == 1
+
+
 def test_row_seeded_samples_do_not_depend_on_the_batch(tiny_qwen_dir):
     from rlbench.engine.generation import make_generator
     from rlbench.engine.policy import Policy, load_model

@@ -77,6 +77,10 @@ def train(config_file: str | None, algo: str | None, task: str | None, model: st
         fail(f"lora.rank={config.lora.rank}: LoRA with FSDP is not supported yet; LoRA's trainable weights are small, "
              f"so train data-parallel without --fsdp, or set lora.rank=0")
     if processes > 1 and launched_world() == 1:
+        from rlbench.engine.distributed import Ranks
+        from rlbench.training import check_processes
+
+        check_processes(config, Ranks(world=processes))  # one line here, not one per process and a launcher trace
         named = {"--config": config_file, "--algo": algo, "--task": task, "--model": model, "--seed": seed, "--out": out}
         args = [a for k, v in named.items() if v is not None for a in (k, str(v))]
         args += [a for o in overrides for a in ("--set", o)] + ["--resume"] * resume + ["--quiet"] * quiet
