@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from rlbench.config import ConfigError, parse_yaml, value_at
-from rlbench.report.inputs import load_comparison
+from rlbench.report.inputs import ComparisonFiles
 from rlbench.report.runs import run_score
 from rlbench.results import write_text_atomic
 from rlbench.variants import Row, option_text, parse_rows
@@ -61,9 +61,8 @@ def trial_rows(algos: str, grid: dict[str, list[Any]]) -> list[Row]:
     return parse_rows(spec)
 
 
-def score_trials(folder: Path, rows: list[Row], metric: str) -> dict[str, list[dict[str, Any]]]:
+def score_trials(comp: ComparisonFiles, rows: list[Row], metric: str) -> dict[str, list[dict[str, Any]]]:
     """Per algorithm, its trials in grid order: settings, per-seed scores and their mean (None if a run is missing)."""
-    comp = load_comparison(folder)
     k = comp.final_mean_of
     by_label: dict[str, dict[int, float | None]] = {}
     for run in comp.runs:

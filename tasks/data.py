@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-T = TypeVar("T")
-
 from rlbench.config import ConfigError
+
+T = TypeVar("T")
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 

@@ -73,14 +73,14 @@ def train(config_file: str | None, algo: str | None, task: str | None, model: st
     config = resolve(config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out})
     if fsdp and processes < 2 and launched_world() == 1:
         fail("--fsdp shards the model across processes: give --processes N (N >= 2)")
-    if fsdp and config.lora.rank:  # before any process starts or model loads (build_parts refuses it too)
-        fail(f"lora.rank={config.lora.rank}: LoRA with FSDP is not supported yet; LoRA's trainable weights are small, "
-             f"so train data-parallel without --fsdp, or set lora.rank=0")
     if processes > 1 and launched_world() == 1:
+        from rlbench.engine.build import check_lora
         from rlbench.engine.distributed import Ranks
         from rlbench.training import check_processes
 
-        check_processes(config, Ranks(world=processes))  # one line here, not one per process and a launcher trace
+        # one line here, not one per process and a launcher trace
+        check_lora(config, sharded=fsdp)
+        check_processes(config, Ranks(world=processes))
         named = {"--config": config_file, "--algo": algo, "--task": task, "--model": model, "--seed": seed, "--out": out}
         args = [a for k, v in named.items() if v is not None for a in (k, str(v))]
         args += [a for o in overrides for a in ("--set", o)] + ["--resume"] * resume + ["--quiet"] * quiet

@@ -54,7 +54,8 @@ def tune(algos: str, grid_items: tuple[str, ...], metric: str, **flags: Any) -> 
         raise ConfigError(f"{comp.out}: the trials' runs are not matched ({audit['problems'][0]}); nothing was chosen")
     from rlbench.report.inputs import load_comparison
 
-    document = tuned_document(score_trials(comp.out, rows, metric), grid, load_comparison(comp.out).manifest, metric)
+    files = load_comparison(comp.out)
+    document = tuned_document(score_trials(files, rows, metric), grid, files.manifest, metric)
     path = write_tuned(comp.out, document)
     chosen = "; ".join(f"{a}: " + ", ".join(f"{k}={v}" for k, v in s.items()) for a, s in document["tuned"].items())
     click.echo(f"tuned: {chosen}")

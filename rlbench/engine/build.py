@@ -42,12 +42,7 @@ def build_parts(config: RunConfig, model_path: str, algorithm: Algorithm, device
     device = pick_device(device or config.device)
     check_optimizer(config.optim.name, device)  # before the model loads: a missing library fails in a second
     sharded = fsdp_requested() and ranks.world > 1
-    if sharded and config.lora.rank:
-        raise ConfigError(f"lora.rank={config.lora.rank}: LoRA with FSDP is not supported yet; LoRA's trainable "
-                          f"weights are small, so train data-parallel without FSDP (drop --fsdp), or set lora.rank=0")
-    if config.lora.rank and config.rollout.backend == "vllm":
-        raise ConfigError("lora.rank: LoRA with rollout.backend=vllm is not supported yet (the engine would need the "
-                          "adapters merged after every step); use rollout.backend=rlbench or hf")
+    check_lora(config, sharded)
     a = config.model_args
     try:
         model, tokenizer = load_model(model_path, config.precision, torch.device("cpu") if sharded else device,
@@ -102,6 +97,16 @@ def build_parts(config: RunConfig, model_path: str, algorithm: Algorithm, device
     return Parts(policy, reference, generator, optimizer, scheduler, init_weights,
                  trainable_parameters=sum(p.numel() for p in trainable),
                  total_parameters=sum(p.numel() for p in policy.parameters()), sharding=sharding)
+
+
+def check_lora(config: RunConfig, sharded: bool) -> None:
+    """LoRA's combinations rlbench does not support, refused before any model loads (or any process starts)."""
+    if sharded and config.lora.rank:
+        raise ConfigError(f"lora.rank={config.lora.rank}: LoRA with FSDP is not supported yet; LoRA's trainable "
+                          f"weights are small, so train data-parallel without FSDP (drop --fsdp), or set lora.rank=0")
+    if config.lora.rank and config.rollout.backend == "vllm":
+        raise ConfigError("lora.rank: LoRA with rollout.backend=vllm is not supported yet (the engine would need the "
+                          "adapters merged after every step); use rollout.backend=rlbench or hf")
 
 
 def check_optimizer(name: str, device: torch.device) -> None:

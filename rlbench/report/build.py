@@ -187,10 +187,11 @@ def _algo_row(algo: str, runs: list[RunFiles], rows: dict[str, dict], ref_runs: 
         "seed_scores": seed_scores,
         "problem_delta": None if is_ref else {m: paired_delta(done, [r for r in ref_runs if r.complete], m)
                                               for m in METRICS},
-        "length": {m: {k: _mean_of(row["length"][m][k] for row in done_rows) for k in LENGTH_KEYS} for m in METRICS},
-        "cost": {k: _mean_of(row["throughput"][k] for row in done_rows) for k in COST_KEYS}
-        | {"wall_seconds": _mean_of(row["wall_seconds"] for row in done_rows),
-           "train_seconds": _mean_of(number(row["usage"]["seconds"]) for row in done_rows)},
+        "length": {m: {k: stats.mean_of_present(row["length"][m][k] for row in done_rows) for k in LENGTH_KEYS}
+                   for m in METRICS},
+        "cost": {k: stats.mean_of_present(row["throughput"][k] for row in done_rows) for k in COST_KEYS}
+        | {"wall_seconds": stats.mean_of_present(row["wall_seconds"] for row in done_rows),
+           "train_seconds": stats.mean_of_present(number(row["usage"]["seconds"]) for row in done_rows)},
         "behaviours": {m: behaviours.rates(t for r in done for t in completions(r, m)) for m in METRICS},
         "curves": _curves(done, metric, ci),
         "training": training_curves(done),
@@ -242,8 +243,8 @@ def _curves(runs: list[RunFiles], metric: str, ci: str) -> dict[str, Any]:
         rows = [r.metrics[k] for r in runs]
         lengths = [v for v in (number(row.get("length_mean")) for row in rows) if v is not None]
         if lengths:
-            out["length"].append({"samples": _mean_of(number(dig(row, "usage", "samples")) for row in rows),
-                                  "mean": stats.mean(lengths)})
+            samples = stats.mean_of_present(number(dig(row, "usage", "samples")) for row in rows)
+            out["length"].append({"samples": samples, "mean": stats.mean(lengths)})
     return out
 
 
@@ -319,7 +320,3 @@ def _pooled_from(comp: ComparisonFiles) -> list[dict[str, Any]]:
              **{k: s.manifest.get(k) for k in ("command", "created", "code_version", "packages", "machine")}}
             for s in comp.sources]
 
-
-def _mean_of(values: Any) -> float | None:
-    found = [v for v in values if v is not None]
-    return stats.mean(found) if found else None

@@ -12,6 +12,7 @@ would explain that much; a per-token critic can exceed it once a completion show
 """
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from rlbench.report import stats
@@ -43,13 +44,8 @@ def prompt_only_ceiling(run: RunFiles) -> float | None:
             groups.append([float(correct(s)) for s in samples])
     if not groups:
         return None
-    total = _variance([r for g in groups for r in g], unbiased=False)
+    total = statistics.pvariance([r for g in groups for r in g])
     if total == 0:
         return None
-    within = stats.mean([_variance(g, unbiased=True) for g in groups])
+    within = stats.mean([statistics.variance(g) for g in groups])
     return 1.0 - within / total
-
-
-def _variance(values: list[float], unbiased: bool) -> float:
-    m = stats.mean(values)
-    return sum((v - m) ** 2 for v in values) / (len(values) - (1 if unbiased else 0))

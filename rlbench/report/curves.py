@@ -50,8 +50,8 @@ def eval_curves(runs: list[RunFiles], metric: str, ci: str, bounds: tuple[float,
         if not accs:
             continue
         iv = stats.interval(accs, ci, bounds=bounds)
-        points.append({**{axis: _mean_of(number(dig(p, "usage", axis)) for p in rows) for axis in EVAL_AXES},
-                       "mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": iv.n})
+        usage = {axis: stats.mean_of_present(number(dig(p, "usage", axis)) for p in rows) for axis in EVAL_AXES}
+        points.append({**usage, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": iv.n})
     seeds = {}
     for r in runs:
         pts = [p for p in r.evals if number(dig(p, metric, "accuracy")) is not None]
@@ -90,7 +90,7 @@ def training_curves(runs: list[RunFiles]) -> dict[str, Any]:
                 seeds[str(r.seed)] = [_round(s / c) if c else None for s, c in zip(sums, counts)]
                 varies = varies or len(seen) > 1
         if seeds:
-            mean = [_mean_of(v[b] for v in seeds.values()) for b in range(bins)]
+            mean = [stats.mean_of_present(v[b] for v in seeds.values()) for b in range(bins)]
             out[key] = {"seeds": seeds, "mean": [None if m is None else _round(m) for m in mean], "varies": varies}
     return {"bin": width, "step": steps, "quantities": out}
 
@@ -103,7 +103,3 @@ def plotted_quantities(rows: list[dict[str, Any]]) -> list[str]:
 def _round(value: float) -> float:
     return float(f"{value:.{DIGITS}g}")
 
-
-def _mean_of(values: Any) -> float | None:
-    found = [v for v in values if v is not None]
-    return stats.mean(found) if found else None

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -106,6 +106,16 @@ def mean(values: Sequence[float]) -> float:
     if len(values) == 0:
         raise ValueError("mean of no values")
     return float(math.fsum(values) / len(values))
+
+
+def mean_of_present(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None (a number a run did not log); None when there are none.
+
+    >>> mean_of_present([0.5, None, 0.25]), mean_of_present([None])
+    (0.375, None)
+    """
+    found = [v for v in values if v is not None]
+    return mean(found) if found else None
 
 
 def t_cdf(x: float, df: float) -> float:
