@@ -1,4 +1,5 @@
 """Built-in algorithms; importing this package registers each of them by name."""
+
 import importlib
 import pkgutil
 

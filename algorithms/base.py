@@ -6,6 +6,7 @@ padded position (a log-prob of ``-inf``, a garbage value-head output) can never 
 
 Every helper's docstring carries a small worked example; ``tests/test_algo_base.py`` runs them as doctests.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +18,7 @@ import torch
 
 from rlbench.config import ConfigError
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
+
 # the token maths the engine itself needs (its metrics) lives there; every algorithm shares it through this module
 from rlbench.engine.maths import KLEstimator, fill_padding, kl_penalty, masked_mean, masked_sum  # noqa: F401
 
@@ -64,13 +66,15 @@ class Algorithm(ABC):
         self.config = config if config is not None else self.Config()
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "Algorithm":
+    def from_options(cls, options: dict[str, Any]) -> Algorithm:
         from rlbench.config import build_dataclass
 
         for key in options:
             if key in cls.renamed:
-                raise ConfigError(f"algo.{key}: renamed to algo.{cls.renamed[key]} (one name per knob across "
-                                  f"algorithms; docs/algorithms.md lists {cls.name}'s options)")
+                raise ConfigError(
+                    f"algo.{key}: renamed to algo.{cls.renamed[key]} (one name per knob across "
+                    f"algorithms; docs/algorithms.md lists {cls.name}'s options)"
+                )
         algo = cls(build_dataclass(cls.Config, options, prefix="algo"))
         algo.validate()
         return algo

@@ -31,6 +31,7 @@ A = 0 exactly, as in GRPO. eps keeps z continuous: spreads far below sqrt(eps) =
 Optional: ``kl_loss_coef`` * k3 KL to a frozen reference in the loss (the paper's beta; code 0.001), ``kl_reward_coef``
 * k1 KL charged in the reward (the code's 0.01 per token), ``entropy_coef`` * entropy bonus (0.001 in some runs).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,19 @@ from rlbench.engine.batch import PolicyOutput, RolloutBatch
 from rlbench.registry import register_algorithm
 
 from .base import (
-    AggMode, Algorithm, AlgorithmConfig, group_stats, kl_penalty, masked_mean, masked_sum, outcome_token_rewards,
-    per_token, require, returns_to_go, whiten, zero_advantage_rows,
+    AggMode,
+    Algorithm,
+    AlgorithmConfig,
+    group_stats,
+    kl_penalty,
+    masked_mean,
+    masked_sum,
+    outcome_token_rewards,
+    per_token,
+    require,
+    returns_to_go,
+    whiten,
+    zero_advantage_rows,
 )
 
 WHITEN_EPS = 1e-8  # inside the square root, as in the author's code (verl's masked_whiten)
@@ -87,8 +99,10 @@ class EMPG(Algorithm):
         if coef > 0:
             kl = kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1", mask)
         batch.advantages = _ADVANTAGES[self.config.baseline](batch, kl, coef)
-        metrics = {"advantage_mean": float(masked_mean(batch.advantages, mask)),
-                   "advantage_abs_mean": float(masked_mean(batch.advantages.abs(), mask))}
+        metrics = {
+            "advantage_mean": float(masked_mean(batch.advantages, mask)),
+            "advantage_abs_mean": float(masked_mean(batch.advantages.abs(), mask)),
+        }
         if kl is not None:
             metrics["kl_reward_penalty"] = float(masked_sum(kl, mask, dim=1).mean())
         return metrics
@@ -117,6 +131,7 @@ class EMPG(Algorithm):
 
 
 # Each baseline maps (batch, per-token k1 KL or None, its coefficient) to advantages [B, T].
+
 
 def _sequence_rewards(batch: RolloutBatch, kl: torch.Tensor | None, coef: float) -> torch.Tensor:
     """R(tau), less the trajectory's summed KL when the KL is charged in the reward."""

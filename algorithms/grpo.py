@@ -16,6 +16,7 @@ gets A = 0. With one epoch and one minibatch the policy at loss time is the samp
 never binds, and the gradient is the plain policy gradient of -A log pi (TRL takes the same shortcut and so do we:
 old log-probs are then not recomputed but taken as the detached current ones).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,14 @@ from rlbench.engine.batch import PolicyOutput, RolloutBatch
 from rlbench.registry import register_algorithm
 
 from .base import (
-    AggMode, Algorithm, AlgorithmConfig, clipped_pg_loss, group_stats, kl_penalty, per_token, require,
+    AggMode,
+    Algorithm,
+    AlgorithmConfig,
+    clipped_pg_loss,
+    group_stats,
+    kl_penalty,
+    per_token,
+    require,
     zero_advantage_rows,
 )
 
@@ -54,7 +62,9 @@ class GRPO(Algorithm):
     def validate(self) -> None:
         super().validate()
         c = self.config
-        require(0 <= c.clip_low < 1, "clip_low", c.clip_low, "must be in [0, 1): the ratio's lower bound is 1 - clip_low")
+        require(
+            0 <= c.clip_low < 1, "clip_low", c.clip_low, "must be in [0, 1): the ratio's lower bound is 1 - clip_low"
+        )
         require(c.clip_high >= 0, "clip_high", c.clip_high, "must be >= 0")
         require(c.kl_loss_coef >= 0, "kl_loss_coef", c.kl_loss_coef, "must be >= 0")
         require(c.epochs >= 1, "epochs", c.epochs, "must be >= 1")
@@ -105,4 +115,3 @@ class GRPO(Algorithm):
             if c.kl_loss_coef > 0:
                 loss = loss + c.kl_loss_coef * kl
         return loss, metrics
-

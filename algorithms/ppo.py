@@ -21,6 +21,7 @@ The critic is its own optimiser parameter group at ``critic_lr_scale`` x ``optim
 actor's), and only it trains for the first ``critic_warmup`` steps (the policy's lr is 0). ``vf_coef`` weighs the
 value gradient against the policy's where they share a backbone (``critic: head``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,19 @@ from rlbench.engine.batch import PolicyOutput, RolloutBatch
 from rlbench.registry import register_algorithm
 
 from .base import (
-    AggMode, Algorithm, AlgorithmConfig, clipped_pg_loss, clipped_value_loss, explained_variance, gae, kl_penalty,
-    masked_mean, masked_sum, outcome_token_rewards, require, whiten,
+    AggMode,
+    Algorithm,
+    AlgorithmConfig,
+    clipped_pg_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_sum,
+    outcome_token_rewards,
+    require,
+    whiten,
 )
 
 
@@ -68,7 +80,9 @@ class PPO(Algorithm):
         c = self.config
         require(0 <= c.gamma <= 1, "gamma", c.gamma, "must be in [0, 1]")
         require(0 <= c.lam <= 1, "lam", c.lam, "must be in [0, 1]")
-        require(0 <= c.clip_low < 1, "clip_low", c.clip_low, "must be in [0, 1): the ratio's lower bound is 1 - clip_low")
+        require(
+            0 <= c.clip_low < 1, "clip_low", c.clip_low, "must be in [0, 1): the ratio's lower bound is 1 - clip_low"
+        )
         require(c.clip_high >= 0, "clip_high", c.clip_high, "must be >= 0")
         require(c.vf_clip is None or c.vf_clip >= 0, "vf_clip", c.vf_clip, "must be >= 0 or null")
         for key in ("vf_coef", "kl_reward_coef", "entropy_coef"):
@@ -142,4 +156,3 @@ class PPO(Algorithm):
             if c.entropy_coef > 0:
                 loss = loss - c.entropy_coef * entropy
         return loss, metrics
-

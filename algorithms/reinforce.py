@@ -6,6 +6,7 @@ Baselines: ``none`` (b = 0), ``mean`` (b = the batch's mean reward), ``rloo`` (l
 other samples of the same prompt, Kool et al. 2019 / Ahmadian et al. 2024). Optional KL in the reward:
 R <- R - kl_reward_coef * sum_t k1_t, the per-token KL to a frozen reference summed over the completion.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,15 @@ from rlbench.engine.batch import PolicyOutput, RolloutBatch
 from rlbench.registry import register_algorithm
 
 from .base import (
-    AggMode, Algorithm, AlgorithmConfig, group_stats, kl_penalty, masked_sum, per_token, require, zero_advantage_rows,
+    AggMode,
+    Algorithm,
+    AlgorithmConfig,
+    group_stats,
+    kl_penalty,
+    masked_sum,
+    per_token,
+    require,
+    zero_advantage_rows,
 )
 
 
@@ -51,7 +60,11 @@ class Reinforce(Algorithm):
         reward = batch.rewards.float()
         metrics = {}
         if self.config.kl_reward_coef > 0:
-            kl = masked_sum(kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1", batch.response_mask), batch.response_mask, dim=1)
+            kl = masked_sum(
+                kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1", batch.response_mask),
+                batch.response_mask,
+                dim=1,
+            )
             reward = reward - self.config.kl_reward_coef * kl
             metrics["kl_reward_penalty"] = float(kl.mean())
         if self.config.baseline == "mean":
@@ -59,7 +72,9 @@ class Reinforce(Algorithm):
         elif self.config.baseline == "rloo":
             mean, _, count = group_stats(reward, batch.group_ids)
             # mean of the others = (n * mean - R) / (n - 1), so R - b = n / (n - 1) * (R - mean)
-            reward = torch.where(count > 1, (reward - mean) * count / (count - 1).clamp(min=1), torch.zeros_like(reward))
+            reward = torch.where(
+                count > 1, (reward - mean) * count / (count - 1).clamp(min=1), torch.zeros_like(reward)
+            )
         batch.advantages = per_token(reward, batch.response_mask)
         return metrics
 

@@ -6,6 +6,7 @@ For each backend (``rlbench``, ``hf``): the greedy evaluation of the cached warm
 test problems (accuracy, and whether every completion is identical to the ``rlbench`` backend's), its decoding
 speed, and ``--steps`` EM-PG training steps with the mean ``sampler_gap_abs`` / ``sampler_gap_kl`` they log.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,23 +46,39 @@ def main() -> None:
     for backend in BACKENDS:
         generator = make_generator(backend, policy, batch_size=config.rollout.generation_batch_size)
         start = time.perf_counter()
-        gen = generator.generate(prompts, temperature=1.0, top_p=1.0, greedy=True,
-                                 max_new_tokens=config.sampling.max_new_tokens)
+        gen = generator.generate(
+            prompts, temperature=1.0, top_p=1.0, greedy=True, max_new_tokens=config.sampling.max_new_tokens
+        )
         seconds = time.perf_counter() - start
         texts[backend] = gen.texts
         accuracy = statistics.fmean(g.correct for g in task.grade_many(gen.texts, examples))
         gaps = _gaps(backend, args.steps)
-        print(json.dumps({
-            "backend": backend, "problems": len(examples), "greedy_accuracy": round(accuracy, 4),
-            "identical_to_rlbench": sum(a == b for a, b in zip(gen.texts, texts["rlbench"])),
-            "tokens_per_s": round(gen.num_tokens / seconds, 1), **gaps,
-        }))
+        print(
+            json.dumps(
+                {
+                    "backend": backend,
+                    "problems": len(examples),
+                    "greedy_accuracy": round(accuracy, 4),
+                    "identical_to_rlbench": sum(a == b for a, b in zip(gen.texts, texts["rlbench"])),
+                    "tokens_per_s": round(gen.num_tokens / seconds, 1),
+                    **gaps,
+                }
+            )
+        )
 
 
 def _gaps(backend: str, steps: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as out:
-        overrides = [f"rollout.backend={backend}", f"budget.steps={steps}", "budget.samples=null", "eval.limit=8",
-                     "eval.samples=0", "eval.every=0", "checkpoint_every=0", f"out={out}"]
+        overrides = [
+            f"rollout.backend={backend}",
+            f"budget.steps={steps}",
+            "budget.samples=null",
+            "eval.limit=8",
+            "eval.samples=0",
+            "eval.every=0",
+            "checkpoint_every=0",
+            f"out={out}",
+        ]
         build_trainer(resolve("configs/tiny-arith.yaml", overrides, {"algo": "em-pg"}), progress=False).run()
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return {key: max(r[key] for r in rows) for key in ("sampler_gap_abs", "sampler_gap_kl")}

@@ -15,6 +15,7 @@ model). For sigma_u in {0, 2, 4, 7} percentage points it prints the fraction of 
 A calibrated test sits near 0.05 (binomial SE sqrt(.05 · .95 / replicates), printed below the table). All tests see
 the same replicates. Deterministic for a given --seed. CPU only; the bootstraps dominate the run time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from calibration_sim import (  # noqa: E402
-    Setting,
-    crossed_bootstrap,
-    paired_t,
-    problems_bootstrap,
-    rejection_rates,
-    sign_flip,
-)
+from calibration_sim import Setting, crossed_bootstrap, paired_t, problems_bootstrap, rejection_rates, sign_flip  # noqa: E402
 
 SIGMAS_PP = (0, 2, 4, 7)
 ALPHA = 0.05
@@ -53,22 +47,32 @@ def main(argv: list[str] | None = None) -> int:
     tests["crossed-boot"] = crossed_bootstrap(args.resamples)
     tests["problem-boot"] = problems_bootstrap(args.resamples)
 
-    print(f"FPR at alpha = {ALPHA}: {args.replicates} replicates, {args.seeds} seeds, {args.problems} problems, "
-          f"{args.resamples} bootstrap resamples, seed {args.seed}")
+    print(
+        f"FPR at alpha = {ALPHA}: {args.replicates} replicates, {args.seeds} seeds, {args.problems} problems, "
+        f"{args.resamples} bootstrap resamples, seed {args.seed}"
+    )
     header = ["sigma_u (pp)", "paired-t", "sign-flip", "crossed-boot", "problem-boot", "time (s)"]
     print(" | ".join(f"{h:>12}" for h in header))
     print("-+-".join("-" * 12 for _ in header))
     for i, sigma in enumerate(SIGMAS_PP):
         start = time.perf_counter()
-        rates = rejection_rates(tests, Setting(sigma / 100, args.seeds, args.problems), args.replicates,
-                                seed=args.seed * 100 + i, alpha=ALPHA)
-        cells = [f"{sigma:>12}"] + [f"{rates[name]:>12.3f}" if name in rates else f"{'n/a':>12}"
-                                    for name in header[1:5]]
+        rates = rejection_rates(
+            tests,
+            Setting(sigma / 100, args.seeds, args.problems),
+            args.replicates,
+            seed=args.seed * 100 + i,
+            alpha=ALPHA,
+        )
+        cells = [f"{sigma:>12}"] + [
+            f"{rates[name]:>12.3f}" if name in rates else f"{'n/a':>12}" for name in header[1:5]
+        ]
         print(" | ".join(cells + [f"{time.perf_counter() - start:>12.1f}"]), flush=True)
     se = math.sqrt(ALPHA * (1 - ALPHA) / args.replicates)
     band = f"{ALPHA - 1.96 * se:.3f}-{ALPHA + 1.96 * se:.3f}"
-    print(f"binomial SE of a calibrated test's FPR: {se:.4f} (a 95% band: {band})"
-          + ("" if args.seeds >= 6 else "; sign-flip n/a: with < 6 seeds its smallest p is 2/2^n > 0.05"))
+    print(
+        f"binomial SE of a calibrated test's FPR: {se:.4f} (a 95% band: {band})"
+        + ("" if args.seeds >= 6 else "; sign-flip n/a: with < 6 seeds its smallest p is 2/2^n > 0.05")
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ with each ``--expect`` text (a section that must render: ``--expect "Training cu
 DevTools. Prints one JSON object; exit status 0 = clean page, 1 = problems found, 2 = Chromium could not be used.
 Install Chromium on Debian with ``apt-get install -y chromium``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,17 @@ from typing import Any
 from urllib.parse import urlparse
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 WINDOW = (1400, 3000)
 #: An image with less than this share of coloured pixels is blank: a figure (or every panel of one) with no data.
 COLOUR_MIN = 0.0005
@@ -73,9 +83,13 @@ class WebSocket:
         # own buffer rather than sock.makefile: a read that times out must leave the stream usable
         self.buffer = bytearray()
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {parsed.path} HTTP/1.1\r\nHost: {parsed.hostname}:{parsed.port}\r\n"
-                           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET {parsed.path} HTTP/1.1\r\nHost: {parsed.hostname}:{parsed.port}\r\n"
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         while b"\r\n\r\n" not in self.buffer:
             self._fill()
         head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
@@ -87,8 +101,13 @@ class WebSocket:
     def send(self, text: str) -> None:
         payload = text.encode()
         n = len(payload)
-        header = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
-                                  if n < 65536 else bytes([0x80 | 127]) + struct.pack(">Q", n))
+        header = bytes([0x81]) + (
+            bytes([0x80 | n])
+            if n < 126
+            else bytes([0x80 | 126]) + struct.pack(">H", n)
+            if n < 65536
+            else bytes([0x80 | 127]) + struct.pack(">Q", n)
+        )
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.sock.sendall(header + mask + masked)
@@ -164,7 +183,7 @@ class DevTools:
         try:
             while True:
                 self.events.append(json.loads(self.ws.recv()))
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             pass
         finally:
             self.ws.sock.settimeout(PAGE_SECONDS)
@@ -193,13 +212,20 @@ def problems_in(events: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def check(page: Path, screenshot: Path | None, chromium: str, expect: tuple[str, ...] = (),
-          full_page: bool = False) -> dict[str, Any]:
+def check(
+    page: Path, screenshot: Path | None, chromium: str, expect: tuple[str, ...] = (), full_page: bool = False
+) -> dict[str, Any]:
     if not Path(chromium).exists():
         raise ChromiumError(f"{chromium} not found (apt-get install -y chromium)")
     profile = tempfile.mkdtemp(prefix="check-report-chromium-")
-    cmd = [chromium, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-           f"--window-size={WINDOW[0]},{WINDOW[1]}", "about:blank"]
+    cmd = [
+        chromium,
+        *FLAGS,
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "about:blank",
+    ]
     # stderr to a file, not a pipe: a chatty browser must never block on a pipe nobody reads
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
@@ -215,8 +241,13 @@ def check(page: Path, screenshot: Path | None, chromium: str, expect: tuple[str,
             dev = DevTools(ws)
             for domain in ("Page", "Runtime", "Log", "Network"):
                 dev.call(f"{domain}.enable")
-            dev.call("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1], deviceScaleFactor=1,
-                     mobile=False)
+            dev.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=WINDOW[0],
+                height=WINDOW[1],
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             dev.events.clear()
             dev.call("Page.navigate", url=page.resolve().as_uri())
             dev.wait_for("Page.loadEventFired", PAGE_SECONDS)
@@ -226,15 +257,23 @@ def check(page: Path, screenshot: Path | None, chromium: str, expect: tuple[str,
             problems = problems_in(dev.events)
             if facts["broken"]:
                 problems.append(f"{facts['broken']} of {facts['images']} images did not decode")
-            problems += [f"blank image: {i['alt']!r} ({i['width']}x{i['height']}, {i['colour']:.2%} coloured pixels)"
-                         for i in facts["colour"] if i["colour"] < COLOUR_MIN]
-            problems += [f"no heading starts with {text!r}" for text in expect
-                         if not any(h.startswith(text) for h in facts["headings"])]
+            problems += [
+                f"blank image: {i['alt']!r} ({i['width']}x{i['height']}, {i['colour']:.2%} coloured pixels)"
+                for i in facts["colour"]
+                if i["colour"] < COLOUR_MIN
+            ]
+            problems += [
+                f"no heading starts with {text!r}"
+                for text in expect
+                if not any(h.startswith(text) for h in facts["headings"])
+            ]
             if screenshot is not None:
                 clip = {}
                 if full_page:  # the whole page, beyond the window's height
-                    clip = {"captureBeyondViewport": True,
-                            "clip": {"x": 0, "y": 0, "width": WINDOW[0], "height": facts["height"], "scale": 1}}
+                    clip = {
+                        "captureBeyondViewport": True,
+                        "clip": {"x": 0, "y": 0, "width": WINDOW[0], "height": facts["height"], "scale": 1},
+                    }
                 shot = dev.call("Page.captureScreenshot", format="png", **clip)
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 screenshot.write_bytes(base64.b64decode(shot["data"]))
@@ -253,8 +292,13 @@ def check(page: Path, screenshot: Path | None, chromium: str, expect: tuple[str,
             proc.wait()
         shutil.rmtree(profile, ignore_errors=True)
         log.close()
-    return {"page": str(page), "ok": not problems, "problems": problems, **facts,
-            "screenshot": str(screenshot) if screenshot else None}
+    return {
+        "page": str(page),
+        "ok": not problems,
+        "problems": problems,
+        **facts,
+        "screenshot": str(screenshot) if screenshot else None,
+    }
 
 
 def _devtools_port(profile: Path, proc: subprocess.Popen, log: Any) -> int:
@@ -279,8 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("page", type=Path, help="the report's index.html")
     parser.add_argument("--screenshot", type=Path, default=None, help=f"save a {WINDOW[0]}x{WINDOW[1]} PNG here")
     parser.add_argument("--full-page", action="store_true", help="screenshot the whole page, not just the window")
-    parser.add_argument("--expect", action="append", default=[], metavar="HEADING",
-                        help="a section that must render: some h2/h3 starts with this text (repeatable)")
+    parser.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="HEADING",
+        help="a section that must render: some h2/h3 starts with this text (repeatable)",
+    )
     parser.add_argument("--chromium", default=CHROMIUM, help="Chromium binary")
     args = parser.parse_args(argv)
     if not args.page.is_file():

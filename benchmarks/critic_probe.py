@@ -16,6 +16,7 @@ Prints EV (mean of the last 10 steps) every 10 steps and one JSON line at the en
 ``--steps-checked DIR`` instead reads a comparison's logged training rollouts (``runs/*/samples.jsonl``) and says how
 much of their reward variance one fact about a completion explains: whether every step it wrote (``a+b=c``) is right.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,16 +65,28 @@ def main() -> None:
             ev[t].append(float(explained_variance(_values(critics[t], batch).detach(), target, mask)))
             for rows in torch.randperm(batch.size).tensor_split(args.minibatches):
                 sub = batch.select(rows)
-                loss = ((_values(critics[t], sub) - target[rows]) ** 2 * sub.response_mask).sum() / sub.response_mask.sum()
+                loss = (
+                    (_values(critics[t], sub) - target[rows]) ** 2 * sub.response_mask
+                ).sum() / sub.response_mask.sum()
                 optims[t].zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(critics[t].parameters(), 1.0)
                 optims[t].step()
         if (step + 1) % 10 == 0:
-            print(f"step {step + 1}: " + ", ".join(f"{t} EV {statistics.fmean(ev[t][-10:]):+.3f}" for t in TARGETS),
-                  flush=True)
-    print(json.dumps({"lr": args.lr, "steps": args.steps, "seed": args.seed,
-                      **{f"{t}_ev_last10": round(statistics.fmean(ev[t][-10:]), 4) for t in TARGETS}}))
+            print(
+                f"step {step + 1}: " + ", ".join(f"{t} EV {statistics.fmean(ev[t][-10:]):+.3f}" for t in TARGETS),
+                flush=True,
+            )
+    print(
+        json.dumps(
+            {
+                "lr": args.lr,
+                "steps": args.steps,
+                "seed": args.seed,
+                **{f"{t}_ev_last10": round(statistics.fmean(ev[t][-10:]), 4) for t in TARGETS},
+            }
+        )
+    )
 
 
 STEP = re.compile(r"(-?\d+)([+-])(\d+)=(-?\d+)")
@@ -91,9 +104,13 @@ def steps_checked(folder: Path) -> dict[str, float]:
     rewards = [r for _, r in pairs]
     mean = {flag: statistics.fmean([r for f, r in pairs if f == flag]) for flag in (True, False)}
     explained = 1 - statistics.pvariance([r - mean[f] for f, r in pairs]) / statistics.pvariance(rewards)
-    return {"completions": len(pairs), "all_steps_right": round(sum(f for f, _ in pairs) / len(pairs), 4),
-            "reward_if_all_right": round(mean[True], 4), "reward_otherwise": round(mean[False], 4),
-            "explained_variance": round(explained, 4)}
+    return {
+        "completions": len(pairs),
+        "all_steps_right": round(sum(f for f, _ in pairs) / len(pairs), 4),
+        "reward_if_all_right": round(mean[True], 4),
+        "reward_otherwise": round(mean[False], 4),
+        "explained_variance": round(explained, 4),
+    }
 
 
 def _copy(module: torch.nn.Module) -> torch.nn.Module:

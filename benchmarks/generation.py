@@ -12,6 +12,7 @@ GFLOP/s is the useful work per second: 2 FLOPs per weight of every linear layer 
 and completion, plus 4 * layers * hidden * context for attention (QK^T and PV) per token, against the fp32 peak of a
 1024 x 1024 matmul measured at the same thread count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tinylab import MODEL_HELP, arith_prompts, contention, matmul_peak_gflops, resolve_model  # noqa: E402
-
 import torch  # noqa: E402
+from tinylab import MODEL_HELP, arith_prompts, contention, matmul_peak_gflops, resolve_model  # noqa: E402
 from transformers import DynamicCache, GenerationConfig  # noqa: E402
 
-from rlbench.engine.policy import Policy, load_model, position_ids_from_mask  # noqa: E402
 from rlbench.engine.decoder import Decoder
 from rlbench.engine.generation import encode_prompt, left_pad  # noqa: E402
+from rlbench.engine.policy import Policy, load_model, position_ids_from_mask  # noqa: E402
 
 
 def completion_lengths(tokens: torch.Tensor, eos: int) -> torch.Tensor:
@@ -54,12 +54,20 @@ def run_rlbench(policy, prompt_ids, new_tokens, seed, fast=True) -> tuple[int, i
 def run_transformers(policy, prompt_ids, new_tokens, seed) -> tuple[int, int]:
     tok, model = policy.tokenizer, policy.model
     ids, mask = left_pad(prompt_ids, tok.pad_token_id, policy.device)
-    config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens,
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, disable_compile=True)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=new_tokens,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        disable_compile=True,
+    )
     torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    lengths = completion_lengths(out[:, ids.shape[1]:], tok.eos_token_id)
+    lengths = completion_lengths(out[:, ids.shape[1] :], tok.eos_token_id)
     return int(lengths.sum()), _context_sum(prompt_ids, lengths)
 
 
@@ -76,8 +84,14 @@ def run_bare_loop(policy, prompt_ids, new_tokens, seed) -> tuple[int, int]:
     alive = torch.ones(B, dtype=torch.bool)
     lengths = torch.zeros(B, dtype=torch.long)
     for _ in range(new_tokens):
-        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                       **{cache_kw: cache}).logits[:, -1]
+        logits = model(
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_kw: cache},
+        ).logits[:, -1]
         nxt = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=rng).squeeze(-1)
         lengths += alive.long()
         alive &= nxt != tok.eos_token_id
@@ -129,10 +143,14 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",")]
     params = sum(p.numel() for p in model.parameters())
     peak = matmul_peak_gflops()
-    print(f"model: {model_desc}, {params / 1e6:.2f} M parameters; torch {torch.__version__}, {args.threads} thread(s); "
-          f"{contention()} at start")
+    print(
+        f"model: {model_desc}, {params / 1e6:.2f} M parameters; torch {torch.__version__}, {args.threads} thread(s); "
+        f"{contention()} at start"
+    )
     print(f"fp32 1024x1024 matmul peak at {args.threads} thread(s): {peak:.1f} GFLOP/s")
-    print(f"sampling: T=1, top_p=1, no top-k; max_new_tokens={args.new_tokens}; medians of {args.repeats} alternating repeats")
+    print(
+        f"sampling: T=1, top_p=1, no top-k; max_new_tokens={args.new_tokens}; medians of {args.repeats} alternating repeats"
+    )
     print()
     print("| batch | method | tokens/s | s/call | mean completion | GFLOP/s | % of peak | vs transformers |")
     print("|---|---|---|---|---|---|---|---|")
@@ -142,7 +160,7 @@ def main() -> None:
             METHODS[name](policy, prompt_ids[: min(batch, 8)], 4, 0)
         rows: dict[str, list[tuple[float, int, float]]] = {m: [] for m in methods}
         for rep in range(args.repeats):
-            order = methods[rep % len(methods):] + methods[: rep % len(methods)]
+            order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
             for name in order:
                 start = time.perf_counter()
                 generated, ctx = METHODS[name](policy, prompt_ids, args.new_tokens, 1000 + rep)
@@ -157,8 +175,11 @@ def main() -> None:
             gflops = statistics.median(f / s / 1e9 for s, _, f in rows[name])
             mean_len = statistics.fmean(g for _, g, _ in rows[name]) / batch
             ratio = f"{tps / base:.2f}x" if base else "-"
-            print(f"| {batch} | {name} | {tps:,.0f} | {secs:.3f} | {mean_len:.1f} | {gflops:.1f} | "
-                  f"{100 * gflops / peak:.0f}% | {ratio} |", flush=True)
+            print(
+                f"| {batch} | {name} | {tps:,.0f} | {secs:.3f} | {mean_len:.1f} | {gflops:.1f} | "
+                f"{100 * gflops / peak:.0f}% | {ratio} |",
+                flush=True,
+            )
     print(f"\n{contention()} at end")
 
 

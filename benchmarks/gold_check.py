@@ -7,6 +7,7 @@ Prints, per set: items, correct rate of the gold completions, correct rate of th
 the failure reasons, and the wall time. Exits 1 when a set misses its threshold (GSM8K >= 99.5%, MATH >= 99%,
 corrupted <= 1%). Reads local files only; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,15 +15,16 @@ import collections
 import os
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlbench.registry import get_task  # noqa: E402
 from rlbench.tasks.base import Example, Task  # noqa: E402
 from rlbench.tasks.grading import normalize_number  # noqa: E402
+
+from rlbench.registry import get_task  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -77,9 +79,15 @@ def main() -> int:
     math_options = {} if args.timeout is None else {"grade_timeout": args.timeout}
     sets = {
         "gsm8k": (lambda: get_task("gsm8k").from_options({"data": str(args.data / "gsm8k")}), gsm8k_corrupt, 0.995),
-        "math500": (lambda: get_task("math-hard").from_options({"data": str(args.data / "math"), **math_options}), math_corrupt, 0.99),
+        "math500": (
+            lambda: get_task("math-hard").from_options({"data": str(args.data / "math"), **math_options}),
+            math_corrupt,
+            0.99,
+        ),
         "lvl5": (
-            lambda: get_task("math-hard").from_options({"data": str(args.data / "math"), "preset": "lvl5", **math_options}),
+            lambda: get_task("math-hard").from_options(
+                {"data": str(args.data / "math"), "preset": "lvl5", **math_options}
+            ),
             math_corrupt,
             0.99,
         ),
@@ -94,7 +102,9 @@ def main() -> int:
             f"{label:8s} items={result['items']:5d} gold_correct={result['gold_correct']:.4f} "
             f"corrupt_correct={result['corrupt_correct']:.4f} seconds={result['seconds']} {'PASS' if passed else 'FAIL'}"
         )
-        print(f"         gold failures: {result['gold_failures'] or 'none'}; corrupt reasons: {result['corrupt_reasons']}")
+        print(
+            f"         gold failures: {result['gold_failures'] or 'none'}; corrupt reasons: {result['corrupt_reasons']}"
+        )
         for miss in result["misses"]:
             print(f"         miss: {miss}")
         sys.stdout.flush()

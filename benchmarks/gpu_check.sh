@@ -10,7 +10,11 @@
 #   3. generation of 64 prompts x 256 new tokens, greedy then sampled, with rollout.backend rlbench, hf and vllm:
 #      tokens/s, and the sampler gap of the sampled pass against the policy's own forward;
 #   4. greedy agreement: the share of identical completions (bf16 may legitimately part after a near-tie);
-#   5. `rlbench train`, 3 GRPO steps per backend: sampler_gap_abs / sampler_gap_kl from metrics.jsonl.
+#   5. `rlbench train`, 3 GRPO steps per backend: sampler_gap_abs / sampler_gap_kl from metrics.jsonl;
+#   6. multi-GPU: with 2+ GPUs one `rlbench train --processes 2` step (data-parallel, then FSDP): NCCL collectives;
+#      with one GPU, the collective check (the NCCL group refuses CPU tensors; rlbench's collectives use the GPU);
+#   7. memory: a PPO update of a random Qwen2.5-1.5B-shaped model (no download): torch's peak vs `rlbench plan`.
+# No network is needed (HF_HUB_OFFLINE=1; random models of the real shapes when no local copy exists).
 # Everything goes to $OUT/gpu_check.log (the device tool brings $OUT back; a temporary folder otherwise), the
 # RESULT lines to $OUT/summary.txt. Nothing is installed when torch and transformers import.
 set -u
@@ -139,6 +143,28 @@ for b in $(echo "$BACKENDS" | tr ' ' '\n' | sort -r); do
     $PY benchmarks/gpu_check.py metrics "$run"
   fi
 done
+
+# ---- 6. the collectives on GPUs: two processes when there are two GPUs, else the one-GPU check
+GPUS=0
+[ $SMOKE = 0 ] && GPUS=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "$GPUS" -ge 2 ]; then
+  for mode in "" "--fsdp"; do
+    run=$WORK/run-2proc${mode:+-fsdp}
+    if section "two-processes${mode:+-fsdp}" 180 env -C "$WORK" $PY -m rlbench.cli train --model "$MODEL" \
+        --task arith --algo ppo --out "$run" --quiet --processes 2 $mode --set rollout.seed_rows=true \
+        --set device=cuda --set precision=$PRECISION --set budget.steps=1 --set eval.samples=0 --set eval.every=0 \
+        --set task.train_size=500 --set task.test_size=16 --set checkpoint_every=0 "${TRAIN[@]}"; then
+      $PY benchmarks/gpu_check.py metrics "$run"
+    fi
+  done
+elif [ "$GPUS" = 1 ]; then
+  section collectives 60 $PY benchmarks/gpu_check.py collectives
+else
+  echo "SECTION collectives: skipped (no GPU; tests/test_collectives.py checks the same on the CPU)"
+fi
+
+# ---- 7. measured peak memory of a 1.5B-shaped update against the plan
+section memory 180 $PY benchmarks/gpu_check.py memory "${SMOKE_FLAG[@]}"
 
 echo "=== done in ${SECONDS}s; log: $LOG ==="
 grep -E '^(SECTION|RESULT)' "$LOG" >"$OUT_DIR/summary.txt"

@@ -5,6 +5,7 @@
 The settings are vs_trl.py's defaults (its ``rlbench_config``: 16 prompts x 4 samples, <= 40 tokens, no KL,
 token-mean, lr 2e-4, seed 0). The first step is left out of the medians (one-off warm-up).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tinylab import MODEL_HELP, contention, resolve_model  # noqa: E402
-from vs_trl import rlbench_config  # noqa: E402
-
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from vs_trl import rlbench_config  # noqa: E402
 
 from rlbench.training import build_trainer  # noqa: E402
 
@@ -32,8 +32,16 @@ def main() -> None:
     ap.add_argument("--model", default="auto", help=MODEL_HELP)
     args = ap.parse_args()
     model_dir, desc = resolve_model(args.model)
-    config = rlbench_config(model_dir, threads=args.threads, seed=0, steps=args.steps + args.profiled, batch_size=64,
-                            max_tokens=40, lr=2e-4, out=tempfile.mkdtemp(prefix="rlbench-profile-"))
+    config = rlbench_config(
+        model_dir,
+        threads=args.threads,
+        seed=0,
+        steps=args.steps + args.profiled,
+        batch_size=64,
+        max_tokens=40,
+        lr=2e-4,
+        out=tempfile.mkdtemp(prefix="rlbench-profile-"),
+    )
     trainer = build_trainer(config, progress=False)
     print(f"model: {desc}; {args.threads} thread(s); {contention()} at start")
     rows = []
@@ -44,9 +52,11 @@ def main() -> None:
         rows.append(row)
     timed = rows[1:] or rows
     stages = sorted({k for r in timed for k in r["time"]})
-    print("median s/step: " + ", ".join(
-        f"{k} {statistics.median(r['time'].get(k, 0.0) for r in timed):.3f}" for k in stages)
-        + f", whole step {statistics.median(r['wall'] for r in timed):.3f}")
+    print(
+        "median s/step: "
+        + ", ".join(f"{k} {statistics.median(r['time'].get(k, 0.0) for r in timed):.3f}" for k in stages)
+        + f", whole step {statistics.median(r['wall'] for r in timed):.3f}"
+    )
     print(f"inert rows left out of the update: {statistics.fmean(r['inert_rows_frac'] for r in rows):.0%}")
     if args.profiled:
         with profile(activities=[ProfilerActivity.CPU]) as prof:

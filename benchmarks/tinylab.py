@@ -1,4 +1,5 @@
 """Shared by the benchmarks: which tiny-lab model to time, arith prompts, peak matmul throughput, peak RSS."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,9 @@ MODEL_HELP = (
 
 def cached_warmstart() -> Path | None:
     """The default settings' tiny-lab warm-start, if it is already on disk."""
-    from rlbench.config import RunConfig
     from rlbench.tasks.arith import Arith
+
+    from rlbench.config import RunConfig
     from rlbench.tiny.warmstart import cache_key, cache_root
 
     config = RunConfig()
@@ -49,16 +51,19 @@ def resolve_model(spec: str) -> tuple[str, str]:
         if path is None and spec == "auto":
             path = newest_cached_warmstart()
         if path is None and spec == "tiny":
-            from rlbench.config import RunConfig
             from rlbench.tasks.arith import Arith
+
+            from rlbench.config import RunConfig
             from rlbench.tiny.warmstart import ensure_warmstart
 
             config = RunConfig()
             path = ensure_warmstart(config.tiny, Arith(), config.sampling)
         if path is not None:
             return str(path), f"tiny-lab SFT warm-start ({path})"
-        print("note: no cached tiny-lab warm-start (run `rlbench warmstart` to build one); using a random tiny-lab model",
-              file=sys.stderr)
+        print(
+            "note: no cached tiny-lab warm-start (run `rlbench warmstart` to build one); using a random tiny-lab model",
+            file=sys.stderr,
+        )
         spec = "random"
     if spec == "random":
         from rlbench.config import TinyConfig

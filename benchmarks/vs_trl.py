@@ -22,6 +22,7 @@ The update is the same on both sides; rlbench does less work for it: rows whose 
 all agree) have exactly zero gradient with kl_loss_coef=0, and rlbench's trainer leaves them out of the forward and backward
 pass (``Algorithm.inert_rows``) while TRL runs them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,14 @@ SAMPLES_PER_PROMPT = 4
 
 
 def common_settings(args) -> dict:
-    return dict(batch=args.batch_size, generations=SAMPLES_PER_PROMPT, max_tokens=args.max_completion_length,
-                lr=args.lr, seed=args.seed, steps=args.steps)
+    return dict(
+        batch=args.batch_size,
+        generations=SAMPLES_PER_PROMPT,
+        max_tokens=args.max_completion_length,
+        lr=args.lr,
+        seed=args.seed,
+        steps=args.steps,
+    )
 
 
 def step_prompts(n_examples: int, seed: int, steps: int, per_step: int) -> list[int]:
@@ -56,23 +63,39 @@ def step_prompts(n_examples: int, seed: int, steps: int, per_step: int) -> list[
 # ------------------------------------------------------------------------------------------------ rlbench child
 
 
-def rlbench_config(model_dir: str, *, threads: int, seed: int, steps: int, batch_size: int, max_tokens: int,
-                   lr: float, out: str):
+def rlbench_config(
+    model_dir: str, *, threads: int, seed: int, steps: int, batch_size: int, max_tokens: int, lr: float, out: str
+):
     """The rlbench side of the equal-work GRPO settings (also what profile_step.py profiles)."""
     from rlbench.config import build_run_config
 
-    return build_run_config({
-        "model": model_dir, "seed": seed, "threads": threads, "device": "cpu", "precision": "fp32",
-        "out": out, "checkpoint_every": 0,
-        "algo": {"name": "grpo", "kl_loss_coef": 0.0, "epochs": 1, "minibatches": 1, "scale_rewards": True,
-                 "clip_low": 0.2, "clip_high": 0.2, "loss_agg": "token-mean"},
-        "task": {"name": "arith"},
-        "rollout": {"batch_size": batch_size, "samples_per_prompt": SAMPLES_PER_PROMPT},
-        "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": max_tokens},
-        "optim": {"lr": lr, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "grad_clip": 1.0,
-                  "warmup_steps": 0},
-        "budget": {"steps": steps}, "eval": {"limit": 1},
-    })
+    return build_run_config(
+        {
+            "model": model_dir,
+            "seed": seed,
+            "threads": threads,
+            "device": "cpu",
+            "precision": "fp32",
+            "out": out,
+            "checkpoint_every": 0,
+            "algo": {
+                "name": "grpo",
+                "kl_loss_coef": 0.0,
+                "epochs": 1,
+                "minibatches": 1,
+                "scale_rewards": True,
+                "clip_low": 0.2,
+                "clip_high": 0.2,
+                "loss_agg": "token-mean",
+            },
+            "task": {"name": "arith"},
+            "rollout": {"batch_size": batch_size, "samples_per_prompt": SAMPLES_PER_PROMPT},
+            "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": max_tokens},
+            "optim": {"lr": lr, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "grad_clip": 1.0, "warmup_steps": 0},
+            "budget": {"steps": steps},
+            "eval": {"limit": 1},
+        }
+    )
 
 
 def child_rlbench(args) -> dict:
@@ -80,9 +103,16 @@ def child_rlbench(args) -> dict:
 
     from rlbench.training import build_trainer
 
-    config = rlbench_config(args.model_dir, threads=args.threads, seed=args.seed, steps=args.steps,
-                            batch_size=args.batch_size, max_tokens=args.max_completion_length, lr=args.lr,
-                            out=tempfile.mkdtemp(prefix="rlbench-vs-trl-"))
+    config = rlbench_config(
+        args.model_dir,
+        threads=args.threads,
+        seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_tokens=args.max_completion_length,
+        lr=args.lr,
+        out=tempfile.mkdtemp(prefix="rlbench-vs-trl-"),
+    )
     trainer = build_trainer(config, progress=False)
     times, rewards, stages = [], [], []
     for _ in range(args.steps):
@@ -100,10 +130,9 @@ def child_rlbench(args) -> dict:
 def child_trl(args) -> dict:
     import torch
     from datasets import Dataset
+    from rlbench.tasks.arith import Arith
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    from rlbench.tasks.arith import Arith
 
     task = Arith()
     examples = task.load("train")
@@ -118,14 +147,38 @@ def child_trl(args) -> dict:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-vs-rlbench-"), use_cpu=True, bf16=False, fp16=False,
-        gradient_checkpointing=False, use_vllm=False, report_to="none", save_strategy="no", disable_tqdm=True,
-        per_device_train_batch_size=args.batch_size, num_generations=SAMPLES_PER_PROMPT,
-        max_completion_length=args.max_completion_length, temperature=1.0, top_p=1.0, top_k=0,
-        beta=0.0, num_iterations=1, epsilon=0.2, loss_type="dapo", scale_rewards="group",
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0, max_steps=args.steps, logging_steps=1,
-        shuffle_dataset=False, seed=args.seed, dataloader_num_workers=0,
+        output_dir=tempfile.mkdtemp(prefix="trl-vs-rlbench-"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_vllm=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        per_device_train_batch_size=args.batch_size,
+        num_generations=SAMPLES_PER_PROMPT,
+        max_completion_length=args.max_completion_length,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        num_iterations=1,
+        epsilon=0.2,
+        loss_type="dapo",
+        scale_rewards="group",
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        max_grad_norm=1.0,
+        max_steps=args.steps,
+        logging_steps=1,
+        shuffle_dataset=False,
+        seed=args.seed,
+        dataloader_num_workers=0,
     )
 
     generate_seconds = [0.0]
@@ -159,8 +212,14 @@ def child_trl(args) -> dict:
                 self.rewards.append(float(logs["reward"]))
 
     clock = Clock()
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[clock])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[clock],
+    )
     torch.set_num_threads(args.threads)  # after accelerate's set-up, which may change it
     trainer.train()
     times = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
@@ -172,14 +231,37 @@ def child_trl(args) -> dict:
 
 
 def run_child(framework: str, args, model_dir: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", framework, "--model-dir", model_dir, "--threads", str(args.threads),
-           "--steps", str(args.steps), "--lr", str(args.lr), "--batch-size", str(args.batch_size),
-           "--max-completion-length", str(args.max_completion_length), "--seed", str(args.seed)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        framework,
+        "--model-dir",
+        model_dir,
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+        "--lr",
+        str(args.lr),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-completion-length",
+        str(args.max_completion_length),
+        "--seed",
+        str(args.seed),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONWARNINGS": "ignore",
+    }
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
         raise SystemExit(f"{framework} run failed (exit {proc.returncode})")
@@ -212,8 +294,10 @@ def reward_check(rl_runs: list[dict], trl_runs: list[dict]) -> str:
     if diff.lo is None:
         return f"reward difference rlbench - TRL {diff.mean:+.3f} (too few steps for an interval)"
     verdict = "within noise" if diff.lo <= 0 <= diff.hi else "NOT within noise"
-    return (f"reward difference rlbench - TRL, paired over {diff.n} steps: {diff.mean:+.3f} "
-            f"[{diff.lo:+.3f}, {diff.hi:+.3f}] (95% t interval): {verdict}")
+    return (
+        f"reward difference rlbench - TRL, paired over {diff.n} steps: {diff.mean:+.3f} "
+        f"[{diff.lo:+.3f}, {diff.hi:+.3f}] (95% t interval): {verdict}"
+    )
 
 
 def main() -> None:
@@ -241,44 +325,59 @@ def main() -> None:
 
     try:
         import trl
-    except ImportError:
-        raise SystemExit("TRL is not installed: pip install -e '.[bench]'")
+    except ImportError as err:
+        raise SystemExit("TRL is not installed: pip install -e '.[bench]'") from err
     import torch
     import transformers
 
     model_dir, model_desc = resolve_model(args.model)
     print(f"model: {model_desc}")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
-          f"{args.threads} thread(s) per run; {contention()} at start")
-    print(f"GRPO: {args.batch_size // SAMPLES_PER_PROMPT} prompts x {SAMPLES_PER_PROMPT} = {args.batch_size} completions, "
-          f"<= {args.max_completion_length} tokens, T=1, top_p=1, no KL, 1 epoch, token-mean (TRL dapo), "
-          f"lr {args.lr}; {args.steps} steps per run, {args.repeats} runs each, alternating\n")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
+        f"{args.threads} thread(s) per run; {contention()} at start"
+    )
+    print(
+        f"GRPO: {args.batch_size // SAMPLES_PER_PROMPT} prompts x {SAMPLES_PER_PROMPT} = {args.batch_size} completions, "
+        f"<= {args.max_completion_length} tokens, T=1, top_p=1, no KL, 1 epoch, token-mean (TRL dapo), "
+        f"lr {args.lr}; {args.steps} steps per run, {args.repeats} runs each, alternating\n"
+    )
     runs: dict[str, list[dict]] = {"rlbench": [], "trl": []}
     start = time.perf_counter()
     for rep in range(args.repeats):
-        for fw in (("rlbench", "trl") if rep % 2 == 0 else ("trl", "rlbench")):
+        for fw in ("rlbench", "trl") if rep % 2 == 0 else ("trl", "rlbench"):
             result = run_child(fw, args, model_dir)
             runs[fw].append(result)
-            print(f"  run {rep + 1} {fw:8s} median {statistics.median(result['times'][1:] or result['times']):.3f} s/step, "
-                  f"reward {statistics.fmean(result['rewards']):.3f}, peak RSS {result['rss_mb']:.0f} MB", flush=True)
+            print(
+                f"  run {rep + 1} {fw:8s} median {statistics.median(result['times'][1:] or result['times']):.3f} s/step, "
+                f"reward {statistics.fmean(result['rewards']):.3f}, peak RSS {result['rss_mb']:.0f} MB",
+                flush=True,
+            )
     rl, tr = summarise(runs["rlbench"]), summarise(runs["trl"])
-    print(f"\n| framework | s/step (median of {args.repeats} runs) | runs | peak RSS | reward, last half | reward, all steps |")
+    print(
+        f"\n| framework | s/step (median of {args.repeats} runs) | runs | peak RSS | reward, last half | reward, all steps |"
+    )
     print("|---|---|---|---|---|---|")
     for name, s in (("rlbench", rl), ("TRL GRPOTrainer", tr)):
         spread = ", ".join(f"{x:.3f}" for x in s["s_per_step_runs"])
-        print(f"| {name} | {s['s_per_step']:.3f} | {spread} | {s['rss_mb']:.0f} MB | {s['final_reward']:.3f} | "
-              f"{s['reward_all']:.3f} |")
+        print(
+            f"| {name} | {s['s_per_step']:.3f} | {spread} | {s['rss_mb']:.0f} MB | {s['final_reward']:.3f} | "
+            f"{s['reward_all']:.3f} |"
+        )
     print(reward_check(runs["rlbench"], runs["trl"]))
-    print(f"\nrlbench / TRL seconds per step: {rl['s_per_step'] / tr['s_per_step']:.2f}x "
-          f"(TRL / rlbench: {tr['s_per_step'] / rl['s_per_step']:.2f}x)")
+    print(
+        f"\nrlbench / TRL seconds per step: {rl['s_per_step'] / tr['s_per_step']:.2f}x "
+        f"(TRL / rlbench: {tr['s_per_step'] / rl['s_per_step']:.2f}x)"
+    )
     for name in ("rlbench", "trl"):
         stages = [r["stages"] for r in runs[name] if r.get("stages")]
         if stages:
             keys = sorted({k for run in stages for row in run for k in row})
             med = {k: statistics.median(row.get(k, 0.0) for run in stages for row in run[1:] or run) for k in keys}
             print(f"{name} median seconds per stage: " + ", ".join(f"{k} {v:.3f}" for k, v in med.items() if v >= 5e-4))
-    print(f"threads seen in the runs: rlbench {rl['threads']}, TRL {tr['threads']}; {contention()} at end; "
-          f"wall {time.perf_counter() - start:.0f} s")
+    print(
+        f"threads seen in the runs: rlbench {rl['threads']}, TRL {tr['threads']}; {contention()} at end; "
+        f"wall {time.perf_counter() - start:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -3,17 +3,14 @@
 Every run is an ordinary ``rlbench train`` run in ``DIR/runs/<algo>-s<seed>``, started as a child process with
 ``--resume``: rerunning the same comparison skips finished runs and continues unfinished ones from their last state.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import shlex
-import subprocess
 import sys
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +18,42 @@ import yaml
 
 from rlbench import registry
 from rlbench.config import (
-    BudgetConfig, ConfigError, RunConfig, build_dataclass, build_run_config, saved_config_mismatch, set_at,
+    BudgetConfig,
+    ConfigError,
+    RunConfig,
+    build_dataclass,
+    build_run_config,
+    saved_config_mismatch,
+    set_at,
 )
 from rlbench.engine.budget import UNITS
 from rlbench.executors import Job, Placement, make_executor
 from rlbench.lifeline import ORPHAN_GRACE_S
 from rlbench.locks import REQUEST, hold, is_run_folder, lock_kind, refuse_foreign
 from rlbench.progress import Live
+from rlbench.provenance import code_version, machine, package_versions
 from rlbench.report.audit import audit_comparison
 from rlbench.report.inputs import load_comparison
-from rlbench.results import (
-    AUDIT, CONFIG, MANIFEST, RUNS, SUMMARY, run_name, write_json, write_text_atomic,
-)
+from rlbench.results import AUDIT, CONFIG, MANIFEST, RUNS, SUMMARY, run_name, write_json, write_text_atomic
 from rlbench.variants import Row
 
 # run settings a row may not change: with them equal, the runs of one seed see the same prompts, model and budget
-MATCHED_KEYS = ("task", "model", "model_args", "tiny", "budget", "eval", "seed", "out", "algo.name", "sampling",
-                "rollout.sample_stream", "rollout.batch_size", "rollout.samples_per_prompt", "rollout.seed_rows")
-PACKAGES = ("rlbench", "torch", "transformers", "accelerate", "datasets", "math-verify", "sympy", "click")
+MATCHED_KEYS = (
+    "task",
+    "model",
+    "model_args",
+    "tiny",
+    "budget",
+    "eval",
+    "seed",
+    "out",
+    "algo.name",
+    "sampling",
+    "rollout.sample_stream",
+    "rollout.batch_size",
+    "rollout.samples_per_prompt",
+    "rollout.seed_rows",
+)
 
 
 def parse_budget(text: str) -> BudgetConfig:
@@ -68,8 +83,13 @@ class Comparison:
     tuning: dict[str, Any] | None = None
 
     def settings(self, row: Row) -> dict[str, Any]:
-        """The run settings (dotted keys) of ``row``'s runs beyond the shared config: tuned, then the row's own."""
-        return {**self.tuned.get(row.algo, {}), **row.settings}
+        """The run settings (dotted keys) of ``row``'s runs beyond the shared config: tuned, then the row's own; a
+        positive control's learning rate is its fraction of the one its source row runs at."""
+        own = {**self.tuned.get(row.algo, {}), **row.settings}
+        if row.lr_scale is not None:
+            lr = own.get("optim.lr", build_run_config(self.base).optim.lr)
+            own["optim.lr"] = float(lr) * row.lr_scale
+        return own
 
     @property
     def algos(self) -> list[str]:
@@ -78,15 +98,21 @@ class Comparison:
     def run_config(self, row: Row, seed: int) -> RunConfig:
         tree = json.loads(json.dumps(self.base))
         # options set for every row (--set algo.KEY), under the algorithm's own (algo_options), under the row's
-        tree["algo"] = {"name": row.algo, **tree.get("algo", {}), **self.algo_options.get(row.algo, {}),
-                        **row.algo_options}
+        tree["algo"] = {
+            "name": row.algo,
+            **tree.get("algo", {}),
+            **self.algo_options.get(row.algo, {}),
+            **row.algo_options,
+        }
         for key, value in self.settings(row).items():
             fixed = next((f for f in MATCHED_KEYS if key == f or key.startswith(f + ".")), None)
             if fixed is not None:
-                raise ConfigError(f"--algos {row.label}: {key} cannot differ between rows ({fixed} is what makes the "
-                                  "runs matched); set it for every row with --set")
+                raise ConfigError(
+                    f"--algos {row.label}: {key} cannot differ between rows ({fixed} is what makes the "
+                    "runs matched); set it for every row with --set"
+                )
             set_at(tree, key.split("."), value, what=f"--algos {row.label}: {key}")
-        if row.control:
+        if row.control and row.lr_scale is None:  # the A/A control; a positive control shares the reference's stream
             tree.setdefault("rollout", {})["sample_stream"] = 1
         tree["seed"] = seed
         tree["out"] = str(self.out / RUNS / run_name(row.slug, seed))
@@ -106,7 +132,9 @@ class Comparison:
         names = {row.algo for row in self.rows}
         for name in self.algo_options:
             if name not in names:
-                raise ConfigError(f"algo_options.{name}: not one of the compared algorithms ({', '.join(sorted(names))})")
+                raise ConfigError(
+                    f"algo_options.{name}: not one of the compared algorithms ({', '.join(sorted(names))})"
+                )
         if self.reference is not None and self.reference not in self.algos:
             raise ConfigError(f"--reference {self.reference}: not one of the rows ({', '.join(self.algos)})")
         for row in self.rows:
@@ -120,17 +148,38 @@ class Comparison:
             "model": config.model,
             "algos": self.algos,
             # "settings" and "tuning" only where there are some: older manifests, without them, stay the same design
-            "rows": [{**row.to_dict(), "resolved": self.run_config(row, self.seeds[0]).algo,
-                      **({"settings": self.settings(row)} if self.settings(row) else {})} for row in self.rows],
+            "rows": [
+                {
+                    **row.to_dict(),
+                    "resolved": self.run_config(row, self.seeds[0]).algo,
+                    **({"settings": self.settings(row)} if self.settings(row) else {}),
+                }
+                for row in self.rows
+            ],
             **({"tuning": self.tuning} if self.tuning else {}),
             "reference": self.reference,
             "seeds": self.seeds,
             "budget": dataclasses.asdict(config.budget),
             "config": self.base,
             "algo_options": self.algo_options,
-            "eval": {"split": config.eval.split, "problems": config.eval.limit, "samples": config.eval.samples,
-                     "greedy": config.eval.greedy, "every": config.eval.every,
-                     "final_mean_of": config.eval.final_mean_of},
+            "eval": {
+                "split": config.eval.split,
+                "problems": config.eval.limit,
+                "samples": config.eval.samples,
+                "greedy": config.eval.greedy,
+                "every": config.eval.every,
+                "final_mean_of": config.eval.final_mean_of,
+                # only where they differ from the defaults: older manifests, without them, stay the same design
+                **{
+                    k: v
+                    for k, v in (
+                        ("curve_problems", config.eval.curve_limit),
+                        ("curve_samples", config.eval.curve_samples),
+                    )
+                    if v is not None
+                },
+                **({"rank_by": config.eval.rank_by} if config.eval.rank_by != "greedy" else {}),
+            },
             "code_version": code_version(),
             "packages": package_versions(),
             "machine": machine(),
@@ -138,47 +187,15 @@ class Comparison:
         }
 
 
-def code_version() -> str | None:
-    """The git commit of the rlbench source tree (with ``+dirty`` when it has uncommitted changes)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return sha + ("+dirty" if dirty else "")
-
-
-def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-    }
-
-
 def _check_manifest(path: Path, fresh: dict[str, Any]) -> None:
     """A rerun must be the same comparison; otherwise its runs would not be comparable."""
     old = json.loads(path.read_text())
     for key in ("task", "model", "rows", "reference", "seeds", "budget", "config", "algo_options", "tuning"):
         if old.get(key) != fresh.get(key):
-            raise ConfigError(f"{key}: differs from the comparison already in {path.parent} ({old.get(key)!r} there); "
-                              "use another --out")
+            raise ConfigError(
+                f"{key}: differs from the comparison already in {path.parent} ({old.get(key)!r} there); "
+                "use another --out"
+            )
 
 
 def is_comparison_folder(folder: Path) -> bool:
@@ -187,8 +204,12 @@ def is_comparison_folder(folder: Path) -> bool:
         return True
     # only rlbench runs, where this comparison puts its own: kept, and the manifest check names how they differ
     runs = folder / RUNS
-    return (folder.is_dir() and [p.name for p in folder.iterdir()] == [RUNS] and runs.is_dir()
-            and all(is_run_folder(p) for p in runs.iterdir()))
+    return (
+        folder.is_dir()
+        and [p.name for p in folder.iterdir()] == [RUNS]
+        and runs.is_dir()
+        and all(is_run_folder(p) for p in runs.iterdir())
+    )
 
 
 def _request(config: RunConfig) -> Job:
@@ -207,8 +228,9 @@ def _finished(config: RunConfig) -> bool:
     return path.exists() and json.loads(path.read_text()).get("status") == "completed"
 
 
-def run_comparison(comp: Comparison, jobs: int | None = 1, progress: bool = True,
-                   placement: Placement | None = None) -> dict[str, Any]:
+def run_comparison(
+    comp: Comparison, jobs: int | None = 1, progress: bool = True, placement: Placement | None = None
+) -> dict[str, Any]:
     """Run (or finish) every row x seed, then write the audit. Returns the audit, with the runs whose process
     failed (diverged runs among them) under ``failed_runs``.
 
@@ -230,9 +252,11 @@ def run_comparison(comp: Comparison, jobs: int | None = 1, progress: bool = True
     _prepare_model(configs[0], progress)
     todo = [c for c in configs if not _finished(c)]
     display = Live(comp.out) if progress else None
-    failed = _execute(comp, todo, placement, display) if todo else []
-    if display:
-        display.close()
+    try:
+        failed = _execute(comp, todo, placement, display) if todo else []
+    finally:  # however it ends: what is printed next goes below the table, and the cursor shows again
+        if display:
+            display.close()
     audit = audit_comparison(load_comparison(comp.out))
     write_json(comp.out / AUDIT, audit)
     audit["failed_runs"] = failed  # reported by the caller after the leaderboard, which lists them as incomplete
@@ -290,8 +314,9 @@ def _check_adoptable(config: RunConfig) -> None:
     saved = Path(config.out) / CONFIG
     mismatch = saved_config_mismatch(saved, config, "in this comparison") if saved.exists() else None
     if mismatch:
-        raise ConfigError(f"{saved}: {mismatch}; it is another run, so it is not adopted: remove it or use another "
-                          "--out")
+        raise ConfigError(
+            f"{saved}: {mismatch}; it is another run, so it is not adopted: remove it or use another --out"
+        )
 
 
 def _prepare_model(config: RunConfig, progress: bool) -> None:

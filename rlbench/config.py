@@ -2,6 +2,7 @@
 
 Every error is a :class:`ConfigError` whose message names the offending key; the CLI turns it into exit code 2.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +18,13 @@ import yaml
 
 # an old precision value -> (its new name, why): the old one stops with exit 2 rather than silently meaning another
 RENAMED_PRECISIONS = {
-    "bf16-mixed": ("bf16", "bf16 autocast over fp32 master weights; bf16 weights updated in place are now bf16-pure"),
+    "bf16-mixed": ("bf16", "bf16 autocast over fp32 master weights; bf16 weights updated in place are now bf16-pure")
 }
 MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: a config is a few hundred bytes; anything near this is a mistake or an attack
-# RunConfig keys that say where a run is watched, not what it computes: never part of "the same run" or "comparable"
-TRACKING_KEYS = ("report_to",)
+# RunConfig keys that say how a run is executed or watched, not what it computes: never part of "the same run" or
+# "comparable". A thread count changes only the order of float sums (the bits, as another machine would), not the
+# experiment: `rlbench reproduce` compares results run with different ones.
+EXECUTION_KEYS = ("report_to", "threads")
 
 
 class ConfigError(ValueError):
@@ -35,7 +38,9 @@ class SamplingConfig:
     max_new_tokens: int = 40  # a completion that reaches it without a stop token is truncated (and usually wrong)
 
     def validate(self) -> None:
-        _check(self.temperature > 0, "sampling.temperature", self.temperature, "must be > 0 (use eval greedy for argmax)")
+        _check(
+            self.temperature > 0, "sampling.temperature", self.temperature, "must be > 0 (use eval greedy for argmax)"
+        )
         _check(0 < self.top_p <= 1, "sampling.top_p", self.top_p, "must be in (0, 1]")
         _check(self.max_new_tokens >= 1, "sampling.max_new_tokens", self.max_new_tokens, "must be >= 1")
 
@@ -55,6 +60,8 @@ class RolloutConfig:
     # for the sampler's numerics differing from the trainer's (verl, TRL do it for vLLM rollouts); null = off
     tis_cap: float | None = None
     gpu_memory_utilization: float = 0.4  # vllm: the share of the GPU its engine (weights + KV cache) may take
+    max_model_len: int | None = None  # vllm: the longest prompt + completion it plans for; null = the model's own
+    enforce_eager: bool = False  # vllm: no CUDA graphs (less memory and start-up time, slower decoding)
     # each completion samples from its own seed (derived from the step's and its row): its draws then do not depend on
     # which rows share its batch, so N data-parallel processes sample exactly what one process would (required there)
     seed_rows: bool = False
@@ -66,13 +73,34 @@ class RolloutConfig:
     def validate(self) -> None:
         _check(self.samples_per_prompt >= 1, "rollout.samples_per_prompt", self.samples_per_prompt, "must be >= 1")
         _check(self.batch_size >= 1, "rollout.batch_size", self.batch_size, "must be >= 1")
-        _check(self.generation_batch_size >= 1, "rollout.generation_batch_size", self.generation_batch_size, "must be >= 1")
-        _check(self.micro_batch_size is None or self.micro_batch_size >= 1, "rollout.micro_batch_size", self.micro_batch_size, "must be >= 1 or null")
+        _check(
+            self.generation_batch_size >= 1, "rollout.generation_batch_size", self.generation_batch_size, "must be >= 1"
+        )
+        _check(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            "rollout.micro_batch_size",
+            self.micro_batch_size,
+            "must be >= 1 or null",
+        )
         _check(self.sample_stream >= 0, "rollout.sample_stream", self.sample_stream, "must be >= 0")
-        _check(self.tis_cap is None or self.tis_cap >= 1, "rollout.tis_cap", self.tis_cap,
-               "must be >= 1 or null: a cap below 1 would shrink every on-policy token's weight")
-        _check(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", self.gpu_memory_utilization,
-               "must be in (0, 1]")
+        _check(
+            self.tis_cap is None or self.tis_cap >= 1,
+            "rollout.tis_cap",
+            self.tis_cap,
+            "must be >= 1 or null: a cap below 1 would shrink every on-policy token's weight",
+        )
+        _check(
+            0 < self.gpu_memory_utilization <= 1,
+            "rollout.gpu_memory_utilization",
+            self.gpu_memory_utilization,
+            "must be in (0, 1]",
+        )
+        _check(
+            self.max_model_len is None or self.max_model_len >= 1,
+            "rollout.max_model_len",
+            self.max_model_len,
+            "must be >= 1 or null",
+        )
         _check(
             self.batch_size % self.samples_per_prompt == 0,
             "rollout.batch_size",
@@ -112,7 +140,12 @@ class BudgetConfig:
 
     def validate(self) -> None:
         limits = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        _check(any(v is not None for v in limits.values()), "budget", None, "set at least one of samples, tokens, steps, seconds")
+        _check(
+            any(v is not None for v in limits.values()),
+            "budget",
+            None,
+            "set at least one of samples, tokens, steps, seconds",
+        )
         for name, value in limits.items():
             _check(value is None or value > 0, f"budget.{name}", value, "must be > 0")
 
@@ -128,14 +161,49 @@ class EvalConfig:
     final_mean_of: int = 1  # K: a run's score is the mean over its last K evaluations after training started
     samples: int = 4  # sampled completions per problem (at the training temperature) besides the greedy one
     greedy: bool = True
+    # The evaluations that do not enter the score (before training, and before the last K) only draw the learning
+    # curve: they may use the first `curve_limit` problems and `curve_samples` samples (None = the scored settings).
+    # Applies where the budget fixes the number of steps (samples or steps); otherwise every evaluation is full size.
+    curve_limit: int | None = None
+    curve_samples: int | None = None
+    # the accuracy a comparison ranks by unless `rlbench report --metric` says otherwise (the paper's is greedy)
+    rank_by: Literal["greedy", "sampled"] = "greedy"
 
     def validate(self) -> None:
         _check(self.limit is None or self.limit >= 1, "eval.limit", self.limit, "must be >= 1 or null")
         _check(self.every >= 0, "eval.every", self.every, "must be >= 0 (0 = only before training and at the end)")
         _check(self.final_mean_of >= 1, "eval.final_mean_of", self.final_mean_of, "must be >= 1")
         _check(self.samples >= 0, "eval.samples", self.samples, "must be >= 0")
-        _check(self.samples == 0 or self.samples >= 4, "eval.samples", self.samples,
-               "must be 0 (greedy only) or >= 4: one sample per problem makes sampled accuracy mostly sampling noise")
+        _check(
+            self.samples == 0 or self.samples >= 4,
+            "eval.samples",
+            self.samples,
+            "must be 0 (greedy only) or >= 4: one sample per problem makes sampled accuracy mostly sampling noise",
+        )
+        _check(
+            self.curve_limit is None or self.curve_limit >= 1,
+            "eval.curve_limit",
+            self.curve_limit,
+            "must be >= 1 or null",
+        )
+        _check(
+            self.curve_limit is None or self.limit is None or self.curve_limit <= self.limit,
+            "eval.curve_limit",
+            self.curve_limit,
+            f"must be <= eval.limit={self.limit} (the curve's problems are the first of the scored)",
+        )
+        _check(
+            self.curve_samples is None or self.curve_samples >= 0,
+            "eval.curve_samples",
+            self.curve_samples,
+            "must be >= 0 or null",
+        )
+        _check(
+            self.rank_by != "sampled" or self.samples > 0,
+            "eval.rank_by",
+            self.rank_by,
+            "needs eval.samples > 0 (no sampled evaluation to rank by)",
+        )
 
 
 @dataclass
@@ -147,10 +215,18 @@ class ModelArgs:
     trust_remote_code: bool = False  # run the repository's own modelling code (off: only transformers' classes)
 
     def validate(self) -> None:
-        _check(self.revision is None or bool(self.revision.strip()), "model_args.revision", self.revision,
-               "must be a branch, tag or commit, or null")
-        _check(self.attn_implementation is None or bool(self.attn_implementation.strip()),
-               "model_args.attn_implementation", self.attn_implementation, "must be a name or null")
+        _check(
+            self.revision is None or bool(self.revision.strip()),
+            "model_args.revision",
+            self.revision,
+            "must be a branch, tag or commit, or null",
+        )
+        _check(
+            self.attn_implementation is None or bool(self.attn_implementation.strip()),
+            "model_args.attn_implementation",
+            self.attn_implementation,
+            "must be a name or null",
+        )
 
 
 # the attention and MLP projections of Llama, Mistral, Qwen2/3 (what TRL's and verl's LoRA examples target)
@@ -174,14 +250,22 @@ class LoraConfig:
         _check(self.rank >= 0, "lora.rank", self.rank, "must be >= 0 (0 = off)")
         _check(self.alpha is None or self.alpha > 0, "lora.alpha", self.alpha, "must be > 0 or null")
         _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "must be in [0, 1)")
-        _check(self.rank == 0 or bool(self.target_modules), "lora.target_modules", self.target_modules,
-               "must name at least one module (e.g. q_proj,v_proj)")
+        _check(
+            self.rank == 0 or bool(self.target_modules),
+            "lora.target_modules",
+            self.target_modules,
+            "must name at least one module (e.g. q_proj,v_proj)",
+        )
 
 
 @dataclass
 class TinyConfig:
     """The tiny lab's model and its SFT warm-start (used when ``model: tiny``)."""
 
+    # reference: the pinned warm-start that ships with rlbench (rlbench/tiny/reference, checked by its sha256), the
+    # same bits on every machine; build: SFT with the recipe below, cached (float rounding differs between machines,
+    # so a build is a different model on another machine: use it to study the recipe, not to reproduce a result)
+    warmstart: Literal["reference", "build"] = "reference"
     layers: int = 4
     hidden: int = 128
     heads: int = 4
@@ -189,21 +273,29 @@ class TinyConfig:
     sft_lr: float = 3e-3
     sft_batch: int = 32
     sft_warmup: int = 50
-    target_sampled_accuracy: float = 0.25  # stop SFT once held-out sampled accuracy reaches this
-    check_every: int = 50  # SFT steps between held-out checks
-    max_steps: int = 2000
-    # A safety cap only: stopping on time would make the warm-start depend on the machine's speed. The target is met
-    # after 400-700 steps (1.5-3 minutes on 2 free cores) on the seeds measured (docs/tiny-lab.md).
-    max_seconds: float = 1200.0
+    # a fixed number of steps: no stop rule that a noisy check can move by hundreds of steps
+    sft_steps: int = 500
+    # constant: the learning rate stays at sft_lr after the warm-up; cosine: it follows a cosine that reaches 0 at
+    # step sft_horizon (None: at sft_steps, fully annealed; longer: SFT stops with the rate still above 0)
+    sft_schedule: Literal["constant", "cosine"] = "cosine"
+    sft_horizon: int | None = 1200
+    check_every: int = 50  # SFT steps between validation checks; they draw the learning curve, they never stop it
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("layers", "hidden", "heads", "mlp", "sft_batch", "check_every", "max_steps"):
+        for name in ("layers", "hidden", "heads", "mlp", "sft_batch", "check_every", "sft_steps"):
             _check(getattr(self, name) >= 1, f"tiny.{name}", getattr(self, name), "must be >= 1")
-        _check(self.hidden % self.heads == 0, "tiny.hidden", self.hidden, f"must be divisible by tiny.heads={self.heads}")
-        _check(0 < self.target_sampled_accuracy <= 1, "tiny.target_sampled_accuracy", self.target_sampled_accuracy, "must be in (0, 1]")
+        _check(self.sft_warmup >= 0, "tiny.sft_warmup", self.sft_warmup, "must be >= 0")
+        _check(
+            self.sft_horizon is None or self.sft_horizon >= self.sft_steps,
+            "tiny.sft_horizon",
+            self.sft_horizon,
+            f"must be >= tiny.sft_steps={self.sft_steps} or null",
+        )
+        _check(
+            self.hidden % self.heads == 0, "tiny.hidden", self.hidden, f"must be divisible by tiny.heads={self.heads}"
+        )
         _check(self.sft_lr > 0, "tiny.sft_lr", self.sft_lr, "must be > 0")
-        _check(self.max_seconds > 0, "tiny.max_seconds", self.max_seconds, "must be > 0")
 
 
 @dataclass
@@ -225,7 +317,7 @@ class RunConfig:
     keep_checkpoints: int = 0
     out: str | None = None  # run directory; None = runs/<task>-<algo>-s<seed>
     # experiment trackers the run also logs to (rlbench.tracking): where its numbers are sent, not what it computes,
-    # so they are left out of its fingerprint and of every "is this the same run?" check (TRACKING_KEYS)
+    # so they are left out of its fingerprint and of every "is this the same run?" check (EXECUTION_KEYS)
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = field(default_factory=list)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -253,21 +345,47 @@ class RunConfig:
         return built
 
     def validate(self) -> None:
-        for section in (self.rollout, self.sampling, self.optim, self.budget, self.eval, self.tiny, self.model_args,
-                        self.lora):
+        for section in (
+            self.rollout,
+            self.sampling,
+            self.optim,
+            self.budget,
+            self.eval,
+            self.tiny,
+            self.model_args,
+            self.lora,
+        ):
             section.validate()
         _check(self.keep_checkpoints >= 0, "keep_checkpoints", self.keep_checkpoints, "must be >= 0 (0 = none)")
-        _check(self.keep_checkpoints == 0 or self.checkpoint_every > 0, "keep_checkpoints", self.keep_checkpoints,
-               "needs checkpoint_every > 0 (checkpoint-N/ folders are written every checkpoint_every steps)")
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device", self.device, "must be auto, cpu or cuda[:N]")
+        _check(
+            self.keep_checkpoints == 0 or self.checkpoint_every > 0,
+            "keep_checkpoints",
+            self.keep_checkpoints,
+            "needs checkpoint_every > 0 (checkpoint-N/ folders are written every checkpoint_every steps)",
+        )
+        _check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            self.device,
+            "must be auto, cpu or cuda[:N]",
+        )
         _check(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1")
         _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
         for name in self.report_to:  # each tracker's package (and extra) is named after it; found, not imported
-            _check(importlib.util.find_spec(name) is not None, "report_to", self.report_to,
-                   f"{name} is not installed; pip install 'rlbench[{name}]'")
+            _check(
+                importlib.util.find_spec(name) is not None,
+                "report_to",
+                self.report_to,
+                f"{name} is not installed; pip install 'rlbench[{name}]'",
+            )
         for key in ("algo", "task"):
             name = getattr(self, key).get("name")
-            _check(isinstance(name, str) and bool(name), f"{key}.name", name, "must name a registered " + ("algorithm" if key == "algo" else "task"))
+            _check(
+                isinstance(name, str) and bool(name),
+                f"{key}.name",
+                name,
+                "must name a registered " + ("algorithm" if key == "algo" else "task"),
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -424,8 +542,9 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise AliasRefused(None, None, f"YAML aliases (*{event.anchor}) are not allowed in a config",
-                               event.start_mark)
+            raise AliasRefused(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in a config", event.start_mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -450,7 +569,7 @@ def first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return prefix.rstrip(".") or "the config"
 
 
-def saved_config_mismatch(saved: Path, config: "RunConfig", here: str = "now") -> str | None:
+def saved_config_mismatch(saved: Path, config: RunConfig, here: str = "now") -> str | None:
     """``key.path = X there, Y <here>`` where the run config saved in ``saved`` differs from ``config``; else None."""
     try:
         before = parse_yaml(saved.read_text(encoding="utf-8"))
@@ -458,7 +577,7 @@ def saved_config_mismatch(saved: Path, config: "RunConfig", here: str = "now") -
         raise ConfigError(f"{saved}: unreadable ({exc}); remove the folder or use another --out") from None
     now = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if isinstance(before, dict):  # trackers may be added or dropped on a resume: they do not change the run
-        before, now = ({k: v for k, v in tree.items() if k not in TRACKING_KEYS} for tree in (before, now))
+        before, now = ({k: v for k, v in tree.items() if k not in EXECUTION_KEYS} for tree in (before, now))
     if before == now:
         return None
     where = first_difference(before, now)

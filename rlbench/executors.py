@@ -12,14 +12,15 @@ its last state, and rerunning the comparison finishes what is left. An executor 
 Both write ``DIR/placements.jsonl``: which executor ran the comparison with how many slots, and a ``start`` line per
 run start (host, pid, devices) and an ``end`` line per finish; ``rlbench status`` and the live progress read it.
 
-``python -m rlbench.executors CMD...`` is the guard a multi-process run is started under (see :func:`guard`).
+A run, in one process or K, ends when the process that started it (``compare``, or the Ray worker) ends: see
+:mod:`rlbench.lifeline`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rlbench.config import ConfigError
-from rlbench.lifeline import ORPHAN_GRACE_S, PARENT_ENV, child_env, follow_parent
+from rlbench.lifeline import ORPHAN_GRACE_S, child_env
 from rlbench.locks import hold
 from rlbench.results import RUNS_LOG, append_jsonl
 
@@ -87,58 +88,6 @@ def train_command(request: Path, processes: int = 1) -> list[str]:
     return cmd + (["--processes", str(processes)] if processes > 1 else [])
 
 
-def command_for(job: Job) -> list[str]:
-    """A multi-process run goes through :func:`guard`, so that it still ends when its starter does."""
-    cmd = train_command(job.request, job.processes)
-    return [sys.executable, "-m", "rlbench.executors", *cmd] if job.processes > 1 else cmd
-
-
-def guard(cmd: list[str]) -> int:
-    """Run the multi-process run ``cmd`` until it ends; stop it cleanly when this process's parent is gone.
-
-    ``rlbench train --processes K`` starts ``accelerate launch``, whose ranks are its children: they cannot follow
-    the starter (``compare`` or a Ray worker) as a one-process run does (:mod:`rlbench.lifeline`), so this guard
-    follows it instead. On SIGTERM (the starter gone, or stopping the run) it sends one SIGTERM to the launcher, which
-    passes it to every rank (each writes its ``interrupted`` summary); the exit code is the run's.
-    """
-    running: list[subprocess.Popen] = []
-    asked: list[int] = []
-
-    def stop(signum: int, frame: Any) -> None:
-        asked.append(signum)
-        if running:
-            _stop_launcher(running[0])
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    follow_parent()  # after the handlers: a starter already gone is a SIGTERM to handle, not a death
-    if asked:
-        return INTERRUPTED_EXIT
-    running.append(subprocess.Popen(cmd, env={k: v for k, v in os.environ.items() if k != PARENT_ENV},
-                                    start_new_session=True))
-    if asked:
-        _stop_launcher(running[0])
-    return running[0].wait()
-
-
-def _stop_launcher(proc: subprocess.Popen) -> None:
-    """SIGTERM to ``accelerate launch`` (the child of ``rlbench train --processes``), or to the run if none yet."""
-    try:
-        import psutil  # accelerate's dependency
-
-        targets = [c.pid for c in psutil.Process(proc.pid).children()] or [proc.pid]
-    except Exception:  # noqa: BLE001 - the run already ended, or no psutil: the whole run's process group
-        targets = []
-    try:
-        if targets:
-            for pid in targets:
-                os.kill(pid, signal.SIGTERM)
-        else:
-            os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-
-
 # ---------------------------------------------------------------------------------------------- devices
 
 
@@ -169,16 +118,20 @@ def device_slices(devices: str | None, gpus_per_run: int | None) -> list[list[st
         raise ConfigError(f"--gpus-per-run {gpus_per_run}: must be >= 1")
     gpus = visible_gpus()
     if not gpus:
-        raise ConfigError(f"{flag} {devices if devices is not None else gpus_per_run}: no GPU is visible here "
-                          "(torch sees none); leave it out to run on the CPU (--jobs sets how many runs at once)")
+        raise ConfigError(
+            f"{flag} {devices if devices is not None else gpus_per_run}: no GPU is visible here "
+            "(torch sees none); leave it out to run on the CPU (--jobs sets how many runs at once)"
+        )
     if devices is None or devices.strip() == "auto":
         chosen = gpus
     else:
         chosen = []
         for part in filter(None, (p.strip() for p in devices.split(","))):
             if not part.isdigit() or int(part) >= len(gpus):
-                raise ConfigError(f"--devices {devices}: {part!r} is not a visible GPU (0..{len(gpus) - 1}, as torch "
-                                  "numbers them here)")
+                raise ConfigError(
+                    f"--devices {devices}: {part!r} is not a visible GPU (0..{len(gpus) - 1}, as torch "
+                    "numbers them here)"
+                )
             if gpus[int(part)] in chosen:
                 raise ConfigError(f"--devices {devices}: GPU {part} is named twice")
             chosen.append(gpus[int(part)])
@@ -186,12 +139,17 @@ def device_slices(devices: str | None, gpus_per_run: int | None) -> list[list[st
             raise ConfigError(f"--devices {devices!r}: expected 'auto' or comma-separated GPU indices")
     if per_run > len(chosen):
         raise ConfigError(f"--gpus-per-run {per_run}: only {len(chosen)} GPU(s) to place runs on")
-    return [chosen[i:i + per_run] for i in range(0, len(chosen) - len(chosen) % per_run, per_run)]
+    return [chosen[i : i + per_run] for i in range(0, len(chosen) - len(chosen) % per_run, per_run)]
 
 
-def placement_from_flags(executor: str = "local", jobs: int | None = None, devices: str | None = None,
-                         gpus_per_run: int | None = None, ray_address: str | None = None,
-                         max_retries: int = 3) -> Placement:
+def placement_from_flags(
+    executor: str = "local",
+    jobs: int | None = None,
+    devices: str | None = None,
+    gpus_per_run: int | None = None,
+    ray_address: str | None = None,
+    max_retries: int = 3,
+) -> Placement:
     """``compare``'s flags -> a placement, refusing impossible ones (exit 2 naming the flag) before any work.
 
     Without --devices / --gpus-per-run: one run per GPU where there are GPUs and no --jobs; otherwise --jobs CPU runs
@@ -202,8 +160,10 @@ def placement_from_flags(executor: str = "local", jobs: int | None = None, devic
         if importlib.util.find_spec("ray") is None:
             raise ConfigError("--executor ray: Ray is not installed here; pip install 'rlbench[ray]'")
         if devices is not None:
-            raise ConfigError(f"--devices {devices}: not with --executor ray (Ray gives each run its GPUs; set how "
-                              "many with --gpus-per-run)")
+            raise ConfigError(
+                f"--devices {devices}: not with --executor ray (Ray gives each run its GPUs; set how "
+                "many with --gpus-per-run)"
+            )
         if max_retries < 0:
             raise ConfigError(f"--max-retries {max_retries}: must be >= 0")
         return Placement("ray", jobs, None, gpus_per_run, ray_address, max_retries)
@@ -299,13 +259,21 @@ class LocalExecutor(Executor):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         try:
             with open(self.log, "a") as log:
-                proc = subprocess.Popen(command_for(job), stdout=log, stderr=subprocess.STDOUT, env=env)
+                proc = subprocess.Popen(
+                    train_command(job.request, job.processes), stdout=log, stderr=subprocess.STDOUT, env=env
+                )
         except BaseException:
             self.free.insert(0, devices)
             raise
         self.running[job.name] = (job, proc, devices, time.time())
-        self.record("start", run=job.name, executor=self.kind, host=socket.gethostname(), pid=proc.pid,
-                    devices=",".join(devices) if devices is not None else None)
+        self.record(
+            "start",
+            run=job.name,
+            executor=self.kind,
+            host=socket.gethostname(),
+            pid=proc.pid,
+            devices=",".join(devices) if devices is not None else None,
+        )
 
     def poll(self, timeout: float) -> list[Finished]:
         time.sleep(timeout)
@@ -339,8 +307,7 @@ class RunCrashed(RuntimeError):
     """A run that a signal ended (its worker killed, its process killed): Ray runs the task again, which resumes."""
 
 
-def ray_task(request: str, gpus: int, threads: int, cwd: str, log: str, placements: str, name: str
-             ) -> dict[str, Any]:
+def ray_task(request: str, gpus: int, threads: int, cwd: str, log: str, placements: str, name: str) -> dict[str, Any]:
     """One run, in a Ray worker: the same ``rlbench train ... --resume`` a local run is, following this worker."""
     job = Job(name, Path(cwd, request).parent, Path(request), threads, gpus)
     # a previous attempt's run may still be writing its interrupted summary: it ends within the grace period
@@ -350,9 +317,21 @@ def ray_task(request: str, gpus: int, threads: int, cwd: str, log: str, placemen
     devices = os.environ.get("CUDA_VISIBLE_DEVICES") if gpus else None  # Ray's choice of this node's GPUs
     started = time.time()
     with open(log, "a") as out:
-        proc = subprocess.Popen(command_for(job), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        append_jsonl(Path(placements), {"event": "start", "run": name, "executor": "ray", "host": socket.gethostname(),
-                                        "pid": proc.pid, "devices": devices, "time": now()})
+        proc = subprocess.Popen(
+            train_command(job.request, job.processes), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
+        append_jsonl(
+            Path(placements),
+            {
+                "event": "start",
+                "run": name,
+                "executor": "ray",
+                "host": socket.gethostname(),
+                "pid": proc.pid,
+                "devices": devices,
+                "time": now(),
+            },
+        )
         try:
             returncode = proc.wait()
         except BaseException:  # ray.cancel: stop the run cleanly (interrupted, resumable), then give up the task
@@ -361,8 +340,12 @@ def ray_task(request: str, gpus: int, threads: int, cwd: str, log: str, placemen
             raise
     if returncode < 0 or returncode == INTERRUPTED_EXIT:
         raise RunCrashed(f"{name}: the run was stopped (exit {returncode}); retrying resumes it")
-    return {"returncode": returncode, "host": socket.gethostname(), "devices": devices,
-            "seconds": round(time.time() - started, 1)}
+    return {
+        "returncode": returncode,
+        "host": socket.gethostname(),
+        "devices": devices,
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 class RayExecutor(Executor):
@@ -370,8 +353,15 @@ class RayExecutor(Executor):
 
     kind = "ray"
 
-    def __init__(self, folder: Path, address: str | None = None, jobs: int | None = None,
-                 gpus_per_run: int | None = None, max_retries: int = 3, threads: int = 1) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        address: str | None = None,
+        jobs: int | None = None,
+        gpus_per_run: int | None = None,
+        max_retries: int = 3,
+        threads: int = 1,
+    ) -> None:
         super().__init__(folder)
         try:
             import ray
@@ -412,11 +402,22 @@ class RayExecutor(Executor):
 
     def submit(self, job: Job) -> None:
         job = dataclasses.replace(job, gpus=self.gpus)
-        options = dict(num_cpus=self.cpus_per_run, num_gpus=self.gpus, max_retries=self.max_retries,
-                       retry_exceptions=[RunCrashed], name=f"rlbench:{job.name}")
+        options = dict(
+            num_cpus=self.cpus_per_run,
+            num_gpus=self.gpus,
+            max_retries=self.max_retries,
+            retry_exceptions=[RunCrashed],
+            name=f"rlbench:{job.name}",
+        )
         ref = self.remote.options(**options).remote(
-            str(job.request.resolve()), job.gpus, job.threads, os.getcwd(), str(self.log.resolve()),
-            str(self.placements.resolve()), job.name)
+            str(job.request.resolve()),
+            job.gpus,
+            job.threads,
+            os.getcwd(),
+            str(self.log.resolve()),
+            str(self.placements.resolve()),
+            job.name,
+        )
         self.refs[ref] = (job, time.time())
         self.record("submit", run=job.name, executor=self.kind, gpus=self.gpus, cpus=self.cpus_per_run)
 
@@ -462,10 +463,7 @@ def _first_line(exc: BaseException) -> str:
 def make_executor(placement: Placement, folder: Path, threads: int = 1) -> Executor:
     """The one place an executor is chosen (``threads``: each run's torch CPU threads per process)."""
     if placement.executor == "ray":
-        return RayExecutor(folder, placement.ray_address, placement.jobs, placement.gpus_per_run, placement.max_retries,
-                           threads)
+        return RayExecutor(
+            folder, placement.ray_address, placement.jobs, placement.gpus_per_run, placement.max_retries, threads
+        )
     return LocalExecutor(folder, placement.jobs, device_slices(placement.devices, placement.gpus_per_run))
-
-
-if __name__ == "__main__":
-    sys.exit(guard(sys.argv[1:]))

@@ -4,7 +4,14 @@ Otherwise an orphaned run keeps writing its folder while the documented rerun st
 ended with SIGTERM, which the trainer turns into a clean ``interrupted`` summary that a rerun resumes from.
 Linux's PR_SET_PDEATHSIG fires when the *thread* that started the run ends; ``compare`` starts runs from its main
 thread, whose end is the process's end.
+
+``RLBENCH_PARENT_PID`` names the process to follow, and a process that follows it names itself for its own children:
+a lifeline is a chain. A run in K processes (``rlbench train --processes K``) keeps the chain unbroken by becoming
+``accelerate launch`` (:func:`exec_launcher`): the launcher is then the process ``compare`` started, its death signal
+still armed (it survives ``exec``), and the ranks it starts follow it as their parent. ``compare`` gone, the launcher
+gets SIGTERM and passes it to every rank; the launcher gone, each rank gets SIGTERM itself.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -13,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from typing import NoReturn
 
 PARENT_ENV = "RLBENCH_PARENT_PID"
 PR_SET_PDEATHSIG = 1
@@ -31,7 +39,8 @@ def lock_wait() -> float:
 
 
 def follow_parent() -> None:
-    """When started by a compare, get SIGTERM as soon as that compare is gone."""
+    """When started by a compare (or by a process that follows one), get SIGTERM as soon as that parent is gone;
+    the processes this one starts then follow this one."""
     raw = os.environ.get(PARENT_ENV, "")
     if not raw.isdigit():
         return
@@ -41,6 +50,21 @@ def follow_parent() -> None:
         threading.Thread(target=watch, args=(parent,), daemon=True, name="rlbench-parent-watch").start()
     if os.getppid() != parent:  # it died before the death signal was armed
         os.kill(os.getpid(), signal.SIGTERM)
+    os.environ[PARENT_ENV] = str(os.getpid())  # the next link: what this process starts follows this process
+
+
+def exec_launcher(command: list[str]) -> NoReturn:
+    """Become ``command``, a launcher whose children are the run's processes (``accelerate launch``).
+
+    The launcher keeps this pid, so it is what this process's starter started, and the death signal armed here stays
+    armed through ``exec``; the ranks it starts follow it (their parent), as :envvar:`RLBENCH_PARENT_PID` now says.
+    Where there is no death signal (not Linux) the polling thread does not survive ``exec``: the launcher then does
+    not follow its starter, though its ranks still follow it.
+    """
+    follow_parent()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 def watch(parent: int, poll: float = POLL_S) -> None:

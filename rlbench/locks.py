@@ -5,14 +5,15 @@ dies, so a crash never leaves a stale lock behind. The file itself stays: deleti
 different files of the same name. It holds the last holder's PID (named when someone else is refused) and the folder's
 kind, which also marks the folder as rlbench's own.
 """
+
 from __future__ import annotations
 
 import fcntl
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from rlbench.config import ConfigError
 from rlbench.results import CONFIG, EVALS, METRICS, SUMMARY
@@ -39,8 +40,10 @@ def hold(folder: Path, kind: str, wait: float = 0.0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     pid = holder(folder)
-                    raise ConfigError(f"{folder}: another rlbench {kind} is writing this folder (pid {pid or 'unknown'}); "
-                                      "wait for it to finish or stop it") from None
+                    raise ConfigError(
+                        f"{folder}: another rlbench {kind} is writing this folder (pid {pid or 'unknown'}); "
+                        "wait for it to finish or stop it"
+                    ) from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{kind}\n".encode(), 0)
@@ -78,8 +81,9 @@ def refuse_foreign(folder: Path, kind: str, ours: bool, flag: str = "--out") -> 
         return
     if folder.is_dir() and not any(folder.iterdir()):
         return
-    raise ConfigError(f"{flag} {folder}: not empty and not an rlbench {kind} folder; nothing was written, "
-                      f"choose another {flag}")
+    raise ConfigError(
+        f"{flag} {folder}: not empty and not an rlbench {kind} folder; nothing was written, choose another {flag}"
+    )
 
 
 def refuse_several_ranks() -> None:
@@ -90,5 +94,7 @@ def refuse_several_ranks() -> None:
             continue
         several = int(value) > 1 if name.endswith("WORLD_SIZE") else int(value) > 0
         if several:
-            raise ConfigError(f"{name}={value}: rlbench compare starts its runs itself, run it as one process "
-                              "(a single run trains in several with `rlbench train --processes N`)")
+            raise ConfigError(
+                f"{name}={value}: rlbench compare starts its runs itself, run it as one process "
+                "(a single run trains in several with `rlbench train --processes N`)"
+            )

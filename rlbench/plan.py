@@ -10,15 +10,22 @@ The estimate follows the engine's phases, which never overlap:
 - **generation**: the KV cache, ``2 x layers x kv_heads x head_dim x bytes x generation_batch_size x (prompt +
   max_new_tokens)`` (a vLLM backend instead takes ``gpu_memory_utilization`` of the GPU);
 - **update**, one micro-batch at a time: gradients (per trainable weight, in its dtype), the activations autograd
-  saves, the completion logits, and under ``bf16`` autocast the bf16 weight copies saved for the backward pass.
+  saves, the completion logits, and under ``bf16`` autocast the bf16 weight copies saved for the backward pass;
+- PPO's **critic**: a value model (``critic: model``, the default) is a full copy of the transformer, so it adds its
+  weights, AdamW states, gradients, autocast copies and activations again; a value head adds ``hidden + 1`` weights;
+- **decoding logits**: each decoding step's ``rows x vocab`` logits and the fp32 copies sampling derives from them
+  (the ``hf`` backend holds one step more until the next shows the drawn token; no backend keeps every step's).
 
 Rules of thumb (estimates, not measurements; the allocator adds fragmentation on top):
 
 - activations: a Llama/Qwen2 decoder layer saves about ``8 x hidden + 2 x kv_dim + 4 x intermediate`` values per
   token (the inputs of its two norms and of the q/k/v and o projections, attention's q, k, v and output, SwiGLU's
-  gate, up, activation and down-projection input; SDPA and flash attention keep no ``seq x seq`` scores), in the
-  activation dtype, over ``micro_batch x (prompt + max_new_tokens)`` tokens. With gradient checkpointing only each
-  layer's input stays (``hidden`` values per token per layer) plus one layer's full set during its recomputation;
+  gate, up, activation and down-projection input; SDPA and flash attention keep no ``seq x seq`` scores) over
+  ``micro_batch x (prompt + max_new_tokens)`` tokens. Under ``bf16`` autocast over fp32 weights the residual stream
+  and the norms stay fp32 (``4 x hidden`` fp32 values) and each projection saves its own bf16 cast of its input
+  (``7 x hidden + 2 x kv_dim + 4 x intermediate`` bf16 values). With gradient checkpointing only each layer's input
+  stays (``hidden`` values per token per layer, fp32 under autocast) plus one layer's full set during its
+  recomputation; checked against measured peaks on the CPU in tests/test_memory_plan.py;
 - logits: ``micro_batch x max_new_tokens x vocab`` values in the activation dtype plus about three fp32 copies
   (``float()``, the softmax for the entropy, their gradient): ``act_bytes + 12`` bytes each;
 - CUDA context and allocator slack: :data:`CUDA_OVERHEAD`.
@@ -26,52 +33,24 @@ Rules of thumb (estimates, not measurements; the allocator adds fragmentation on
 FSDP (full sharding) across N GPUs divides the weights, gradients, optimiser states, the reference and the autocast
 copies by N; the activations, logits and KV cache of each GPU's own micro-batch stay as they are. It adds one term:
 the **rollout copy**, the full weights (in the weights' dtype) each GPU's generator decodes with, since a sharded model
-cannot decode on one rank alone (rlbench/engine/sharding.py); it sleeps in CPU memory during the update. ``rlbench plan --processes N --fsdp`` shows that layout.
+cannot decode on one rank alone (rlbench/engine/sharding.py); it sleeps in CPU memory during the update. ``rlbench
+plan --processes N --fsdp`` shows that layout, and the **host memory** it takes: every model loads whole on the CPU
+before it is sharded, and the rollout copy sleeps there, per rank (times the ranks on the machine).
 """
+
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from rlbench.config import ConfigError, LoraConfig, RunConfig
+from rlbench.config import RunConfig
+from rlbench.model_shape import KNOWN_SHAPES, ModelShape, model_shape  # noqa: F401  (the shapes the plan is of)
 
 GIB = 2**30
 CUDA_OVERHEAD = 1.5 * GIB  # CUDA context (~0.5 GiB) and allocator slack: a rule of thumb
 MAX_FSDP = 64  # the largest GPU count the verdict suggests
 SUGGESTED_LORA_RANK = 16
-
-# config.json values (main branch) of the paper's models, for machines that cannot reach the hub
-KNOWN_SHAPES: dict[str, dict[str, Any]] = {
-    "Qwen/Qwen2.5-0.5B": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                              num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                              tie_word_embeddings=True),
-    "Qwen/Qwen2.5-1.5B": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                              num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                              tie_word_embeddings=True),
-    "Qwen/Qwen2.5-Math-7B": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                                 num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                                 tie_word_embeddings=False),
-}
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    name: str
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    parameters: int  # every weight, tied ones once
-    lora_parameters: int  # the adapters at the config's lora.rank and target_modules (0 without LoRA)
-    source: str  # where the shape came from, said in the output
 
 
 @dataclass
@@ -79,7 +58,7 @@ class Term:
     name: str
     bytes: float
     how: str  # the formula, with its numbers
-    phase: str  # "resident", "generate" or "update"
+    phase: str  # "resident", "generate", "update"; or "host": CPU memory, outside the GPU totals
     sharded: bool  # FSDP divides it by the number of GPUs
 
 
@@ -92,103 +71,55 @@ class Plan:
 
     def total(self, phase: str) -> float:
         """Bytes per GPU during ``phase`` (resident terms included, and the CUDA overhead)."""
-        return CUDA_OVERHEAD + sum(t.bytes / (self.gpus if t.sharded else 1)
-                                   for t in self.terms if t.phase in ("resident", phase))
+        return CUDA_OVERHEAD + sum(
+            t.bytes / (self.gpus if t.sharded else 1) for t in self.terms if t.phase in ("resident", phase)
+        )
 
     @property
     def peak(self) -> float:
         return max(self.total("generate"), self.total("update"))
 
-    def sharded(self, gpus: int) -> "Plan":
+    def sharded(self, gpus: int) -> Plan:
         return Plan(self.shape, self.terms, gpus, self.notes)
-
-
-# ----------------------------------------------------------------------------------------------- the model's shape
-
-
-def lora_parameter_count(model: nn.Module, lora: LoraConfig) -> int:
-    """``rank x (in + out)`` for every ``nn.Linear`` whose name ends with a target (peft's matching for plain names)."""
-    if not lora.rank:
-        return 0
-    targets = set(lora.target_modules)
-    return sum(lora.rank * (m.in_features + m.out_features) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and name.rpartition(".")[2] in targets)
-
-
-def shape_of(name: str, model: nn.Module, lora: LoraConfig, source: str) -> ModelShape:
-    c = model.config
-    heads = c.num_attention_heads
-    return ModelShape(
-        name=name, layers=c.num_hidden_layers, hidden=c.hidden_size, intermediate=c.intermediate_size, heads=heads,
-        kv_heads=getattr(c, "num_key_value_heads", None) or heads,
-        head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads, vocab=c.vocab_size,
-        parameters=sum(p.numel() for p in model.parameters()), lora_parameters=lora_parameter_count(model, lora),
-        source=source,
-    )
-
-
-def _on_meta(hf_config: Any) -> nn.Module:
-    """The model built on the meta device: exact parameter counts for any architecture, no memory, no weights."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(hf_config)
-
-
-def model_shape(config: RunConfig) -> ModelShape:
-    """The shape of ``config.model``: the tiny lab's config, a local folder's config.json, the hub's (from the local
-    cache first), or, for the models of :data:`KNOWN_SHAPES` at their main branch, the built-in table."""
-    from transformers import AutoConfig
-
-    from rlbench.engine.policy import looks_like_a_path
-
-    name, a = config.model, config.model_args
-    if name == "tiny":
-        from rlbench.tiny.model import build_tiny_model
-        from rlbench.tiny.tokenizer import build_char_tokenizer
-
-        with torch.device("meta"):
-            model = build_tiny_model(config.tiny, build_char_tokenizer())
-        return shape_of(name, model, config.lora, "the tiny lab's config (tiny.*)")
-    local = Path(name).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").exists():
-            raise ConfigError(f"--model {name}: directory has no config.json (not a saved model)")
-        hf = AutoConfig.from_pretrained(local, trust_remote_code=a.trust_remote_code)
-        return shape_of(name, _on_meta(hf), config.lora, f"{local / 'config.json'}")
-    if looks_like_a_path(name):
-        raise ConfigError(f"--model {name}: no such directory")
-    kw = {"revision": a.revision, "trust_remote_code": a.trust_remote_code}
-    if name in KNOWN_SHAPES and a.revision is None:
-        try:
-            hf = AutoConfig.from_pretrained(name, local_files_only=True, **kw)
-            return shape_of(name, _on_meta(hf), config.lora, "its config.json in the local Hugging Face cache")
-        except OSError:  # not cached: the table holds the same numbers, and the hub is not asked
-            known = dict(KNOWN_SHAPES[name])
-            hf = AutoConfig.for_model(known.pop("model_type"), **known)
-            return shape_of(name, _on_meta(hf), config.lora,
-                            "rlbench's built-in table of its config.json (not cached here; the hub was not asked)")
-    try:
-        hf = AutoConfig.from_pretrained(name, **kw)
-    except OSError:
-        known = ", ".join(KNOWN_SHAPES)
-        raise ConfigError(f"--model {name}: cannot read its config.json (hub unreachable, or no such model); pass "
-                          f"a local folder, or one of the built-in shapes: {known}") from None
-    return shape_of(name, _on_meta(hf), config.lora, "its config.json on the Hugging Face hub")
 
 
 # ----------------------------------------------------------------------------------------------- the arithmetic
 
 
 def layer_activation_values(shape: ModelShape) -> int:
-    """Values one decoder layer saves for the backward pass, per token (see the module docstring)."""
+    """Values one decoder layer saves for the backward pass, per token, all in one dtype (see the module docstring)."""
     return 8 * shape.hidden + 2 * shape.kv_heads * shape.head_dim + 4 * shape.intermediate
 
 
-def estimate(config: RunConfig, shape: ModelShape, prompt_len: int, needs_reference: bool, minibatches: int = 1,
-             gpu_memory_gib: float = 80.0, fsdp: bool = False) -> Plan:
+def layer_activation_bytes(shape: ModelShape, precision: str) -> tuple[int, str]:
+    """Bytes one decoder layer saves per token at ``precision``, and the formula. Under ``bf16`` autocast over fp32
+    weights the residual stream and the norms stay fp32 (each norm saves its input and normalised value: ``4 x
+    hidden`` fp32) while each projection saves its own bf16 cast of its input (q, k, v: 3 casts; gate, up: 2):
+    ``7 x hidden + 2 x kv_dim + 4 x intermediate`` bf16. ``bf16-pure`` norms upcast to fp32 (``2 x hidden``)."""
+    h, kv, mlp = shape.hidden, shape.kv_heads * shape.head_dim, shape.intermediate
+    if precision == "fp32":
+        values = layer_activation_values(shape)
+        return values * 4, f"{values:,} x 4 B"
+    if precision == "bf16":
+        low, high = 7 * h + 2 * kv + 4 * mlp, 4 * h
+    else:
+        low, high = layer_activation_values(shape), 2 * h
+    return low * 2 + high * 4, f"({low:,} x 2 B + {high:,} x 4 B)"
+
+
+def estimate(
+    config: RunConfig,
+    shape: ModelShape,
+    prompt_len: int,
+    needs_reference: bool,
+    minibatches: int = 1,
+    gpu_memory_gib: float = 80.0,
+    fsdp: bool = False,
+    critic: str | None = None,
+) -> Plan:
     """Every term of the memory a run needs on one GPU, by phase (module docstring: the rules and the formulas);
-    with ``fsdp``, the rollout copy too (then :meth:`Plan.sharded` gives the per-GPU numbers)."""
+    with ``fsdp``, the rollout copy too (then :meth:`Plan.sharded` gives the per-GPU numbers). ``critic``: PPO's
+    value model (``"model"``, a copy of the transformer) or value head (``"head"``); None without one."""
     P, L, h, V = shape.parameters, shape.layers, shape.hidden, shape.vocab
     lora = config.lora.rank > 0
     w_bytes = 2 if config.precision == "bf16-pure" else 4
@@ -207,44 +138,155 @@ def estimate(config: RunConfig, shape: ModelShape, prompt_len: int, needs_refere
     else:
         trainable, t_bytes = P, w_bytes
     if needs_reference and not lora:
-        terms.append(Term("reference copy", P * w_bytes, f"{P:,} x {w_bytes} B (a frozen copy for the KL)",
-                          "resident", True))
+        terms.append(
+            Term("reference copy", P * w_bytes, f"{P:,} x {w_bytes} B (a frozen copy for the KL)", "resident", True)
+        )
     s_bytes = state_bytes(t_bytes)
-    terms.append(Term(f"optimiser ({config.optim.name})", 2 * trainable * s_bytes,
-                      f"2 states x {trainable:,} x {s_bytes} B", "resident", True))
+    terms.append(
+        Term(
+            f"optimiser ({config.optim.name})",
+            2 * trainable * s_bytes,
+            f"2 states x {trainable:,} x {s_bytes} B",
+            "resident",
+            True,
+        )
+    )
+    # the critic: a value model is a copy of the transformer without the LM head (in the weights' dtype) plus an fp32
+    # scalar head; a value head is that head alone. Both train at full rank, LoRA or not.
+    backbone = P - shape.head_parameters if critic == "model" else 0
+    head = h + 1 if critic else 0
+    critic_bytes = backbone * w_bytes + head * 4
+    if critic:
+        what = (
+            f"{backbone:,} x {w_bytes} B (a copy of the transformer) + {head:,} x 4 B (its head)"
+            if backbone
+            else f"{head:,} x 4 B (a value head on the policy)"
+        )
+        terms.append(Term(f"critic ({critic})", critic_bytes, what, "resident", True))
+        terms.append(
+            Term(
+                f"critic optimiser ({config.optim.name})",
+                2 * (backbone * state_bytes(w_bytes) + head * state_bytes(4)),
+                "2 states per critic weight",
+                "resident",
+                True,
+            )
+        )
     # generation
     if r.backend == "vllm":
         share = r.gpu_memory_utilization * gpu_memory_gib * GIB
-        terms.append(Term("vLLM engine", share, f"rollout.gpu_memory_utilization {r.gpu_memory_utilization} x GPU",
-                          "generate", False))
+        terms.append(
+            Term(
+                "vLLM engine",
+                share,
+                f"rollout.gpu_memory_utilization {r.gpu_memory_utilization} x GPU",
+                "generate",
+                False,
+            )
+        )
     else:
         per_token = 2 * L * shape.kv_heads * shape.head_dim * act
         gen = r.generation_batch_size
-        terms.append(Term("KV cache", per_token * gen * seq,
-                          f"2 x {L} layers x {shape.kv_heads} kv heads x {shape.head_dim} x {act} B x {gen} rows x "
-                          f"{seq} tokens", "generate", False))
+        terms.append(
+            Term(
+                "KV cache",
+                per_token * gen * seq,
+                f"2 x {L} layers x {shape.kv_heads} kv heads x {shape.head_dim} x {act} B x {gen} rows x {seq} tokens",
+                "generate",
+                False,
+            )
+        )
+        # each decoding step's logits: the float copy and what sampling derives from it (the hf backend also holds
+        # the previous step's, until the next step shows which token was drawn)
+        copies = 4 + (r.backend == "hf")
+        terms.append(
+            Term(
+                "decoding logits",
+                gen * V * 4 * copies,
+                f"{gen} rows x {V:,} x 4 B x {copies} fp32 copies",
+                "generate",
+                False,
+            )
+        )
     if fsdp:  # on the CPU while updating
-        terms.append(Term("rollout copy (FSDP)", P * w_bytes,
-                          f"{P:,} x {w_bytes} B (full weights the generator decodes with)", "generate", False))
+        terms.append(
+            Term(
+                "rollout copy (FSDP)",
+                P * w_bytes,
+                f"{P:,} x {w_bytes} B (full weights the generator decodes with)",
+                "generate",
+                False,
+            )
+        )
+        # host memory, per rank: every model loads whole on the CPU before it is sharded, beside the rollout copy
+        models = 2 + (needs_reference and not lora) + (critic == "model")
+        terms.append(
+            Term(
+                "models loaded whole, then sharded",
+                models * P * w_bytes,
+                f"{models} models (policy, rollout copy{', reference' if needs_reference and not lora else ''}"
+                f"{', critic' if critic == 'model' else ''}) x {P:,} x {w_bytes} B, at start-up",
+                "host",
+                False,
+            )
+        )
+        terms.append(Term("rollout copy, asleep", P * w_bytes, f"{P:,} x {w_bytes} B while updating", "host", False))
     # update
     terms.append(Term("gradients", trainable * t_bytes, f"{trainable:,} x {t_bytes} B", "update", True))
     if config.precision == "bf16":
         copies = P * 2 / (L if config.gradient_checkpointing else 1)
-        how = f"{P:,} x 2 B" + (f" / {L} layers (checkpointing: one layer at a time)" if config.gradient_checkpointing
-                                else " (bf16 casts of the weights, saved for the backward pass)")
+        how = f"{P:,} x 2 B" + (
+            f" / {L} layers (checkpointing: one layer at a time)"
+            if config.gradient_checkpointing
+            else " (bf16 casts of the weights, saved for the backward pass)"
+        )
         terms.append(Term("autocast weight copies", copies, how, "update", True))
-    per_layer = layer_activation_values(shape)
     tokens = micro * seq
-    if config.gradient_checkpointing:
-        terms.append(Term("activations", tokens * (L * h + per_layer) * act,
-                          f"{micro} rows x {seq} tokens x ({L} layers x {h} + {per_layer}) x {act} B (checkpointing)",
-                          "update", False))
-    else:
-        terms.append(Term("activations", tokens * L * per_layer * act,
-                          f"{micro} rows x {seq} tokens x {L} layers x {per_layer} x {act} B", "update", False))
-    terms.append(Term("logits", micro * T * V * (act + 12), f"{micro} rows x {T} tokens x {V:,} x ({act} + 12) B",
-                      "update", False))
+    activations, how = activation_term(shape, config.precision, config.gradient_checkpointing)
+    terms.append(Term("activations", tokens * activations, f"{micro} rows x {seq} tokens x {how}", "update", False))
+    if backbone:  # the value model runs the same layers again (checkpointing recomputes one layer of either at once)
+        activations, how = activation_term(shape, config.precision, config.gradient_checkpointing, recomputed=False)
+        terms.append(
+            Term("critic activations", tokens * activations, f"{micro} rows x {seq} tokens x {how}", "update", False)
+        )
+    if backbone:
+        terms.append(
+            Term(
+                "critic gradients", backbone * w_bytes + head * 4, f"{backbone + head:,} critic weights", "update", True
+            )
+        )
+        if config.precision == "bf16":
+            terms.append(
+                Term(
+                    "critic autocast copies",
+                    backbone * 2 / (L if config.gradient_checkpointing else 1),
+                    f"{backbone:,} x 2 B" + (f" / {L} layers" if config.gradient_checkpointing else ""),
+                    "update",
+                    True,
+                )
+            )
+    terms.append(
+        Term(
+            "logits", micro * T * V * (act + 12), f"{micro} rows x {T} tokens x {V:,} x ({act} + 12) B", "update", False
+        )
+    )
     return Plan(shape, terms)
+
+
+def activation_term(
+    shape: ModelShape, precision: str, checkpointing: bool, recomputed: bool = True
+) -> tuple[float, str]:
+    """Bytes per token the backward pass keeps for one model's layers, and the formula: every layer's saved values,
+    or with checkpointing each layer's input (in the residual stream's dtype) and, if ``recomputed``, the one layer's
+    values being recomputed (a second model's backward runs after, not beside, the first's)."""
+    L, h = shape.layers, shape.hidden
+    layer, how = layer_activation_bytes(shape, precision)
+    if checkpointing:
+        stream = 2 if precision == "bf16-pure" else 4  # fp32 under autocast: the residual stream is never cast
+        if not recomputed:
+            return L * h * stream, f"{L} layers x {h} x {stream} B (checkpointing: layer inputs)"
+        return L * h * stream + layer, f"({L} layers x {h} x {stream} B + {how}) (checkpointing)"
+    return L * layer, f"{L} layers x {how}"
 
 
 def fsdp_gpus_needed(plan: Plan, gpu_memory_gib: float) -> int | None:
@@ -255,13 +297,28 @@ def fsdp_gpus_needed(plan: Plan, gpu_memory_gib: float) -> int | None:
     return None
 
 
-def plan_run(config: RunConfig, prompt_len: int, gpu_memory_gib: float, shape: ModelShape | None = None,
-             processes: int = 1, fsdp: bool = False) -> Plan:
+def plan_run(
+    config: RunConfig,
+    prompt_len: int,
+    gpu_memory_gib: float,
+    shape: ModelShape | None = None,
+    processes: int = 1,
+    fsdp: bool = False,
+) -> Plan:
     """The plan per GPU; with ``fsdp``, sharded across ``processes`` GPUs (data parallelism alone, ``processes``
     without ``fsdp``, keeps a whole copy per GPU: the same plan as one process)."""
     algo = config.algorithm
-    plan = estimate(config, shape or model_shape(config), prompt_len, algo.needs_reference, algo.minibatches,
-                    gpu_memory_gib, fsdp=fsdp)
+    critic = ("model" if algo.critic_model else "head") if algo.needs_values else None
+    plan = estimate(
+        config,
+        shape or model_shape(config),
+        prompt_len,
+        algo.needs_reference,
+        algo.minibatches,
+        gpu_memory_gib,
+        fsdp=fsdp,
+        critic=critic,
+    )
     return plan.sharded(processes) if fsdp else plan
 
 
@@ -292,8 +349,9 @@ def verdict(config: RunConfig, plan: Plan, prompt_len: int, gpu_memory_gib: floa
         lines = [f"verdict: does NOT fit on {where} (peak {peak / GIB:.1f} GiB per GPU). Options:"]
     else:
         if peak <= limit:
-            return [f"verdict: fits on one {gpu_memory_gib:g} GiB GPU (peak {peak / GIB:.1f} GiB, "
-                    f"{peak / limit:.0%} of it)"]
+            return [
+                f"verdict: fits on one {gpu_memory_gib:g} GiB GPU (peak {peak / GIB:.1f} GiB, {peak / limit:.0%} of it)"
+            ]
         lines = [f"verdict: does NOT fit on one {gpu_memory_gib:g} GiB GPU (peak {peak / GIB:.1f} GiB). Options:"]
     shape = plan.shape
 
@@ -307,28 +365,40 @@ def verdict(config: RunConfig, plan: Plan, prompt_len: int, gpu_memory_gib: floa
             continue
         sharded = planned(fsdp=True, **extra)
         n = fsdp_gpus_needed(sharded, gpu_memory_gib)
+        if n == 1:  # fits one GPU as it is: the other options say how
+            break
         if n is not None:
-            lines.append(f"  - FSDP across {n} GPUs{said}: {sharded.sharded(n).peak / GIB:.1f} GiB per GPU (sharding "
-                         f"divides the weights, gradients, optimiser states, reference and autocast copies by {n}; "
-                         f"activations, logits, the KV cache and the generator's full rollout copy stay per GPU; "
-                         f"rlbench plan --processes {n} --fsdp shows it)")
+            lines.append(
+                f"  - FSDP across {n} GPUs{said}: {sharded.sharded(n).peak / GIB:.1f} GiB per GPU (sharding "
+                f"divides the weights, gradients, optimiser states, reference and autocast copies by {n}; "
+                f"activations, logits, the KV cache and the generator's full rollout copy stay per GPU; "
+                f"rlbench plan --processes {n} --fsdp shows it)"
+            )
             break
     else:
-        lines.append(f"  - FSDP: not even {MAX_FSDP} GPUs suffice: each GPU's activations, logits or KV cache alone are "
-                     f"too large (lower rollout.micro_batch_size or rollout.generation_batch_size)")
+        lines.append(
+            f"  - FSDP: not even {MAX_FSDP} GPUs suffice: each GPU's activations, logits or KV cache alone are "
+            f"too large (lower rollout.micro_batch_size or rollout.generation_batch_size)"
+        )
     if not config.lora.rank:
         steps = [({"lora_rank": SUGGESTED_LORA_RANK}, f"lora.rank={SUGGESTED_LORA_RANK}")]
         if ckpt:
             steps.append(({**steps[-1][0], **ckpt}, steps[-1][1] + " + gradient_checkpointing: true"))
         if config.precision != "bf16-pure":
-            steps.append(({**steps[-1][0], "precision": "bf16-pure"},
-                          steps[-1][1] + " + precision: bf16-pure (a frozen bf16 base; peft keeps the adapters fp32)"))
+            steps.append(
+                (
+                    {**steps[-1][0], "precision": "bf16-pure"},
+                    steps[-1][1] + " + precision: bf16-pure (a frozen bf16 base; peft keeps the adapters fp32)",
+                )
+            )
         for changes, said in steps:
             lora_plan = planned(**changes)
             if lora_plan.peak <= limit or changes is steps[-1][0]:
                 fits = "fits" if lora_plan.peak <= limit else "still does not fit"
-                lines.append(f"  - LoRA ({said}): peak {lora_plan.peak / GIB:.1f} GiB, {fits} (gradients and "
-                             f"optimiser states for the adapters only, no reference copy)")
+                lines.append(
+                    f"  - LoRA ({said}): peak {lora_plan.peak / GIB:.1f} GiB, {fits} (gradients and "
+                    f"optimiser states for the adapters only, no reference copy)"
+                )
                 break
     if ckpt:
         ckpt_plan = planned(**ckpt)
@@ -351,8 +421,11 @@ def report(config: RunConfig, plan: Plan, prompt_len: int, gpu_memory_gib: float
         "",
         "estimated GPU memory per rank (GiB)" + (f", FSDP across {plan.gpus} GPUs" if plan.gpus > 1 else ""),
     ]
-    for phase, title in (("resident", "always resident"), ("generate", "while generating"),
-                         ("update", "while updating")):
+    for phase, title in (
+        ("resident", "always resident"),
+        ("generate", "while generating"),
+        ("update", "while updating"),
+    ):
         out.append(f"  {title}:")
         for t in (t for t in plan.terms if t.phase == phase):
             if t.sharded and plan.gpus > 1:
@@ -363,6 +436,11 @@ def report(config: RunConfig, plan: Plan, prompt_len: int, gpu_memory_gib: float
     out.append(f"  {'total while generating':<28}{_gib(plan.total('generate'))}")
     out.append(f"  {'total while updating':<28}{_gib(plan.total('update'))}")
     out.append(f"  {'peak':<28}{_gib(plan.peak)}")
+    host = [t for t in plan.terms if t.phase == "host"]
+    if host:
+        out.append(f"host (CPU) memory per rank, x {plan.gpus} ranks per machine (GiB):")
+        for t in host:
+            out.append(f"    {t.name:<34}{_gib(t.bytes)}   {t.how}; {_gib(t.bytes * plan.gpus).strip()} per machine")
     out.append("")
     out.extend(verdict(config, plan, prompt_len, gpu_memory_gib))
     return "\n".join(out)

@@ -4,26 +4,36 @@ Every writer here turns an ``OSError`` (a full disk, a read-only folder) into a 
 which the CLI prints as one line (exit 2), and leaves nothing half written behind. JSON is strict: a non-finite
 float is written as ``null``, never as the bare ``NaN`` / ``Infinity`` tokens most parsers reject.
 """
+
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 METRICS = "metrics.jsonl"
 EVALS = "eval.jsonl"
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
-EVAL_RECORDS = "eval_records.jsonl"
+EVAL_RECORDS = "eval_records.jsonl"  # older runs: the final evaluation's per-problem records only
+# every evaluation's per-problem records: one gzip JSONL file per evaluation point, each row tagged with its point
+RECORDS_DIR = "eval_records"
 CHECKPOINT = "checkpoint"
 STATE = "state"
 FINGERPRINT = "fingerprint.json"
+# the experiment trackers' folders in a run folder (rlbench.tracking): views of the run's files, not its record
+TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"
 
 # A comparison folder (``rlbench compare``): its record, its audit, its runs and their log, and the report.
 MANIFEST = "manifest.json"
@@ -38,6 +48,52 @@ INDEX_HTML = "index.html"
 def run_name(slug: str, seed: int) -> str:
     """The folder under ``RUNS`` that holds one row's run for one seed."""
     return f"{slug}-s{seed}"
+
+
+def records_path(run: Path, point: int) -> Path:
+    """The file that holds evaluation point ``point``'s per-problem records."""
+    return Path(run) / RECORDS_DIR / f"point-{point:04d}.jsonl.gz"
+
+
+_RECORDS_NAME = re.compile(r"point-(\d+)\.jsonl\.gz")
+
+
+def record_points(run: Path) -> dict[int, Path]:
+    """Evaluation point -> its records file, in point order, for the records files ``run`` holds."""
+    folder = Path(run) / RECORDS_DIR
+    found = {}
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = _RECORDS_NAME.fullmatch(path.name)
+            if match:
+                found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def write_records(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Per-problem records as gzip JSONL, written atomically. ``mtime=0``: equal records give equal bytes."""
+    data = "".join(dumps_strict(row) + "\n" for row in rows).encode("utf-8")
+    write_bytes_atomic(path, gzip.compress(data, compresslevel=6, mtime=0))
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The rows of a :func:`write_records` file; a ValueError names the file (and line) that is not one."""
+    try:
+        text = gzip.decompress(Path(path).read_bytes()).decode("utf-8")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from None
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 def token_hash(items: Any, digits: int = 16) -> str:
@@ -198,7 +254,7 @@ def _fsync_file(file: Path) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:  # os.write may write less than asked; loop until every byte is out
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _finite(value: Any) -> Any:

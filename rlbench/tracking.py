@@ -12,8 +12,9 @@ and ``eval.jsonl`` row once the row is on disk. The run's own files stay the rec
 * the run config, once (TensorBoard: a ``config`` text and the hparams; wandb and trackio: the run's config).
 
 Offline, no server needed: TensorBoard writes event files to ``RUN/tensorboard/`` (``tensorboard --logdir
-DIR/runs`` shows a comparison's runs side by side); wandb runs with ``mode="offline"`` (files in ``RUN/wandb/``,
-``wandb sync`` uploads them) unless ``WANDB_MODE`` is set, and in project ``$WANDB_PROJECT`` or ``rlbench``; trackio
+DIR/runs`` shows a comparison's runs side by side); wandb runs in the mode wandb itself picks (online once logged in;
+``WANDB_MODE=offline`` writes files in ``RUN/wandb/`` for ``wandb sync``), and in project ``$WANDB_PROJECT`` or
+``rlbench``; trackio
 logs to its local database (``$TRACKIO_DIR``, default ``~/.cache/huggingface/trackio``; ``trackio show``).
 
 A resumed run continues its tracker runs (TensorBoard purges the events from the first re-logged step on). A tracker
@@ -22,6 +23,7 @@ that fails while the run trains prints one warning and is dropped: a dashboard m
 Each tracker's package is an extra named after it (``pip install 'rlbench[tensorboard]'``); the config refuses a
 tracker whose package is missing, before any work (exit 2).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,18 +32,17 @@ import inspect
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from rlbench.results import MANIFEST, RUNS
+from rlbench.results import MANIFEST, RUNS, TENSORBOARD_DIR, WANDB_DIR
 
 STANDALONE_PROJECT = "rlbench"
-TENSORBOARD_DIR = "tensorboard"
-WANDB_DIR = "wandb"
 WANDB_ID_FILE = "rlbench-run-id"  # in RUN/wandb/: the wandb run a resume continues
 
 
-def build_trackers(config: Any, out: Path) -> list["Tracker"]:
+def build_trackers(config: Any, out: Path) -> list[Tracker]:
     """One listener per tracker in ``config.report_to`` (opened lazily, at the run's first row)."""
     kinds = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "trackio": TrackioTracker}
     settings = config.to_dict()
@@ -118,8 +119,10 @@ class Tracker:
     def _drop(self, exc: Exception) -> None:
         self.failed = True
         first = str(exc).strip().split("\n")[0] or type(exc).__name__
-        print(f"rlbench: warning: {self.name} tracking stopped ({first}); the run goes on, its files are the record",
-              file=sys.stderr)
+        print(
+            f"rlbench: warning: {self.name} tracking stopped ({first}); the run goes on, its files are the record",
+            file=sys.stderr,
+        )
 
     def open(self, resumed: bool, first_step: int) -> None:
         raise NotImplementedError
@@ -146,8 +149,10 @@ class TensorBoardTracker(Tracker):
         self.writer = SummaryWriter(str(logdir), purge_step=first_step if earlier else None)
         if not earlier:
             self.writer.add_text("config", "```yaml\n" + _yaml(self.config) + "```", global_step=0)
-            flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
-                    for k, v in _dotted(self.config).items()}
+            flat = {
+                k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                for k, v in _dotted(self.config).items()
+            }
             for summary in hparams(flat, {}):
                 self.writer.file_writer.add_summary(summary)
 
@@ -161,7 +166,8 @@ class TensorBoardTracker(Tracker):
 
 
 class WandbTracker(Tracker):
-    """A Weights & Biases run, offline unless ``WANDB_MODE`` says otherwise; files in ``RUN/wandb/``."""
+    """A Weights & Biases run in wandb's own mode (``WANDB_MODE``, ``wandb login`` / ``wandb offline``); files in
+    ``RUN/wandb/``."""
 
     name = "wandb"
 
@@ -176,10 +182,16 @@ class WandbTracker(Tracker):
             seed = f"{os.path.abspath(self.out)}|{os.getpid()}|{os.urandom(8).hex()}"
             run_id = hashlib.sha256(seed.encode()).hexdigest()[:16]
             id_file.write_text(run_id + "\n")
-        options = {"project": os.environ.get("WANDB_PROJECT") or STANDALONE_PROJECT, "group": self.comparison,
-                   "name": self.run_name, "id": run_id, "resume": "allow", "dir": str(self.out),
-                   "config": self.config, "mode": os.environ.get("WANDB_MODE") or "offline",
-                   "reinit": "create_new"}
+        options = {
+            "project": os.environ.get("WANDB_PROJECT") or STANDALONE_PROJECT,
+            "group": self.comparison,
+            "name": self.run_name,
+            "id": run_id,
+            "resume": "allow",
+            "dir": str(self.out),
+            "config": self.config,
+            "reinit": "create_new",
+        }  # no mode: wandb reads WANDB_MODE and its settings
         self.run = wandb.init(**_accepted(wandb.init, options))
 
     def log(self, step: int, numbers: dict[str, float]) -> None:
@@ -197,9 +209,16 @@ class TrackioTracker(Tracker):
     def open(self, resumed: bool, first_step: int) -> None:
         import trackio
 
-        options = {"project": self.comparison or STANDALONE_PROJECT, "name": self.run_name, "group": self.comparison,
-                   "config": self.config, "resume": "allow" if resumed else "never", "embed": False,
-                   "auto_log_gpu": False, "auto_log_cpu": False}  # no sampling threads beside a timed run
+        options = {
+            "project": self.comparison or STANDALONE_PROJECT,
+            "name": self.run_name,
+            "group": self.comparison,
+            "config": self.config,
+            "resume": "allow" if resumed else "never",
+            "embed": False,
+            "auto_log_gpu": False,
+            "auto_log_cpu": False,
+        }  # no sampling threads beside a timed run
         with contextlib.redirect_stdout(sys.stderr):  # trackio talks on stdout, where `rlbench train` prints its JSON
             self.run = trackio.init(**_accepted(trackio.init, options))
 

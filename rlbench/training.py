@@ -4,18 +4,21 @@ evaluation protocol and the engine's trainer, under the run folder's lock.
 This is the layer above the engine: ``rlbench.engine`` never imports a task, an algorithm, the evaluation or the
 tiny lab; it receives them here.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from rlbench import registry
+from rlbench.bars import tqdm
 from rlbench.config import ConfigError, RunConfig
+from rlbench.engine.budget import planned_steps
 from rlbench.engine.distributed import Ranks, init_ranks
 from rlbench.engine.generation import Generator
 from rlbench.engine.seeding import derive_seed
@@ -43,28 +46,62 @@ def resolve_model_path(config: RunConfig, task: Task, progress: bool) -> str:
 
 class RunEvaluator:
     """The comparison's evaluation protocol for one run: greedy and ``eval.samples`` sampled completions on the
-    first ``eval.limit`` problems of ``eval.split``, sampled from a seed derived from the run's.
+    first ``eval.limit`` problems of ``eval.split``, sampled from a seed derived from the run's (each sample from its
+    own seed, so every run of a seed draws the same uniform numbers: common random numbers across rows).
+
+    Evaluations that enter the run's score (:func:`scored_steps`) use those settings; the others draw the learning
+    curve only, on the first ``eval.curve_limit`` problems with ``eval.curve_samples`` samples where those are set.
 
     With ``progress``, a bar counts the completions of each pass (greedy, then sampled) as they are made. It only
-    watches: the passes, their batches and seeds are those of an evaluation without it (no chunking, which would
-    draw other samples), so results are the same bit for bit."""
+    watches: the passes, their batches and seeds are those of an evaluation without it, so results are the same bit
+    for bit."""
 
     def __init__(self, config: RunConfig, task: Task, progress: bool = False) -> None:
         self.config, self.task, self.progress = config, task, progress
         examples = task.load(config.eval.split)
         self.examples: Sequence[Example] = examples[: config.eval.limit] if config.eval.limit else examples
+        self.scored = scored_steps(config)
 
-    def __call__(self, generator: Generator, *, keep_records: bool) -> dict[str, Any]:
+    def __call__(self, generator: Generator, *, step: int) -> dict[str, Any]:
         c = self.config
-        completions = len(self.examples) * (int(c.eval.greedy) + c.eval.samples)
-        with tqdm(total=completions, desc="evaluating", unit="completion", leave=False, file=sys.stderr,
-                  disable=not self.progress) as bar:
+        examples, samples = self.examples, c.eval.samples
+        if self.scored is not None and step not in self.scored:
+            examples = examples[: c.eval.curve_limit] if c.eval.curve_limit else examples
+            samples = samples if c.eval.curve_samples is None else c.eval.curve_samples
+        completions = len(examples) * (int(c.eval.greedy) + samples)
+        with tqdm(
+            total=completions,
+            desc="evaluating",
+            unit="completion",
+            leave=False,
+            file=sys.stderr,
+            disable=not self.progress,
+        ) as bar:
             return evaluate(
-                _Counted(generator, bar) if self.progress else generator, self.task, self.examples,
-                max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature, top_p=c.sampling.top_p,
-                greedy=c.eval.greedy, samples=c.eval.samples, ks=range(1, c.eval.samples + 1),
-                seed=derive_seed(c.seed, "eval"), keep_records=keep_records,
+                _Counted(generator, bar) if self.progress else generator,
+                self.task,
+                examples,
+                max_new_tokens=c.sampling.max_new_tokens,
+                temperature=c.sampling.temperature,
+                top_p=c.sampling.top_p,
+                greedy=c.eval.greedy,
+                samples=samples,
+                ks=range(1, samples + 1),
+                seed=derive_seed(c.seed, "eval"),
+                keep_records=True,
             )
+
+
+def scored_steps(config: RunConfig) -> set[int] | None:
+    """The optimiser steps of the evaluations that enter the run's score: the last ``eval.final_mean_of`` of those
+    after training started (every ``eval.every`` steps, and at the end of the budget). None when the budget cannot
+    say in advance how many steps the run takes (``tokens`` or ``seconds``): then every evaluation is full size."""
+    total = planned_steps(config.budget, config.rollout.batch_size)
+    if total is None:
+        return None
+    every = config.eval.every
+    points = [s for s in range(every, total, every)] if every else []
+    return set([*points, total][-config.eval.final_mean_of :])
 
 
 class _Counted:
@@ -89,14 +126,20 @@ def check_processes(config: RunConfig, ranks: Ranks) -> None:
         return
     r = config.rollout
     if not r.seed_rows:
-        raise ConfigError(f"rollout.seed_rows=false: {ranks.world} processes must seed each completion on its own "
-                          "(set rollout.seed_rows=true), or their samples would depend on how the batch is split")
+        raise ConfigError(
+            f"rollout.seed_rows=false: {ranks.world} processes must seed each completion on its own "
+            "(set rollout.seed_rows=true), or their samples would depend on how the batch is split"
+        )
     if r.prompts_per_step % ranks.world:
-        raise ConfigError(f"rollout.batch_size={r.batch_size}: its {r.prompts_per_step} prompts per step do not split "
-                          f"evenly over {ranks.world} processes")
+        raise ConfigError(
+            f"rollout.batch_size={r.batch_size}: its {r.prompts_per_step} prompts per step do not split "
+            f"evenly over {ranks.world} processes"
+        )
     if r.batch_size // config.algorithm.minibatches < ranks.world:
-        raise ConfigError(f"rollout.batch_size={r.batch_size}: each of the algorithm's {config.algorithm.minibatches} "
-                          f"minibatches needs at least one row per process ({ranks.world})")
+        raise ConfigError(
+            f"rollout.batch_size={r.batch_size}: each of the algorithm's {config.algorithm.minibatches} "
+            f"minibatches needs at least one row per process ({ranks.world})"
+        )
 
 
 def build_trainer(config: RunConfig, progress: bool = True, ranks: Ranks = Ranks()) -> Trainer:
@@ -113,8 +156,16 @@ def build_trainer(config: RunConfig, progress: bool = True, ranks: Ranks = Ranks
         ranks.barrier()
     # experiment trackers (report_to) listen on rank 0; train() closes them
     trackers = build_trackers(config, run_dir(config)) if ranks.main else []
-    return Trainer(config, task=task, algorithm=config.algorithm, model_path=model_path, evaluator=evaluator,
-                   progress=progress, ranks=ranks, listeners=trackers)
+    return Trainer(
+        config,
+        task=task,
+        algorithm=config.algorithm,
+        model_path=model_path,
+        evaluator=evaluator,
+        progress=progress,
+        ranks=ranks,
+        listeners=trackers,
+    )
 
 
 def train(config: RunConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:

@@ -7,6 +7,7 @@ each algorithm keeps its best trial (the first listed among equals). ``tuned.yam
 made; ``rlbench compare --tuned tuned.yaml`` runs each algorithm with its choice and the leaderboard states the
 protocol. Nothing here reads the test split.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -56,8 +57,9 @@ def trial_rows(algos: str, grid: dict[str, list[Any]]) -> list[Row]:
     if any(row.options for row in given):
         raise ConfigError(f"--algos {algos}: name plain algorithms; the grid says what varies")
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    spec = ",".join(f"{name}[{','.join(f'{k}={option_text(v)}' for k, v in point.items())}]"
-                    for name in names for point in points)
+    spec = ",".join(
+        f"{name}[{','.join(f'{k}={option_text(v)}' for k, v in point.items())}]" for name in names for point in points
+    )
     return parse_rows(spec)
 
 
@@ -82,36 +84,50 @@ def choose(trials: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]
     for algo, options in trials.items():
         missing = [t for t in options if t["mean"] is None]
         if missing:
-            raise ConfigError(f"{algo} {_label(missing[0]['settings'])}: a run did not complete, so the trials are "
-                              "not equal; rerun the same command to finish them")
+            raise ConfigError(
+                f"{algo} {_label(missing[0]['settings'])}: a run did not complete, so the trials are "
+                "not equal; rerun the same command to finish them"
+            )
         best = max(options, key=lambda t: t["mean"])  # max keeps the first of equals
         chosen[algo] = dict(best["settings"])
     return chosen
 
 
-def tuned_document(trials: dict[str, list[dict[str, Any]]], grid: dict[str, list[Any]], manifest: dict[str, Any],
-                   metric: str) -> dict[str, Any]:
+def tuned_document(
+    trials: dict[str, list[dict[str, Any]]], grid: dict[str, list[Any]], manifest: dict[str, Any], metric: str
+) -> dict[str, Any]:
     seeds = manifest["seeds"]
     k = (manifest.get("eval") or {}).get("final_mean_of", 1)
     return {
         "tuned": choose(trials),
         "protocol": {
-            "task": manifest["task"], "model": manifest.get("model"), "split": SPLIT, "metric": metric,
+            "task": manifest["task"],
+            "model": manifest.get("model"),
+            "split": SPLIT,
+            "metric": metric,
             "score": f"mean over seeds of each run's mean {metric} accuracy over its last {k} evaluations",
-            "grid": grid, "trials_per_algorithm": math.prod(len(v) for v in grid.values()), "seeds": seeds,
+            "grid": grid,
+            "trials_per_algorithm": math.prod(len(v) for v in grid.values()),
+            "seeds": seeds,
             "budget_per_run": {u: v for u, v in (manifest.get("budget") or {}).items() if v is not None},
             "command": manifest.get("command"),
         },
-        "trials": {algo: [{"settings": t["settings"], "mean": t["mean"],
-                           "scores": {int(s): v for s, v in t["scores"].items()}} for t in options]
-                   for algo, options in trials.items()},
+        "trials": {
+            algo: [
+                {"settings": t["settings"], "mean": t["mean"], "scores": {int(s): v for s, v in t["scores"].items()}}
+                for t in options
+            ]
+            for algo, options in trials.items()
+        },
     }
 
 
 def write_tuned(folder: Path, document: dict[str, Any]) -> Path:
     path = folder / TUNED
-    head = ("# rlbench tune: per-algorithm settings chosen on the validation split (equal grid, seeds and budget per\n"
-            "# algorithm); every trial's score is in tuning.md. Use with: rlbench compare ... --tuned THIS_FILE\n")
+    head = (
+        "# rlbench tune: per-algorithm settings chosen on the validation split (equal grid, seeds and budget per\n"
+        "# algorithm); every trial's score is in tuning.md. Use with: rlbench compare ... --tuned THIS_FILE\n"
+    )
     write_text_atomic(path, head + yaml.safe_dump(document, sort_keys=False))
     write_text_atomic(folder / TUNING_TABLE, tuning_table(document))
     return path
@@ -120,16 +136,22 @@ def write_tuned(folder: Path, document: dict[str, Any]) -> Path:
 def tuning_table(document: dict[str, Any]) -> str:
     p = document["protocol"]
     seeds = p["seeds"]
-    lines = [f"# Tuning on {p['task']}/{p['split']}", "",
-             f"{p['trials_per_algorithm']} trials per algorithm x {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
-             f"each run at {_budget(p['budget_per_run'])}; score: {p['score']}.", "",
-             "| algorithm | trial | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | chosen |",
-             "|---|---|" + "---|" * len(seeds) + "---|---|"]
+    lines = [
+        f"# Tuning on {p['task']}/{p['split']}",
+        "",
+        f"{p['trials_per_algorithm']} trials per algorithm x {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
+        f"each run at {_budget(p['budget_per_run'])}; score: {p['score']}.",
+        "",
+        "| algorithm | trial | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | chosen |",
+        "|---|---|" + "---|" * len(seeds) + "---|---|",
+    ]
     for algo, options in document["trials"].items():
         for t in options:
             cells = [_pct(t["scores"].get(s)) for s in seeds]
             mark = "**yes**" if t["settings"] == document["tuned"][algo] else ""
-            lines.append(f"| {algo} | {_label(t['settings'])} | " + " | ".join(cells) + f" | {_pct(t['mean'])} | {mark} |")
+            lines.append(
+                f"| {algo} | {_label(t['settings'])} | " + " | ".join(cells) + f" | {_pct(t['mean'])} | {mark} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -149,8 +171,10 @@ def load_tuned(path: Path, task: str, algos: list[str]) -> tuple[dict[str, dict[
         raise ConfigError(f"--tuned {path}: tuned on task {protocol.get('task')!r}, but this comparison is on {task!r}")
     for algo in algos:
         if not isinstance(tuned.get(algo), dict):
-            raise ConfigError(f"--tuned {path}: has no tuned settings for {algo}; tune every compared algorithm "
-                              "(equal effort), or leave --tuned out")
+            raise ConfigError(
+                f"--tuned {path}: has no tuned settings for {algo}; tune every compared algorithm "
+                "(equal effort), or leave --tuned out"
+            )
     return {a: dict(tuned[a]) for a in algos}, {**protocol, "tuned": {a: dict(tuned[a]) for a in algos}}
 
 

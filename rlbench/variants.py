@@ -1,4 +1,9 @@
-"""Leaderboard rows: an algorithm with its options, such as ``em-pg[baseline=mean]``, or the A/A control.
+"""Leaderboard rows: an algorithm with its options, such as ``em-pg[baseline=mean]``, or a control.
+
+Two controls, each a copy of the reference row, tested against it and never ranked: the A/A control draws its
+rollouts from an independent random stream (its gap is chance alone: the type-I side), and the positive control
+trains at a fraction of the reference's learning rate (a handicap known from validation runs to cost accuracy: it
+must be found, which shows the comparison has the power it claims).
 
 ``--algos 'em-pg,em-pg[baseline=mean],grpo[loss_agg=token-mean,clip_low=0.2]'`` gives three rows. Each row has a
 readable label (what the leaderboard prints), the registered algorithm it runs, its options, and a folder-safe slug
@@ -9,6 +14,7 @@ An option with a dot in its name is a run setting rather than an algorithm optio
 GRPO at another learning rate (``rlbench tune`` makes its trials this way). The audit then expects that setting on
 that row's runs only.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,6 +26,7 @@ import yaml
 from rlbench.config import ConfigError
 
 CONTROL_SUFFIX = " (A/A control)"
+POSITIVE_SUFFIX = " (positive control)"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
@@ -30,7 +37,10 @@ class Row:
     algo: str
     options: dict[str, Any] = field(default_factory=dict)
     slug: str = ""
-    control: bool = False  # draws its rollouts from an independent sampling stream; never ranked
+    control: bool = False  # a control row: tested against the row it copies, never ranked
+    # a positive control's learning rate as a fraction of its source row's; None for every other row (the A/A control
+    # then draws its rollouts from an independent sampling stream)
+    lr_scale: float | None = None
 
     @property
     def algo_options(self) -> dict[str, Any]:
@@ -43,13 +53,26 @@ class Row:
         return {k: v for k, v in self.options.items() if "." in k}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "algo": self.algo, "options": dict(self.options), "slug": self.slug,
-                "control": self.control}
+        out = {
+            "label": self.label,
+            "algo": self.algo,
+            "options": dict(self.options),
+            "slug": self.slug,
+            "control": self.control,
+        }
+        return {**out, "lr_scale": self.lr_scale} if self.lr_scale is not None else out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Row":
-        return cls(str(data["label"]), str(data["algo"]), dict(data.get("options") or {}), str(data["slug"]),
-                   bool(data.get("control", False)))
+    def from_dict(cls, data: dict[str, Any]) -> Row:
+        scale = data.get("lr_scale")
+        return cls(
+            str(data["label"]),
+            str(data["algo"]),
+            dict(data.get("options") or {}),
+            str(data["slug"]),
+            bool(data.get("control", False)),
+            None if scale is None else float(scale),
+        )
 
 
 def parse_rows(text: str) -> list[Row]:
@@ -67,13 +90,35 @@ def parse_rows(text: str) -> list[Row]:
 
 def control_of(reference: Row) -> Row:
     """A second copy of ``reference`` whose rollouts come from an independent random stream."""
-    return Row(reference.label + CONTROL_SUFFIX, reference.algo, dict(reference.options), f"{reference.slug}.control",
-               control=True)
+    return Row(
+        reference.label + CONTROL_SUFFIX,
+        reference.algo,
+        dict(reference.options),
+        f"{reference.slug}.control",
+        control=True,
+    )
+
+
+def positive_control_of(reference: Row, lr_scale: float) -> Row:
+    """A copy of ``reference`` at ``lr_scale`` times its learning rate, on the reference's own sampling stream."""
+    if not 0 < lr_scale < 1:
+        raise ConfigError(f"--positive-control {lr_scale}: the learning-rate fraction must be in (0, 1)")
+    return Row(
+        reference.label + POSITIVE_SUFFIX,
+        reference.algo,
+        dict(reference.options),
+        f"{reference.slug}.positive",
+        control=True,
+        lr_scale=lr_scale,
+    )
 
 
 def control_source(label: str) -> str:
-    """The label of the row an A/A control copies."""
-    return label[: -len(CONTROL_SUFFIX)] if label.endswith(CONTROL_SUFFIX) else label
+    """The label of the row a control copies."""
+    for suffix in (CONTROL_SUFFIX, POSITIVE_SUFFIX):
+        if label.endswith(suffix):
+            return label[: -len(suffix)]
+    return label
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -118,8 +163,9 @@ def _parse_one(entry: str) -> Row:
     if not options:
         return Row(algo, algo, {}, algo)
     label = f"{algo}[{','.join(f'{k}={option_text(v)}' for k, v in options.items())}]"
-    slug = algo + "." + ".".join(f"{_UNSAFE.sub('_', k)}-{_UNSAFE.sub('_', option_text(v))}"
-                                 for k, v in options.items())
+    slug = (
+        algo + "." + ".".join(f"{_UNSAFE.sub('_', k)}-{_UNSAFE.sub('_', option_text(v))}" for k, v in options.items())
+    )
     return Row(label, algo, options, slug)
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) with the CPU build of torch and rlbench in editable mode.
-# torch is installed first and pinned: with it in place, rlbench's `torch>=2.4` pulls nothing more
-# (a bare `torch` requirement on an empty venv would download a multi-GB CUDA build).
+# Create .venv (if missing) and install exactly the locked versions (requirements.lock: every package pinned with its
+# sha256, the CPU build of torch included), then rlbench itself in editable mode without resolving anything again.
+# Rerunning it brings an existing .venv back to the lock. `bash scripts/lock.sh` regenerates the lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,7 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-if ! python -c "import torch" 2>/dev/null; then
-  python -m pip install -q "torch==${RLBENCH_TORCH_VERSION:-2.13.0}"
+python -m pip install -q --require-hashes -r requirements.lock
+python -m pip install -q --no-deps -e .
+if [ -n "${RLBENCH_EXTRAS:-}" ]; then  # optional extras (lora, eval, ...) on top of the lock, not locked themselves
+  python -m pip install -q -e ".[$RLBENCH_EXTRAS]"
 fi
-python -m pip install -q -e ".[test${RLBENCH_EXTRAS:+,$RLBENCH_EXTRAS}]"
+python scripts/check_lock.py

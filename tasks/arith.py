@@ -8,6 +8,7 @@ Train, validation and test problems come from three random streams (seeds ``trai
 problem, so no two overlap. Test is generated first and alone, so it does not depend on the validation settings.
 Reward: 1 if the text after the last ``####`` is exactly the right integer, else 0.
 """
+
 from __future__ import annotations
 
 import random
@@ -101,10 +102,13 @@ class Arith(Task):
             elif split == "validation":
                 exclude = {e.id for e in self.load("test")}
                 self._cache["validation"] = self._unique(
-                    random.Random(f"validation-{c.data_seed}"), c.validation_size, exclude, "validation")
+                    random.Random(f"validation-{c.data_seed}"), c.validation_size, exclude, "validation"
+                )
             else:
                 exclude = self._held_out_ids()
-                self._cache["train"] = self._unique(random.Random(f"train-{c.data_seed}"), c.train_size, exclude, "train")
+                self._cache["train"] = self._unique(
+                    random.Random(f"train-{c.data_seed}"), c.train_size, exclude, "train"
+                )
         return self._cache[split]
 
     def _held_out_ids(self) -> set[str]:

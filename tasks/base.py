@@ -1,13 +1,16 @@
 """The task protocol: a prompt, a data loader and a grader, nothing more."""
+
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence, Union
+from typing import Any, ClassVar, Literal
 
 ChatMessages = list[dict[str, str]]
-Prompt = Union[str, ChatMessages]
+Prompt = str | ChatMessages
 
 GradeReason = Literal["correct", "wrong", "no_answer", "unparsable", "timeout"]
 
@@ -33,11 +36,11 @@ class Grade:
     extracted: str | None = None
 
     @staticmethod
-    def right(extracted: str) -> "Grade":
+    def right(extracted: str) -> Grade:
         return Grade(1.0, True, "correct", extracted)
 
     @staticmethod
-    def fail(reason: GradeReason, extracted: str | None = None) -> "Grade":
+    def fail(reason: GradeReason, extracted: str | None = None) -> Grade:
         return Grade(0.0, False, reason, extracted)
 
 
@@ -46,6 +49,9 @@ class TaskConfig:
     """Options every task accepts; a task subclasses this to add its own."""
 
     data: str | None = None  # hub id or local file; None means the task's default source
+    # a registered reward function's name (rlbench.registry.register_reward): training rewards come from it; the
+    # task's own grade still says what is correct (accuracy); None = the task's reward
+    reward: str | None = None
 
 
 class Task(ABC):
@@ -62,10 +68,13 @@ class Task(ABC):
         self.config = config if config is not None else self.Config()
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "Task":
+    def from_options(cls, options: dict[str, Any]) -> Task:
         from rlbench.config import build_dataclass
 
-        return cls(build_dataclass(cls.Config, options, prefix="task"))
+        task = cls(build_dataclass(cls.Config, options, prefix="task"))
+        if task.config.reward is None:
+            return task
+        return RewardFrom(task)
 
     @classmethod
     def options(cls) -> dict[str, Any]:
@@ -86,3 +95,59 @@ class Task(ABC):
     def grade_many(self, completions: Sequence[str], examples: Sequence[Example]) -> list[Grade]:
         """Grade a batch; tasks with expensive graders override this to run them in a pool with time limits."""
         return [self.grade(c, e) for c, e in zip(completions, examples)]
+
+
+class RewardFrom(Task):
+    """A task whose reward comes from a registered Python function (``task.reward: name``)::
+
+        from rlbench.registry import register_reward
+
+        @register_reward("short-and-right")
+        def short_and_right(prompt, completion, example) -> float:
+            return float(example.answer in completion) - 0.001 * len(completion)
+
+    It is the task itself (its data, prompts and grades) with each grade's reward replaced by the function's value;
+    ``correct`` and ``reason`` stay the task's, so evaluation accuracy means what it did.
+    """
+
+    def __init__(self, task: Task) -> None:
+        from rlbench import registry
+        from rlbench.config import ConfigError
+
+        self.task, self.config = task, task.config
+        try:
+            self.reward_fn = registry.get_reward(task.config.reward)
+        except registry.UnknownNameError as exc:
+            raise ConfigError(f"task.reward={task.config.reward!r}: {exc}") from None
+        self.name, self.description, self.splits = task.name, task.description, task.splits
+
+    def __getattr__(self, name: str) -> Any:  # anything else a task offers (its own helpers) is the task's
+        return getattr(self.task, name)
+
+    def load(self, split: str) -> list[Example]:
+        return self.task.load(split)
+
+    def prompt(self, example: Example) -> Prompt:
+        return self.task.prompt(example)
+
+    def _rewarded(self, grade: Grade, completion: str, example: Example) -> Grade:
+        name = self.config.reward
+        try:
+            value = float(self.reward_fn(self.task.prompt(example), completion, example))
+        except Exception as exc:
+            raise RuntimeError(
+                f"task.reward={name!r}: the reward function failed on example {example.id!r} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        if not math.isfinite(value):
+            raise RuntimeError(
+                f"task.reward={name!r}: returned {value} for example {example.id!r}; a reward must be a finite number"
+            )
+        return dataclasses.replace(grade, reward=value)
+
+    def grade(self, completion: str, example: Example) -> Grade:
+        return self._rewarded(self.task.grade(completion, example), completion, example)
+
+    def grade_many(self, completions: Sequence[str], examples: Sequence[Example]) -> list[Grade]:
+        grades = self.task.grade_many(completions, examples)
+        return [self._rewarded(g, c, e) for g, c, e in zip(grades, completions, examples)]

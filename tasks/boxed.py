@@ -4,9 +4,10 @@ A completion's answer is the content of its last ``\\boxed{}`` (``grading.last_b
 credited (reason ``no_answer``). A boxed one is credited when math-verify finds it equivalent to the reference, in a
 worker process killed at the per-grade limit (``grading.EquivalenceChecker``).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rlbench.config import ConfigError
 
@@ -43,7 +44,9 @@ def reference_answer(record: Record) -> str:
     answer = record.text("answer", required=False)
     if answer is None:
         if solution is None:
-            raise DataError(f"{record.where}: fields 'answer' and 'solution' are both missing; one must give the final answer")
+            raise DataError(
+                f"{record.where}: fields 'answer' and 'solution' are both missing; one must give the final answer"
+            )
         answer = last_boxed(solution)
         # An empty box (one MATH train problem has "\boxed{}") is kept, so split sizes match the literature;
         # the checker cannot read it, so it never pays. No box at all is a broken record.

@@ -2,13 +2,15 @@
 
 Tasks get plain dicts from here and turn them into Examples themselves; this module knows nothing about any task.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from rlbench.config import ConfigError
 
@@ -91,8 +93,10 @@ def carve_validation(keys: Sequence[str], size: int, where: str) -> tuple[list[i
     if size < 1:
         raise ConfigError(f"task.validation_size={size}: must be >= 1")
     if size >= len(distinct):
-        raise ConfigError(f"task.validation_size={size}: {where} has only {len(distinct)} distinct problems, and "
-                          "training needs at least one of them; lower task.validation_size")
+        raise ConfigError(
+            f"task.validation_size={size}: {where} has only {len(distinct)} distinct problems, and "
+            "training needs at least one of them; lower task.validation_size"
+        )
     digest = {k: hashlib.sha256(f"rlbench-validation\n{k}".encode()).hexdigest() for k in distinct}
     chosen = set(sorted(distinct, key=digest.__getitem__)[:size])
     validation, seen, train = [], set(), []
@@ -105,8 +109,9 @@ def carve_validation(keys: Sequence[str], size: int, where: str) -> tuple[list[i
     return train, validation
 
 
-def train_and_validation(items: Sequence[T], key: Callable[[T], str], size: int, where: str,
-                         own: Sequence[T] | None = None) -> tuple[list[T], list[T]]:
+def train_and_validation(
+    items: Sequence[T], key: Callable[[T], str], size: int, where: str, own: Sequence[T] | None = None
+) -> tuple[list[T], list[T]]:
     """(train, validation) of a task's training items: the data's ``own`` validation items when it has them (train
     then drops every item whose key is among theirs), else a slice of ``size`` carved out by ``carve_validation``."""
     if own is not None:
@@ -204,7 +209,9 @@ def load_hub(dataset: str, config: str | None, split: str) -> list[Record]:
     try:
         rows = datasets.load_dataset(dataset, config, split=split)
     except Exception as exc:  # network, auth, unknown id or split: all surface as a data error naming the id
-        raise DataError(f"task.data={dataset!r} (config {config!r}, split {split!r}): cannot load from the hub: {exc}") from None
+        raise DataError(
+            f"task.data={dataset!r} (config {config!r}, split {split!r}): cannot load from the hub: {exc}"
+        ) from None
     label = f"{dataset}[{split}]"
     records = [Record(dict(row), f"{label} record {number}") for number, row in enumerate(rows)]
     if not records:

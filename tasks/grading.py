@@ -9,14 +9,15 @@ Rules every grader here follows:
 - Every scan is linear in the text and iterative, so 1 MB completions and 10,000 nested braces cost milliseconds.
 - The symbolic check runs in a worker process that is killed when the per-grade limit passes (reason ``timeout``).
 """
+
 from __future__ import annotations
 
 import collections
 import re
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
-from typing import Sequence
 
 from .base import GradeReason
 from .worker_pool import default_workers, shared_pool
@@ -53,7 +54,9 @@ def normalize_number(text: str) -> str | None:
     if match is None:
         return None
     try:
-        value = Decimal(match.group(1) + match.group(2).replace(",", "") + ("." + match.group(3) if match.group(3) else ""))
+        value = Decimal(
+            match.group(1) + match.group(2).replace(",", "") + ("." + match.group(3) if match.group(3) else "")
+        )
     except InvalidOperation:  # pragma: no cover - the regex admits only valid literals
         return None
     if value == 0:
@@ -92,7 +95,7 @@ def last_boxed(text: str) -> str | None:
                 if start is not None and (best is None or start > best[0]):
                     best = (start, pos)
     bare = None
-    for bare in _BOX_BARE.finditer(text):
+    for bare in _BOX_BARE.finditer(text):  # noqa: B007 -- keeps the last match
         pass
     if bare is not None and (best is None or bare.start(1) > best[0]):
         return bare.group(1)

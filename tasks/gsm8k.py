@@ -11,6 +11,7 @@ slice of the training data (``validation_size`` = 500 problems, chosen by the sh
 ``tasks/data.py: carve_validation``) and ``train`` is the rest (6,973 of 7,473). A local directory (or ``{split}``
 path) that holds its own ``validation`` file overrides the slice; ``train`` then drops any problem whose text is in it.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,17 @@ from rlbench.config import ConfigError
 from rlbench.registry import register_task
 
 from .base import Example, Grade, Prompt, Task, TaskConfig
-from .data import (VALIDATION_SIZE, DataError, Record, load_hub, local_split_file, looks_local, read_records,
-                   text_key, train_and_validation)
+from .data import (
+    VALIDATION_SIZE,
+    DataError,
+    Record,
+    load_hub,
+    local_split_file,
+    looks_local,
+    read_records,
+    text_key,
+    train_and_validation,
+)
 from .grading import NUMBER, find_numbers, normalize_number
 
 HUB_ID = "openai/gsm8k"
@@ -59,7 +69,7 @@ def extract_answer(completion: str, grading: str) -> str | None:
     """The raw answer text the grading mode reads from a completion, or None when there is none."""
     if grading == "strict":
         last = None
-        for last in _STRICT.finditer(completion):
+        for last in _STRICT.finditer(completion):  # noqa: B007 -- keeps the last match
             pass
         return last.group(1) if last is not None else None
     numbers = find_numbers(completion)
@@ -99,9 +109,13 @@ class GSM8K(Task):
             own = self.local_file("validation")
             own_rows = None if own is None else list(enumerate(read_records(own)))
             where = "the training data" if self.config.data is None else f"task.data={self.config.data!r} (train)"
-            train, validation = train_and_validation(list(enumerate(self._records("train"))),
-                                                     lambda row: text_key(row[1].text("question")),
-                                                     self.config.validation_size, where, own_rows)
+            train, validation = train_and_validation(
+                list(enumerate(self._records("train"))),
+                lambda row: text_key(row[1].text("question")),
+                self.config.validation_size,
+                where,
+                own_rows,
+            )
             self._cache["train"] = self._examples("train", train)
             self._cache["validation"] = self._examples("train" if own is None else "validation", validation)
         return self._cache[split]

@@ -8,6 +8,7 @@ math-verify's own timeouts are switched off (they use ``signal.alarm``); the wor
 comparing, a cheap size bound on the parsed trees rejects power towers and huge factorials, which sympy would try to
 expand digit by digit, so they cost milliseconds instead of a killed worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,9 @@ _CONFIG = (LatexExtractionConfig(boxed_match_priority=0),)
 
 def _parse(answer: str) -> list[Any]:
     """The sympy forms of one boxed answer; [] when the LaTeX does not parse (a bare string never counts)."""
-    parsed = parse("\\boxed{" + answer + "}", extraction_config=_CONFIG, fallback_mode="no_fallback", parsing_timeout=None)
+    parsed = parse(
+        "\\boxed{" + answer + "}", extraction_config=_CONFIG, fallback_mode="no_fallback", parsing_timeout=None
+    )
     return [p for p in parsed if isinstance(p, (sympy.Basic, MatrixBase))]
 
 

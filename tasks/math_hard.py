@@ -17,19 +17,31 @@ Prompt ``chat`` (the paper's, Qwen2.5-Math style): system "You are a helpful ass
 ``INSTRUCTION``. ``base``: the same words as plain text ending in "Solution:" for base models without a template.
 Reference: the ``answer`` field where the data has one, else the last ``\\boxed{}`` of ``solution`` (tasks/boxed.py).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from rlbench.config import ConfigError
 from rlbench.registry import register_task
 
 from .base import Example, Grade, Prompt, Task, TaskConfig
 from .boxed import equivalence_checker, grade_boxed, level_of, reference_answer
-from .data import (VALIDATION_SIZE, DataError, Record, find_split_file, load_hub, read_records, same_problem,
-                   split_file, text_key, train_and_validation)
+from .data import (
+    VALIDATION_SIZE,
+    DataError,
+    Record,
+    find_split_file,
+    load_hub,
+    read_records,
+    same_problem,
+    split_file,
+    text_key,
+    train_and_validation,
+)
 
 SYSTEM = "You are a helpful assistant."
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -87,11 +99,16 @@ class MathHard(Task):
         test_levels = PRESET_LEVELS[self.config.preset][1]
         data = self.config.data
         if data is not None and not Path(data).expanduser().exists():
-            raise DataError(f"task.data={data!r}: no such file or directory (math-hard reads local data, or the hub when unset)")
+            raise DataError(
+                f"task.data={data!r}: no such file or directory (math-hard reads local data, or the hub when unset)"
+            )
         if data is not None and not Path(data).expanduser().is_dir():
             if split != "test":
-                raise ConfigError(f"task.data={data!r} is a single file, which serves the test split only; give a directory for {split!r}")
-            return [("test", i, r) for i, r in enumerate(read_records(data)) if test_levels is None or level_of(r) in test_levels]
+                raise ConfigError(
+                    f"task.data={data!r} is a single file, which serves the test split only; give a directory for {split!r}"
+                )
+            records = enumerate(read_records(data))
+            return [("test", i, r) for i, r in records if test_levels is None or level_of(r) in test_levels]
         if split == "test":
             if self.config.preset == "paper":
                 return [("math500_test", i, r) for i, r in enumerate(self._source("math500_test"))]
@@ -100,16 +117,24 @@ class MathHard(Task):
         # validation file of the data's own (train drops its problems) or a slice carved out of them
         sources = ("train", "test") if self.config.preset == "paper" else ("train",)
         own = find_split_file(Path(data).expanduser(), "validation") if data is not None else None
-        rows = [(s, i, r) for s in sources + (("validation",) if own else ()) for i, r in
-                enumerate(read_records(own) if s == "validation" else self._source(s))]
+        rows = [
+            (s, i, r)
+            for s in sources + (("validation",) if own else ())
+            for i, r in enumerate(read_records(own) if s == "validation" else self._source(s))
+        ]
         rows = [row for row in rows if level_of(row[2]) in PRESET_LEVELS[self.config.preset][0]]
         if self.config.preset == "paper":
             math500 = same_problem(self._source("math500_test"), "problem")
             rows = [row for row in rows if not math500(row[2])]
-        where = "the preset's training data" if data is None else f"task.data={data!r} (preset {self.config.preset!r} train)"
-        train, validation = train_and_validation([row for row in rows if row[0] != "validation"],
-                                                 lambda row: text_key(row[2].text("problem")), self.config.validation_size,
-                                                 where, [row for row in rows if row[0] == "validation"] if own else None)
+        preset = self.config.preset
+        where = "the preset's training data" if data is None else f"task.data={data!r} (preset {preset!r} train)"
+        train, validation = train_and_validation(
+            [row for row in rows if row[0] != "validation"],
+            lambda row: text_key(row[2].text("problem")),
+            self.config.validation_size,
+            where,
+            [row for row in rows if row[0] == "validation"] if own else None,
+        )
         held = same_problem([r for _, _, r in validation], "problem")
         return validation if split == "validation" else [row for row in train if not held(row[2])]
 

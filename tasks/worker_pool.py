@@ -10,6 +10,7 @@ forkserver would re-import the caller's ``__main__`` in every worker (a training
 for a script without a ``__name__`` guard). Jobs name their function as ``(module, function)`` strings, so the
 parent never imports what the workers run.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -19,9 +20,10 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 #: How long a fresh worker may take to import its modules; not part of any job's limit.
 STARTUP_SECONDS = 120.0
@@ -69,7 +71,9 @@ class _Worker:
         try:
             tag = self.results.recv()
         except (EOFError, OSError):
-            raise RuntimeError(f"a grading worker exited during start-up (code {self.process.poll()}); see its stderr") from None
+            raise RuntimeError(
+                f"a grading worker exited during start-up (code {self.process.poll()}); see its stderr"
+            ) from None
         if tag != "ready":
             raise RuntimeError(f"a grading worker sent {tag!r} instead of 'ready'")
         self.ready = True

@@ -10,6 +10,7 @@ Padded positions hold garbage (large, distinct, some of them infinite in the rob
 them and gives them exactly zero gradient. Expected numbers in the tests come from a separate hand calculation with
 plain floats (never from rlbench's code); they are written out as literals.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,10 +13,11 @@ Model (one replicate = one comparison of algorithm A with algorithm B):
 (seeds x problems) returning a p-value, so one harness judges the seed-level t, the sign-flip test and the old
 bootstrap alike. Shared by ``tests/test_calibration.py`` and ``benchmarks/calibration.py``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -54,8 +55,9 @@ def simulate(setting: Setting, replicates: int, seed: int) -> Iterator[tuple[np.
         yield runs[0], runs[1]
 
 
-def rejection_rates(tests: Mapping[str, GridTest], setting: Setting, replicates: int, seed: int = 0,
-                    alpha: float = 0.05) -> dict[str, float]:
+def rejection_rates(
+    tests: Mapping[str, GridTest], setting: Setting, replicates: int, seed: int = 0, alpha: float = 0.05
+) -> dict[str, float]:
     """Fraction of replicates in which each test gives p <= ``alpha`` (a None p never rejects), on shared replicates.
 
     Under ``effect = 0`` this is the false-positive rate; otherwise the power.
@@ -79,6 +81,7 @@ def per_seed_differences(setting: Setting, replicates: int, seed: int = 0) -> li
 
 # --- the tests under calibration, as GridTests -------------------------------------------------------------------
 
+
 def paired_t(a: np.ndarray, b: np.ndarray) -> float | None:
     """The headline: :func:`stats.seed_test` on per-seed accuracies."""
     return stats.seed_test(a.mean(axis=1), b.mean(axis=1)).p
@@ -96,5 +99,6 @@ def crossed_bootstrap(resamples: int) -> GridTest:
 
 def problems_bootstrap(resamples: int) -> GridTest:
     """Seeds held fixed, problems resampled: the paired bootstrap on each problem's accuracy averaged over seeds."""
-    return lambda a, b: stats.paired_bootstrap(a.mean(axis=0, keepdims=True), b.mean(axis=0, keepdims=True),
-                                               resamples=resamples).p
+    return lambda a, b: (
+        stats.paired_bootstrap(a.mean(axis=0, keepdims=True), b.mean(axis=0, keepdims=True), resamples=resamples).p
+    )

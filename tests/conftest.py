@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny randomly initialised Qwen2 model saved like a hub checkpoint, and offline settings."""
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,17 @@ def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "{% if add_generation_prompt %}<assistant>{% endif %}"
     )
     config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     path = tmp_path_factory.mktemp("tiny-qwen2")
     Qwen2ForCausalLM(config).save_pretrained(path)

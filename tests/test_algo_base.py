@@ -1,4 +1,5 @@
 """The shared maths of algorithms/base.py, the registry of algorithms, and option validation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +8,7 @@ import math
 
 import pytest
 import torch
-
 from algo_helpers import close, make_batch, policy_output
-from rlbench import registry
 from rlbench.algorithms import base
 from rlbench.algorithms.base import (
     Algorithm,
@@ -22,6 +21,8 @@ from rlbench.algorithms.base import (
     returns_to_go,
     whiten,
 )
+
+from rlbench import registry
 from rlbench.config import ConfigError
 from rlbench.engine import maths
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
@@ -60,8 +61,9 @@ def test_clipped_pg_loss_gradient():
     # A = [1, 1, -1, -1], ratios [1.1, 1.5, 0.9, 0.5], clips 0.2 / 0.2, token-mean over 4:
     # tokens 2 (A > 0, ratio > 1.2) and 4 (A < 0, ratio < 0.8) are clipped: gradient 0; else -A * ratio / 4
     logp = torch.tensor([[1.1, 1.5, 0.9, 0.5]]).log().requires_grad_()
-    loss, metrics = clipped_pg_loss(logp, torch.zeros(1, 4), torch.tensor([[1.0, 1.0, -1.0, -1.0]]), torch.ones(1, 4),
-                                    0.2, 0.2, "token-mean")
+    loss, metrics = clipped_pg_loss(
+        logp, torch.zeros(1, 4), torch.tensor([[1.0, 1.0, -1.0, -1.0]]), torch.ones(1, 4), 0.2, 0.2, "token-mean"
+    )
     loss.backward()
     close(loss, (-1.1 - 1.2 + 0.9 + 0.8) / 4)
     close(logp.grad, [[-1.1 / 4, 0.0, 0.9 / 4, 0.0]])
@@ -73,8 +75,9 @@ def test_clipped_pg_loss_gradient():
 def test_clipped_pg_loss_asymmetric_bounds():
     # eps_low 0.1, eps_high 0.3: ratio 1.25 with A > 0 is inside, ratio 0.85 with A < 0 is below 0.9: clipped
     logp = torch.tensor([[1.25, 0.85]]).log().requires_grad_()
-    loss, metrics = clipped_pg_loss(logp, torch.zeros(1, 2), torch.tensor([[2.0, -2.0]]), torch.ones(1, 2),
-                                    0.1, 0.3, "token-mean")
+    loss, metrics = clipped_pg_loss(
+        logp, torch.zeros(1, 2), torch.tensor([[2.0, -2.0]]), torch.ones(1, 2), 0.1, 0.3, "token-mean"
+    )
     loss.backward()
     close(loss, (-2 * 1.25 + 2 * 0.9) / 2)
     close(logp.grad, [[-2 * 1.25 / 2, 0.0]])
@@ -84,29 +87,43 @@ def test_clipped_pg_loss_asymmetric_bounds():
 def test_gae_skips_holes_in_the_mask():
     # mask [1, 0, 1]: the middle position neither bootstraps nor resets. t2: A = 1 - 0.7 = 0.3;
     # t0: delta = 0 + V_2 - V_0 = 0.2, A = 0.2 + 0.5 * 0.3 = 0.35
-    adv, ret = gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 9.0, 0.7]]), torch.tensor([[1.0, 0.0, 1.0]]),
-                   gamma=1.0, lam=0.5)
+    adv, ret = gae(
+        torch.tensor([[0.0, 0.0, 1.0]]),
+        torch.tensor([[0.5, 9.0, 0.7]]),
+        torch.tensor([[1.0, 0.0, 1.0]]),
+        gamma=1.0,
+        lam=0.5,
+    )
     close(adv, [[0.35, 0.0, 0.3]])
     close(ret, [[0.85, 0.0, 1.0]])
 
 
 def test_gae_ends_the_episode_at_the_last_valid_token():
     # a garbage value after the last valid token is not bootstrapped from: A = R - V at the last token
-    adv, _ = gae(torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[0.2, 0.4, 50.0]]), torch.tensor([[1.0, 1.0, 0.0]]),
-                 gamma=1.0, lam=1.0)
+    adv, _ = gae(
+        torch.tensor([[0.0, 1.0, 0.0]]),
+        torch.tensor([[0.2, 0.4, 50.0]]),
+        torch.tensor([[1.0, 1.0, 0.0]]),
+        gamma=1.0,
+        lam=1.0,
+    )
     close(adv, [[0.8, 0.6, 0.0]])
 
 
 def test_outcome_reward_lands_on_the_last_valid_token():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    close(outcome_token_rewards(torch.tensor([1.0, 2.0, 3.0, 4.0]), mask),
-          [[0.0, 0.0, 1.0], [0.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    close(
+        outcome_token_rewards(torch.tensor([1.0, 2.0, 3.0, 4.0]), mask),
+        [[0.0, 0.0, 1.0], [0.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+    )
 
 
 def test_returns_to_go_with_discount():
     # gamma 0.5: G_2 = 1, G_1 = 0 + 0.5 * 1, G_0 = 2 + 0.5 * 0.5
-    close(returns_to_go(torch.tensor([[2.0, 0.0, 1.0, 7.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]]), gamma=0.5),
-          [[2.25, 0.5, 1.0, 0.0]])
+    close(
+        returns_to_go(torch.tensor([[2.0, 0.0, 1.0, 7.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]]), gamma=0.5),
+        [[2.25, 0.5, 1.0, 0.0]],
+    )
 
 
 def test_whiten_keeps_the_mean_when_asked():
@@ -252,7 +269,10 @@ TRAIN_ONE_STEP = {
     [
         ({"name": "toy-test-algo", "scale": 2.0}, "loss"),
         # every optional input switched on, so each needs_* path of the trainer runs once
-        ({"name": "em-pg", "baseline": "code", "kl_loss_coef": 0.001, "kl_reward_coef": 0.01, "entropy_coef": 0.001}, "kl"),
+        (
+            {"name": "em-pg", "baseline": "code", "kl_loss_coef": 0.001, "kl_reward_coef": 0.01, "entropy_coef": 0.001},
+            "kl",
+        ),
         ({"name": "grpo", "kl_loss_coef": 0.04, "epochs": 2, "minibatches": 2}, "clip_frac"),
         ({"name": "ppo", "kl_reward_coef": 0.05, "epochs": 2, "minibatches": 2, "entropy_coef": 0.01}, "vf_loss"),
         ({"name": "reinforce", "baseline": "rloo", "kl_reward_coef": 0.1}, "kl_reward_penalty"),

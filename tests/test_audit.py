@@ -1,17 +1,20 @@
 """The audit's tamper suite: each way of breaking a comparison is caught and blamed on the right run and field."""
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
+from report_helpers import make_comparison, seal
 
-from report_helpers import make_comparison
 from rlbench.report.audit import audit_comparison
 from rlbench.report.inputs import load_comparison
+from rlbench.results import read_records, record_points, write_records
 
 SKILL = {"em-pg": 0.6, "grpo": 0.5, "reinforce": 0.55}
 
@@ -65,46 +68,82 @@ def _drop_hash(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _cut_eval_set(run: Path) -> None:
+    """The final evaluation's records cut to 25 problems, renamed."""
+    path = record_points(run)[max(record_points(run))]
+    write_records(path, [dict(row, id=f"x-{i}") for i, row in enumerate(read_records(path)[:25])])
+
+
 def _copy_run(src: str) -> Callable[[Path], None]:
     def change(run: Path) -> None:
         shutil.rmtree(run)
         shutil.copytree(run.parent / src, run)
+
     return change
 
 
 TAMPERINGS: list[tuple[str, Callable[[Path], None], str]] = [
     ("another lr", lambda r: _config_and_fingerprint(r, "optim", "lr", 2e-4), "optim.lr differs from the other runs'"),
     ("another batch size", lambda r: _config_and_fingerprint(r, "rollout", "batch_size", 32), "rollout.batch_size"),
-    ("other samples per prompt", lambda r: _config_and_fingerprint(r, "rollout", "samples_per_prompt", 4),
-     "rollout.samples_per_prompt differs"),
+    (
+        "other samples per prompt",
+        lambda r: _config_and_fingerprint(r, "rollout", "samples_per_prompt", 4),
+        "rollout.samples_per_prompt differs",
+    ),
     ("another data seed", lambda r: _config_and_fingerprint(r, "task", "data_seed", 7), "task.data_seed differs"),
-    ("config edited after the run", lambda r: _edit_yaml(r / "config.yaml", lambda c: c["optim"].update(lr=1.0)),
-     "config.yaml optim.lr differs from fingerprint.json"),
+    (
+        "config edited after the run",
+        lambda r: _edit_yaml(r / "config.yaml", lambda c: c["optim"].update(lr=1.0)),
+        "config.yaml optim.lr differs from fingerprint.json",
+    ),
     ("a copy of another algorithm's run", _copy_run("em-pg-s2"), "algo.name = 'em-pg', but its row grpo runs 'grpo'"),
-    ("a summary claiming one extra batch",
-     lambda r: _edit_json(r / "summary.json", lambda s: s["usage"].update(samples=s["usage"]["samples"] + 16)),
-     "summary.json says samples = 112, metrics.jsonl adds up to 96"),
+    (
+        "a summary claiming one extra batch",
+        lambda r: _edit_json(r / "summary.json", lambda s: s["usage"].update(samples=s["usage"]["samples"] + 16)),
+        "summary.json says samples = 112, metrics.jsonl adds up to 96",
+    ),
     ("doubled token counts", lambda r: _edit_rows(r / "metrics.jsonl", _double_tokens), "step 1 counts"),
-    ("a row without a prompt hash", lambda r: _edit_rows(r / "metrics.jsonl", _drop_hash),
-     "metrics.jsonl line 3 has no prompt hash"),
-    ("a dropped step", lambda r: _edit_rows(r / "metrics.jsonl", lambda rows: rows[:2] + rows[3:]),
-     "metrics.jsonl steps are not 1..5 (line 3 is step 4)"),
-    ("renumbered steps after a drop",
-     lambda r: _edit_rows(r / "metrics.jsonl", lambda rows: [dict(row, step=i + 1) for i, row in
-                                                            enumerate(rows[:2] + rows[3:])]),
-     "usage does not add one batch"),
-    ("other prompts", lambda r: _edit_rows(r / "metrics.jsonl", lambda rows: [dict(row, prompt_ids_hash="x") if
-                                                                             row["step"] == 4 else row for row in rows]),
-     "its prompts differ from the other seed-2 runs' from step 4 on"),
-    ("other initial weights", lambda r: _edit_json(r / "fingerprint.json", lambda f: f.update(init_weights="w1")),
-     "init_weights differs from the other runs'"),
-    ("an eval set cut to 25 with renamed ids",
-     lambda r: _edit_rows(r / "eval_records.jsonl", lambda rows: [dict(row, id=f"x-{i}") for i, row in
-                                                                 enumerate(rows[:25])]),
-     "eval_records.jsonl holds 25 problems that are not the 30 of its evaluation set"),
+    (
+        "a row without a prompt hash",
+        lambda r: _edit_rows(r / "metrics.jsonl", _drop_hash),
+        "metrics.jsonl line 3 has no prompt hash",
+    ),
+    (
+        "a dropped step",
+        lambda r: _edit_rows(r / "metrics.jsonl", lambda rows: rows[:2] + rows[3:]),
+        "metrics.jsonl steps are not 1..5 (line 3 is step 4)",
+    ),
+    (
+        "renumbered steps after a drop",
+        lambda r: _edit_rows(
+            r / "metrics.jsonl", lambda rows: [dict(row, step=i + 1) for i, row in enumerate(rows[:2] + rows[3:])]
+        ),
+        "usage does not add one batch",
+    ),
+    (
+        "other prompts",
+        lambda r: _edit_rows(
+            r / "metrics.jsonl",
+            lambda rows: [dict(row, prompt_ids_hash="x") if row["step"] == 4 else row for row in rows],
+        ),
+        "its prompts differ from the other seed-2 runs' from step 4 on",
+    ),
+    (
+        "other initial weights",
+        lambda r: _edit_json(r / "fingerprint.json", lambda f: f.update(init_weights="w1")),
+        "init_weights differs from the other runs'",
+    ),
+    (
+        "an eval set cut to 25 with renamed ids",
+        _cut_eval_set,
+        "the final evaluation's records hold 25 problems that are not the 30 of its evaluation set",
+    ),
     ("a missing fingerprint", lambda r: (r / "fingerprint.json").unlink(), "unreadable or missing"),
-    ("another seed in the folder", lambda r: _config_and_fingerprint(r, "rollout", "sample_stream", 1),
-     "rollout.sample_stream = 1 does not fit its row"),
+    (
+        "another seed in the folder",
+        lambda r: _config_and_fingerprint(r, "rollout", "sample_stream", 1),
+        "rollout.sample_stream = 1 does not fit its row",
+    ),
 ]
 
 
@@ -129,10 +168,20 @@ def _resum(rows: list[dict], batch: int = 16) -> list[dict]:
 
 
 def _set_rows(run: Path, change: Callable[[list[dict]], list[dict]]) -> None:
-    """Rewrite metrics.jsonl consistently (usage re-summed, summary updated): only the budget rule can object."""
+    """Rewrite metrics.jsonl consistently (usage re-summed; evaluations, their records and the summary moved to
+    the steps that remain; files re-hashed): only the budget rule can object."""
     _edit_rows(run / "metrics.jsonl", lambda rows: _resum(change(rows)))
-    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["usage"]
-    _edit_json(run / "summary.json", lambda s: s.update(usage=last))
+    usage = {row["step"]: row["usage"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    last = max(usage)
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    for row in evals[1:]:
+        row["step"] = min(row["step"], last) if row is not evals[-1] else last
+        row["usage"] = usage[row["step"]]
+        path = record_points(run)[row["point"]]
+        write_records(path, [dict(r, step=row["step"]) for r in read_records(path)])
+    (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    _edit_json(run / "summary.json", lambda s: s.update(usage=usage[last], score_steps=[last]))
+    seal(run)
 
 
 def test_a_run_that_took_one_more_step_than_its_budget_is_caught(comparison):

@@ -1,17 +1,18 @@
 """The rollout backend seam: the ``rlbench`` decoder and ``model.generate`` agree, stop where the model stops, and
 report the sampling log-probs the trainer recomputes."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from rlbench.tasks.arith import Arith
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlbench.config import TinyConfig, build_run_config
 from rlbench.engine.generation import encode_prompt, make_generator, stop_ids
 from rlbench.engine.policy import Policy, load_model
-from rlbench.tasks.arith import Arith
 from rlbench.tiny.model import build_tiny_model
 from rlbench.tiny.tokenizer import build_char_tokenizer
 from rlbench.training import build_trainer
@@ -68,7 +69,8 @@ def test_an_extra_generation_config_eos_stops_every_backend(tmp_path):
     model, tok = load_model(str(path), "fp32", CPU)
     prompts = _prompts(tok, 8)
     free = make_generator("rlbench", Policy(model, tok, CPU)).generate(
-        prompts, temperature=1.0, top_p=1.0, max_new_tokens=12, greedy=True)
+        prompts, temperature=1.0, top_p=1.0, max_new_tokens=12, greedy=True
+    )
     # the token most completions emit third: stopping at it must cut them there
     extra = int(free.input_ids[:, free.prompt_len + 2].mode().values)
     assert extra != tok.eos_token_id
@@ -86,12 +88,18 @@ def test_an_extra_generation_config_eos_stops_every_backend(tmp_path):
 
 
 def _one_step(tiny_qwen_dir, tmp_path, backend: str, **rollout) -> dict:
-    config = build_run_config({
-        "model": str(tiny_qwen_dir), "algo": {"name": "grpo"}, "out": str(tmp_path / backend),
-        "rollout": {"batch_size": 8, "samples_per_prompt": 4, "backend": backend, **rollout},
-        "sampling": {"max_new_tokens": 12, "temperature": 0.8}, "task": {"name": "arith", "train_size": 40, "test_size": 8},
-        "budget": {"steps": 2}, "eval": {"limit": 2, "samples": 0, "every": 0},
-    })
+    config = build_run_config(
+        {
+            "model": str(tiny_qwen_dir),
+            "algo": {"name": "grpo"},
+            "out": str(tmp_path / backend),
+            "rollout": {"batch_size": 8, "samples_per_prompt": 4, "backend": backend, **rollout},
+            "sampling": {"max_new_tokens": 12, "temperature": 0.8},
+            "task": {"name": "arith", "train_size": 40, "test_size": 8},
+            "budget": {"steps": 2},
+            "eval": {"limit": 2, "samples": 0, "every": 0},
+        }
+    )
     build_trainer(config, progress=False).run()
     return [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
 
@@ -135,18 +143,27 @@ def _generate_reference(path, prompts: list[list[int]], max_new: int) -> list[in
     tok = AutoTokenizer.from_pretrained(path)
     lengths = []
     for ids in prompts:
-        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id
+        )
         lengths.append(out.shape[1] - len(ids))
     return lengths
 
 
 def test_rollouts_end_at_the_extra_eos(tmp_path):
     path, extra = _extra_eos_model(tmp_path)
-    config = build_run_config({
-        "model": str(path), "algo": {"name": "reinforce"}, "out": str(tmp_path / "run"),
-        "rollout": {"batch_size": 8, "samples_per_prompt": 2}, "sampling": {"max_new_tokens": 16},
-        "task": {"name": "arith", "train_size": 40, "test_size": 8}, "budget": {"steps": 1}, "eval": {"limit": 2},
-    })
+    config = build_run_config(
+        {
+            "model": str(path),
+            "algo": {"name": "reinforce"},
+            "out": str(tmp_path / "run"),
+            "rollout": {"batch_size": 8, "samples_per_prompt": 2},
+            "sampling": {"max_new_tokens": 16},
+            "task": {"name": "arith", "train_size": 40, "test_size": 8},
+            "budget": {"steps": 1},
+            "eval": {"limit": 2},
+        }
+    )
     trainer = build_trainer(config, progress=False)
     batch, _, _ = trainer.rollout(0, {})
     for row, n, cut in zip(batch.response_ids, batch.response_mask.sum(1).long(), batch.truncated):
@@ -168,10 +185,64 @@ def test_evaluation_and_rlbench_eval_end_where_model_generate_does(tmp_path):
     expected = _generate_reference(path, [encode_prompt(tok, task.prompt(e)) for e in examples], 16)
     assert min(expected) < 16  # the extra EOS does stop some completions early
     records = tmp_path / "records.jsonl"
-    result = CliRunner().invoke(eval_, ["--model", str(path), "--task", "arith", "--limit", "6", "--k", "0",
-                                        "--max-new-tokens", "16", "--set", "threads=1", "--quiet",
-                                        "--out", str(tmp_path / "eval.json"), "--records", str(records)],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        eval_,
+        [
+            "--model",
+            str(path),
+            "--task",
+            "arith",
+            "--limit",
+            "6",
+            "--k",
+            "0",
+            "--max-new-tokens",
+            "16",
+            "--set",
+            "threads=1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "eval.json"),
+            "--records",
+            str(records),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     lengths = [json.loads(line)["greedy"]["tokens"] for line in records.read_text().splitlines()]
     assert lengths == expected
+
+
+def test_hf_sampling_memory_does_not_grow_with_vocabulary_times_steps(tmp_path):
+    """The hf backend's log-probs are taken as it decodes: 256 new tokens peak about where 32 do, not 224 steps x
+    a (rows, vocabulary) fp32 tensor higher (what keeping every step's logits cost)."""
+    from memory_helpers import LiveBytes
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    rows, vocab = 4, 32000
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    gen = make_generator("hf", Policy(model, tok, CPU))
+    prompts = _prompts(tok, rows)
+    peaks = {}
+    for new in (32, 256):
+        with LiveBytes() as meter:
+            out = gen.generate(prompts, temperature=1.0, top_p=1.0, max_new_tokens=new, seed=0)
+            peaks[new] = meter.peak
+        assert out.logprobs.shape == (rows, new)  # ran every step (no stop token drawn from 32,000 ids)
+    one_step = rows * vocab * 4
+    assert peaks[256] - peaks[32] < one_step, (peaks, one_step)  # kept every step: 224 x one_step more

@@ -1,18 +1,20 @@
 """``rlbench eval``: result and records files, determinism for a seed, exact chunk merging, pass@k / maj@k on scripted
 completions, the tiny-lab warm-start, and one-line errors with exit code 2."""
+
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+
 import pytest
 import torch
 from click.testing import CliRunner
 
 from rlbench.cli.eval import eval_
-from rlbench.engine.policy import Policy, load_model
 from rlbench.engine.decoder import Decoder
 from rlbench.engine.generation import Generation
+from rlbench.engine.policy import Policy, load_model
 from rlbench.eval.evaluate import chunk_seed, evaluate
 from rlbench.eval.metrics import summarize
 from rlbench.registry import get_task
@@ -44,12 +46,33 @@ def without_speed(metrics: dict) -> dict:
 
 def test_writes_result_records_and_table(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     out, recs = tmp_path / "res" / "eval.json", tmp_path / "recs.jsonl"
-    result = CliRunner().invoke(eval_, ["--model", str(tiny_qwen_dir), *FAST[:-1], "--limit", "5", "--k", "3",
-                                        "--chunk-size", "2", "--out", str(out), "--records", str(recs)])
+    result = CliRunner().invoke(
+        eval_,
+        [
+            "--model",
+            str(tiny_qwen_dir),
+            *FAST[:-1],
+            "--limit",
+            "5",
+            "--k",
+            "3",
+            "--chunk-size",
+            "2",
+            "--out",
+            str(out),
+            "--records",
+            str(recs),
+        ],
+    )
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())
     assert (res["harness"], res["model"], res["task"], res["split"], res["problems"]) == (
-        "rlbench", str(tiny_qwen_dir), "arith", "test", 5)
+        "rlbench",
+        str(tiny_qwen_dir),
+        "arith",
+        "test",
+        5,
+    )
     assert res["settings"]["k"] == 3 and res["settings"]["ks"] == [1, 2, 3]
     assert res["settings"]["max_new_tokens"] == 6 and res["settings"]["chunk_size"] == 2
     assert set(res["sampled"]) >= {"accuracy", "pass@1", "pass@2", "pass@3", "maj@3", "length_mean", "truncated_frac"}
@@ -71,8 +94,23 @@ def test_writes_result_records_and_table(tiny_qwen_dir: Path, tmp_path: Path) ->
 def test_same_seed_same_completions_other_seed_other_samples(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     def records(seed: str, name: str) -> list[dict]:
         path = tmp_path / f"{name}.jsonl"
-        res = run("--model", str(tiny_qwen_dir), *FAST, "--limit", "3", "--k", "2", "--chunk-size", "2",
-                  "--seed", seed, "--out", str(tmp_path / f"{name}.json"), "--records", str(path))
+        res = run(
+            "--model",
+            str(tiny_qwen_dir),
+            *FAST,
+            "--limit",
+            "3",
+            "--k",
+            "2",
+            "--chunk-size",
+            "2",
+            "--seed",
+            seed,
+            "--out",
+            str(tmp_path / f"{name}.json"),
+            "--records",
+            str(path),
+        )
         assert res.exit_code == 0, res.output
         return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -108,8 +146,14 @@ class ScriptedGenerator:
         T = max(int(lengths.max()), 1)
         mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
         B = len(texts)
-        return Generation(input_ids=torch.zeros((B, T), dtype=torch.long), attention_mask=mask.long(),
-                          response_mask=mask, prompt_len=0, truncated=lengths >= 20, texts=texts)
+        return Generation(
+            input_ids=torch.zeros((B, T), dtype=torch.long),
+            attention_mask=mask.long(),
+            response_mask=mask,
+            prompt_len=0,
+            truncated=lengths >= 20,
+            texts=texts,
+        )
 
     def sync_weights(self, policy) -> None:
         pass
@@ -141,8 +185,9 @@ def test_chunked_metrics_equal_one_call() -> None:
     assert 0 < one["greedy"]["accuracy"] < 1 and 0 < one["greedy"]["truncated_frac"] < 1
     for chunk in (1, 3, 11, 50):
         generator = ScriptedGenerator(plan)
-        merged = evaluate(generator, task, examples, chunk_size=chunk, max_new_tokens=30, samples=4, ks=ks, seed=7,
-                          keep_records=True)
+        merged = evaluate(
+            generator, task, examples, chunk_size=chunk, max_new_tokens=30, samples=4, ks=ks, seed=7, keep_records=True
+        )
         assert merged.pop("records") == one["records"]
         assert without_speed(merged) == without_speed(one)
         # each chunk draws from its own seed, a function of (seed, chunk index) only
@@ -155,8 +200,9 @@ def test_summarize_reproduces_evaluate_on_real_completions(tiny_qwen_dir: Path) 
     model, tok = load_model(str(tiny_qwen_dir), "fp32", torch.device("cpu"))
     generator = Decoder(Policy(model, tok, torch.device("cpu")))
     task = get_task("arith")()
-    res = evaluate(generator, task, task.load("test")[:4], max_new_tokens=5, samples=3, ks=[1, 2, 3], seed=1,
-                   keep_records=True)
+    res = evaluate(
+        generator, task, task.load("test")[:4], max_new_tokens=5, samples=3, ks=[1, 2, 3], seed=1, keep_records=True
+    )
     assert without_speed(summarize(res["records"], ks=[1, 2, 3], temperature=1.0, top_p=1.0)) == without_speed(res)
 
 
@@ -170,8 +216,9 @@ def test_pass_at_k_mean_and_majority_by_hand() -> None:
         task.prompt(b): (wrong, [right[b.id], wrong, right[b.id], " none"]),  # 2 of 4 right, majority right
         task.prompt(c): (wrong, [wrong, right[c.id], wrong, right[c.id]]),  # 2-2 tie: the first answer seen wins
     }
-    metrics = evaluate(ScriptedGenerator(plan), task, [a, b, c], chunk_size=2, max_new_tokens=30, samples=4,
-                       ks=[1, 2, 3, 4])
+    metrics = evaluate(
+        ScriptedGenerator(plan), task, [a, b, c], chunk_size=2, max_new_tokens=30, samples=4, ks=[1, 2, 3, 4]
+    )
     s = metrics["sampled"]
     assert metrics["greedy"]["accuracy"] == pytest.approx(1 / 3)
     assert s["accuracy"] == pytest.approx(5 / 12)  # mean@4
@@ -184,8 +231,9 @@ def test_pass_at_k_mean_and_majority_by_hand() -> None:
     assert s["reasons"] == {"wrong": 5, "correct": 5, "no_answer": 2}
 
 
-def test_tiny_uses_the_training_warm_start(tiny_qwen_dir: Path, tmp_path: Path, cache_dir: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_uses_the_training_warm_start(
+    tiny_qwen_dir: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import rlbench.tiny.warmstart as warmstart
     from rlbench.config import RunConfig
 
@@ -204,7 +252,8 @@ def test_tiny_uses_the_training_warm_start(tiny_qwen_dir: Path, tmp_path: Path, 
     expected = RunConfig()
     assert tiny == expected.tiny and task_name == "arith" and sampling.max_new_tokens == 6
     assert warmstart.cache_key(tiny, get_task("arith")(), sampling) == warmstart.cache_key(
-        expected.tiny, get_task("arith")(), type(expected.sampling)(max_new_tokens=6))
+        expected.tiny, get_task("arith")(), type(expected.sampling)(max_new_tokens=6)
+    )
     saved = json.loads(out.read_text())
     assert saved["model"] == "tiny" and saved["model_path"] == str(tiny_qwen_dir)
 
@@ -228,17 +277,25 @@ def test_tiny_uses_the_training_warm_start(tiny_qwen_dir: Path, tmp_path: Path, 
         (["--task", "gsm8k", "--data", "{missing}"], "missing.jsonl: no such file"),
         (["--harness", "lm-eval"], "--task arith: the lm-eval harness supports gsm8k"),
         (["--harness", "lm-eval", "--task", "gsm8k", "--k", "2"], "--k 2: the lm-eval harness decodes greedily only"),
-        (["--harness", "lm-eval", "--task", "gsm8k", "--data", "openai/gsm8k"], "--data: the lm-eval harness reads a local file"),
+        (
+            ["--harness", "lm-eval", "--task", "gsm8k", "--data", "openai/gsm8k"],
+            "--data: the lm-eval harness reads a local file",
+        ),
         (["--out", "{dir}"], "is a directory"),
         (["--model", "tiny", "--task", "gsm8k", "--data", "{gsm}"], "--model tiny: the tiny lab warm-starts on"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tiny_qwen_dir: Path, tmp_path: Path, cache_dir: Path, args: list[str],
-                                        message: str) -> None:
+def test_bad_input_exits_2_with_one_line(
+    tiny_qwen_dir: Path, tmp_path: Path, cache_dir: Path, args: list[str], message: str
+) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "gsm.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
-    subs = {"{empty}": str(tmp_path / "empty"), "{missing}": str(tmp_path / "missing.jsonl"), "{dir}": str(tmp_path),
-            "{gsm}": str(tmp_path / "gsm.jsonl")}
+    subs = {
+        "{empty}": str(tmp_path / "empty"),
+        "{missing}": str(tmp_path / "missing.jsonl"),
+        "{dir}": str(tmp_path),
+        "{gsm}": str(tmp_path / "gsm.jsonl"),
+    }
     args = [subs.get(a, a) for a in args]
     base = {"--model": str(tiny_qwen_dir), "--task": "arith", "--out": str(tmp_path / "o.json")}
     for flag, value in base.items():
@@ -256,8 +313,21 @@ def test_missing_lm_eval_is_one_line(tiny_qwen_dir: Path, tmp_path: Path, monkey
     data = tmp_path / "gsm.jsonl"
     data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` now fails as if it were not installed
-    result = CliRunner().invoke(eval_, ["--model", str(tiny_qwen_dir), "--task", "gsm8k", "--data", str(data),
-                                        "--harness", "lm-eval", "--out", str(tmp_path / "o.json")])
+    result = CliRunner().invoke(
+        eval_,
+        [
+            "--model",
+            str(tiny_qwen_dir),
+            "--task",
+            "gsm8k",
+            "--data",
+            str(data),
+            "--harness",
+            "lm-eval",
+            "--out",
+            str(tmp_path / "o.json"),
+        ],
+    )
     assert result.exit_code == 2
     assert result.stderr.strip() == "rlbench: error: --harness lm-eval needs lm-eval: pip install 'rlbench[eval]'"
 

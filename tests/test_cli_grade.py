@@ -1,4 +1,5 @@
 """``rlbench grade``: grading a completions file, its report and output, and one-line errors with exit code 2."""
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,16 @@ def test_grades_by_index_and_id(tmp_path: Path) -> None:
 
 def test_task_options_via_set(tmp_path: Path, gsm: Path) -> None:
     completions = write_jsonl(tmp_path / "c.jsonl", [{"index": 2, "completion": "the answer is 8"}])
-    result = run("--task", "gsm8k", "--set", f"task.data={gsm}", "--set", "task.grading=flexible", "--completions", str(completions))
+    result = run(
+        "--task",
+        "gsm8k",
+        "--set",
+        f"task.data={gsm}",
+        "--set",
+        "task.grading=flexible",
+        "--completions",
+        str(completions),
+    )
     assert result.exit_code == 0, result.output
     assert "accuracy 1.0000 (1/1)" in result.stdout
 
@@ -110,7 +120,9 @@ def test_progress_bar_on_stderr_for_long_inputs(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "grading" in result.stderr and f"{PROGRESS_MIN_ROWS}/{PROGRESS_MIN_ROWS}" in result.stderr
     assert "grading" not in result.stdout
-    short = run("--task", "gsm8k", "--data", str(gsm), "--completions", str(write_jsonl(tmp_path / "s.jsonl", rows[:3])))
+    short = run(
+        "--task", "gsm8k", "--data", str(gsm), "--completions", str(write_jsonl(tmp_path / "s.jsonl", rows[:3]))
+    )
     assert short.stderr == ""
 
 
@@ -121,21 +133,50 @@ def test_progress_bar_on_stderr_for_long_inputs(tmp_path: Path) -> None:
         (['{"index": 0}'], r"c\.jsonl:1: field 'completion' missing"),
         (['{"index": 0, "completion": 7}'], r"c\.jsonl:1: field 'completion' must be a string"),
         (['{"completion": "x"}'], r"c\.jsonl:1: field 'index' or 'id' missing"),
-        (['{"index": 3, "completion": "x"}'], r"c\.jsonl:1: field 'index' = 3 is out of range \(the split has 3 rows\)"),
+        (
+            ['{"index": 3, "completion": "x"}'],
+            r"c\.jsonl:1: field 'index' = 3 is out of range \(the split has 3 rows\)",
+        ),
         (['{"index": -1, "completion": "x"}'], r"c\.jsonl:1: field 'index' = -1 is out of range"),
         (['{"index": true, "completion": "x"}'], r"c\.jsonl:1: field 'index' must be an integer"),
         (['{"index": "0", "completion": "x"}'], r"c\.jsonl:1: field 'index' must be an integer"),
         (['{"id": "test-9", "completion": "x"}'], r"c\.jsonl:1: field 'id' = 'test-9' names no example"),
-        (['{"id": "test-1", "index": 0, "completion": "x"}'], r"c\.jsonl:1: field 'id' = 'test-1' is row 1, but field 'index' says 0"),
+        (
+            ['{"id": "test-1", "index": 0, "completion": "x"}'],
+            r"c\.jsonl:1: field 'id' = 'test-1' is row 1, but field 'index' says 0",
+        ),
         (["[1, 2]"], r"c\.jsonl:1: expected a JSON object"),
         ([], r"c\.jsonl: empty file"),
-        # one problem named twice would count twice in the accuracy: by id, by index, or one of each
+        # one sample named twice would count twice in mean@k and pass@k: by id, by index, or one of each
         (
-            ['{"id": "test-0", "completion": "#### 7"}', '{"index": 1, "completion": "x"}', '{"id": "test-0", "completion": "x"}'],
-            r"c\.jsonl:3: duplicate id 'test-0' \(row 0\), first on line 1$",
+            [
+                '{"id": "test-0", "sample": 0, "completion": "#### 7"}',
+                '{"index": 1, "sample": 0, "completion": "x"}',
+                '{"id": "test-0", "sample": 1, "completion": "x"}',
+                '{"id": "test-0", "sample": 0, "completion": "x"}',
+            ],
+            r"c\.jsonl:4: duplicate sample 0 of id 'test-0' \(row 0\), first on line 1$",
         ),
-        (['{"index": 2, "completion": "x"}', "", '{"index": 2, "completion": "y"}'], r"c\.jsonl:3: duplicate id 'test-2'.* line 1$"),
-        (['{"index": 1, "completion": "x"}', '{"id": "test-1", "completion": "y"}'], r"c\.jsonl:2: duplicate id 'test-1'.* line 1$"),
+        (
+            ['{"index": 2, "sample": 3, "completion": "x"}', "", '{"index": 2, "sample": 3, "completion": "y"}'],
+            r"c\.jsonl:3: duplicate sample 3 of id 'test-2'.* line 1$",
+        ),
+        (
+            ['{"index": 1, "sample": 0, "completion": "x"}', '{"id": "test-1", "sample": 0, "completion": "y"}'],
+            r"c\.jsonl:2: duplicate sample 0 of id 'test-1'.* line 1$",
+        ),
+        (
+            ['{"index": 0, "sample": -1, "completion": "x"}'],
+            r"c\.jsonl:1: field 'sample' must be a non-negative integer, got -1",
+        ),
+        (
+            ['{"index": 0, "sample": "0", "completion": "x"}'],
+            r"c\.jsonl:1: field 'sample' must be a non-negative integer",
+        ),
+        (
+            ['{"index": 0, "sample": true, "completion": "x"}'],
+            r"c\.jsonl:1: field 'sample' must be a non-negative integer",
+        ),
     ],
 )
 def test_bad_completions_exit_2_with_one_line(tmp_path: Path, gsm: Path, lines: list[str], message: str) -> None:
@@ -227,7 +268,16 @@ def test_lone_surrogate_is_graded_and_written_escaped(tmp_path: Path) -> None:
         '{"index": 2, "completion": "\\\\boxed{0.5}"}\n'
     )
     out = tmp_path / "grades.jsonl"
-    result = run("--task", "math-hard", "--data", str(math_data(tmp_path, 3)), "--completions", str(completions), "--out", str(out))
+    result = run(
+        "--task",
+        "math-hard",
+        "--data",
+        str(math_data(tmp_path, 3)),
+        "--completions",
+        str(completions),
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     assert "accuracy 0.6667 (2/3)" in result.stdout

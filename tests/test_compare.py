@@ -1,4 +1,5 @@
 """A small comparison: matched budgets, an audit, and a SIGKILL in the middle that a rerun recovers from bitwise."""
+
 import json
 import os
 import signal
@@ -10,26 +11,58 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from run_helpers import stable_records, stable_rows
 
 from rlbench.cli import main
 from rlbench.compare import parse_budget
 from rlbench.config import ConfigError
-from run_helpers import stable_rows
 
 SETTINGS = [
-    "--set", "rollout.batch_size=8", "--set", "rollout.samples_per_prompt=2", "--set", "sampling.max_new_tokens=8",
-    "--set", "eval.limit=6", "--set", "eval.every=3", "--set", "task.train_size=60", "--set", "task.test_size=12",
-    "--set", "optim.lr=1e-3", "--set", "checkpoint_every=2",
+    "--set",
+    "rollout.batch_size=8",
+    "--set",
+    "rollout.samples_per_prompt=2",
+    "--set",
+    "sampling.max_new_tokens=8",
+    "--set",
+    "eval.limit=6",
+    "--set",
+    "eval.every=3",
+    "--set",
+    "task.train_size=60",
+    "--set",
+    "task.test_size=12",
+    "--set",
+    "optim.lr=1e-3",
+    "--set",
+    "checkpoint_every=2",
 ]
 
 
 def _cmd(model: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "rlbench.cli", "compare", "--model", str(model), "--task", "arith",
-            "--algos", "reinforce,em-pg", "--seeds", "1", "--budget", "steps=6", "--out", str(out), "--jobs", "1",
-            "--no-report", "--quiet", *SETTINGS]
-
-
-
+    return [
+        sys.executable,
+        "-m",
+        "rlbench.cli",
+        "compare",
+        "--model",
+        str(model),
+        "--task",
+        "arith",
+        "--algos",
+        "reinforce,em-pg",
+        "--seeds",
+        "1",
+        "--budget",
+        "steps=6",
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+        "--no-report",
+        "--quiet",
+        *SETTINGS,
+    ]
 
 
 def test_budget_parsing():
@@ -46,8 +79,13 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_comparison(tiny_qwen_dir, tm
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     subprocess.run(_cmd(tiny_qwen_dir, clean), check=True, env=env, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_cmd(tiny_qwen_dir, killed), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(tiny_qwen_dir, killed),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     victim = killed / "runs" / "em-pg-s1" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (victim.exists() and len(victim.read_text().splitlines()) >= 3):
@@ -61,8 +99,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_comparison(tiny_qwen_dir, tm
     assert "audit: matched" in done.stdout
     for run in ("reinforce-s1", "em-pg-s1"):
         a, b = clean / "runs" / run, killed / "runs" / run
-        for name in ("metrics.jsonl", "eval.jsonl", "eval_records.jsonl"):
+        for name in ("metrics.jsonl", "eval.jsonl"):
             assert stable_rows(a / name) == stable_rows(b / name), (run, name)
+        assert stable_records(a) == stable_records(b) and len(stable_records(b)) == 3, run
         steps = [r["step"] for r in stable_rows(b / "metrics.jsonl")]
         assert steps == list(range(1, 7))  # no duplicated or missing rows
         sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
@@ -78,8 +117,25 @@ def test_rerun_with_a_different_budget_is_refused(tiny_qwen_dir, tmp_path):
     out = tmp_path / "cmp"
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps({"task": "arith", "budget": {"steps": 99}}))
-    result = CliRunner().invoke(main, ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos",
-                                       "reinforce", "--seeds", "1", "--budget", "steps=2", "--out", str(out), *SETTINGS])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--model",
+            str(tiny_qwen_dir),
+            "--task",
+            "arith",
+            "--algos",
+            "reinforce",
+            "--seeds",
+            "1",
+            "--budget",
+            "steps=2",
+            "--out",
+            str(out),
+            *SETTINGS,
+        ],
+    )
     assert result.exit_code == 2
     assert "differs from the comparison" in result.output
 
@@ -87,8 +143,10 @@ def test_rerun_with_a_different_budget_is_refused(tiny_qwen_dir, tmp_path):
 def test_unknown_algorithm_option_is_named(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("algo_options: {grpo: {clip_high: 0.28}}\n")
-    result = CliRunner().invoke(main, ["compare", "--algos", "reinforce", "--config", str(cfg), "--out", str(tmp_path / "o"),
-                                       "--budget", "steps=1"])
+    result = CliRunner().invoke(
+        main,
+        ["compare", "--algos", "reinforce", "--config", str(cfg), "--out", str(tmp_path / "o"), "--budget", "steps=1"],
+    )
     assert result.exit_code == 2 and "algo_options.grpo" in result.output
 
 
@@ -112,9 +170,29 @@ def test_set_algo_key_is_an_option_of_every_rows_algorithm(tmp_path):
 
 def test_variant_rows_and_the_control_run_with_their_own_options_and_stream(tiny_qwen_dir, tmp_path):
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(main, ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos",
-                                       "reinforce,reinforce[baseline=none]", "--control", "--seeds", "1", "--budget",
-                                       "steps=3", "--out", str(out), "--jobs", "1", "--quiet", *SETTINGS])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--model",
+            str(tiny_qwen_dir),
+            "--task",
+            "arith",
+            "--algos",
+            "reinforce,reinforce[baseline=none]",
+            "--control",
+            "--seeds",
+            "1",
+            "--budget",
+            "steps=3",
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--quiet",
+            *SETTINGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["algos"] == ["reinforce", "reinforce[baseline=none]", "reinforce (A/A control)"]
@@ -123,44 +201,88 @@ def test_variant_rows_and_the_control_run_with_their_own_options_and_stream(tiny
     assert rows["reinforce[baseline=none]"]["resolved"]["baseline"] == "none"
     assert rows["reinforce (A/A control)"]["control"] and rows["reinforce (A/A control)"]["slug"] == "reinforce.control"
     runs = out / "runs"
-    configs = {name: yaml.safe_load((runs / name / "config.yaml").read_text())
-               for name in ("reinforce-s1", "reinforce.baseline-none-s1", "reinforce.control-s1")}
+    configs = {
+        name: yaml.safe_load((runs / name / "config.yaml").read_text())
+        for name in ("reinforce-s1", "reinforce.baseline-none-s1", "reinforce.control-s1")
+    }
     assert configs["reinforce.baseline-none-s1"]["algo"]["baseline"] == "none"
     assert configs["reinforce-s1"]["algo"]["baseline"] == "mean"  # defaults are written out, not implied
     assert [c["rollout"]["sample_stream"] for c in configs.values()] == [0, 0, 1]
     ref, control = (stable_rows(runs / n / "metrics.jsonl") for n in ("reinforce-s1", "reinforce.control-s1"))
     assert [r["prompt_ids_hash"] for r in ref] == [r["prompt_ids_hash"] for r in control]  # same prompts
-    texts = [[json.loads(line)["completion"] for line in (runs / n / "samples.jsonl").read_text().splitlines()]
-             for n in ("reinforce-s1", "reinforce.control-s1")]
+    texts = [
+        [json.loads(line)["completion"] for line in (runs / n / "samples.jsonl").read_text().splitlines()]
+        for n in ("reinforce-s1", "reinforce.control-s1")
+    ]
     assert texts[0] != texts[1]  # another sampling stream
     md = (out / "leaderboard.md").read_text()
-    assert "| reinforce[baseline=none] |" in md and "### A/A control (noise floor)" in md
+    assert "| reinforce[baseline=none] |" in md and "### Controls" in md
     assert "| reinforce (A/A control) |" in md
 
 
-@pytest.mark.parametrize("algos, seeds, fragment", [
-    ("em-pg[baseline=nope]", "1", "--algos em-pg[baseline=nope]: algo.baseline='nope'"),
-    ("em-pg[no_such_option=1]", "1", "--algos em-pg[no_such_option=1]: algo.no_such_option: unknown key"),
-    ("em-pg,em-pg[]", "1", "'em-pg' names two rows"),
-    ("reinforce", "1,1", "--seeds: seed 1 is named twice"),
-])
+@pytest.mark.parametrize(
+    "algos, seeds, fragment",
+    [
+        ("em-pg[baseline=nope]", "1", "--algos em-pg[baseline=nope]: algo.baseline='nope'"),
+        ("em-pg[no_such_option=1]", "1", "--algos em-pg[no_such_option=1]: algo.no_such_option: unknown key"),
+        ("em-pg,em-pg[]", "1", "'em-pg' names two rows"),
+        ("reinforce", "1,1", "--seeds: seed 1 is named twice"),
+    ],
+)
 def test_bad_rows_and_seeds_exit_2_naming_them(tmp_path, algos, seeds, fragment):
     out = tmp_path / "o"
-    result = CliRunner().invoke(main, ["compare", "--algos", algos, "--seeds", seeds, "--out", str(out),
-                                       "--budget", "steps=1"])
+    result = CliRunner().invoke(
+        main, ["compare", "--algos", algos, "--seeds", seeds, "--out", str(out), "--budget", "steps=1"]
+    )
     assert result.exit_code == 2 and fragment in result.output, result.output
     assert not out.exists()
 
 
 def test_a_foreign_run_folder_is_not_adopted(tiny_qwen_dir, tmp_path):
     out = tmp_path / "cmp"
-    foreign = CliRunner().invoke(main, ["train", "--model", str(tiny_qwen_dir), "--task", "arith", "--algo", "reinforce",
-                                        "--seed", "1", "--out", str(out / "runs" / "reinforce-s1"), "--quiet",
-                                        "--set", "budget.steps=2", *SETTINGS, "--set", "optim.lr=2e-4"])
+    foreign = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--model",
+            str(tiny_qwen_dir),
+            "--task",
+            "arith",
+            "--algo",
+            "reinforce",
+            "--seed",
+            "1",
+            "--out",
+            str(out / "runs" / "reinforce-s1"),
+            "--quiet",
+            "--set",
+            "budget.steps=2",
+            *SETTINGS,
+            "--set",
+            "optim.lr=2e-4",
+        ],
+    )
     assert foreign.exit_code == 0, foreign.output
-    result = CliRunner().invoke(main, ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos",
-                                       "reinforce", "--seeds", "1", "--budget", "steps=2", "--out", str(out),
-                                       "--quiet", *SETTINGS])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--model",
+            str(tiny_qwen_dir),
+            "--task",
+            "arith",
+            "--algos",
+            "reinforce",
+            "--seeds",
+            "1",
+            "--budget",
+            "steps=2",
+            "--out",
+            str(out),
+            "--quiet",
+            *SETTINGS,
+        ],
+    )
     assert result.exit_code == 2
     assert "reinforce-s1/config.yaml: optim.lr = 0.0002 there, 0.001 in this comparison" in result.output
 
@@ -193,15 +315,22 @@ def _gone_within(pid: int, seconds: float) -> bool:
     return not _alive(pid)
 
 
-def test_sigkill_of_the_compare_alone_ends_its_run_and_a_rerun_equals_an_uninterrupted_comparison(tiny_qwen_dir, tmp_path):
+def test_sigkill_of_the_compare_alone_ends_its_run_and_a_rerun_equals_an_uninterrupted_comparison(
+    tiny_qwen_dir, tmp_path
+):
     from rlbench.locks import holder
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     subprocess.run(_cmd(tiny_qwen_dir, clean), check=True, env=env, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_cmd(tiny_qwen_dir, killed), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(tiny_qwen_dir, killed),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run = killed / "runs" / "em-pg-s1"
     _wait_for_rows(run / "metrics.jsonl", 2)
     child = holder(run)
@@ -215,8 +344,9 @@ def test_sigkill_of_the_compare_alone_ends_its_run_and_a_rerun_equals_an_uninter
     assert done.returncode == 0, done.stderr
     assert "audit: matched" in done.stdout
     for name in ("reinforce-s1", "em-pg-s1"):
-        for log in ("metrics.jsonl", "eval.jsonl", "eval_records.jsonl"):
+        for log in ("metrics.jsonl", "eval.jsonl"):
             assert stable_rows(clean / "runs" / name / log) == stable_rows(killed / "runs" / name / log), (name, log)
+        assert stable_records(clean / "runs" / name) == stable_records(killed / "runs" / name), name
         assert [r["step"] for r in stable_rows(killed / "runs" / name / "metrics.jsonl")] == list(range(1, 7))
 
 
@@ -234,10 +364,27 @@ def test_a_second_writer_is_refused_naming_the_holder_and_sigterm_of_the_compare
         second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2 and second.stderr.strip().splitlines() == [
             f"rlbench: error: {out}: another rlbench comparison is writing this folder (pid {proc.pid}); "
-            "wait for it to finish or stop it"]
-        train = subprocess.run([sys.executable, "-m", "rlbench.cli", "train", "--config", str(run / "request.yaml"),
-                                "--resume", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
-        assert train.returncode == 2 and f"{run}: another rlbench run is writing this folder (pid {child})" in train.stderr
+            "wait for it to finish or stop it"
+        ]
+        train = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rlbench.cli",
+                "train",
+                "--config",
+                str(run / "request.yaml"),
+                "--resume",
+                "--quiet",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert (
+            train.returncode == 2 and f"{run}: another rlbench run is writing this folder (pid {child})" in train.stderr
+        )
         steps = [r["step"] for r in stable_rows(run / "metrics.jsonl")]
         assert steps == list(range(1, len(steps) + 1))  # one writer: no step twice
         proc.send_signal(signal.SIGTERM)
@@ -249,11 +396,86 @@ def test_a_second_writer_is_refused_naming_the_holder_and_sigterm_of_the_compare
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent_of(int(p.name)) == pid]
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_sigkill_of_the_compare_ends_its_run_in_two_processes_as_interrupted(tiny_qwen_dir, tmp_path):
+    """compare -> `accelerate launch` (what `rlbench train --processes 2` becomes) -> 2 gloo ranks: the launcher
+    follows the compare, the ranks their launcher, and the run ends through SIGTERM, with its summary."""
+    from rlbench.executors import FAKE_GPUS_ENV
+    from rlbench.locks import holder
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", FAKE_GPUS_ENV: "2"}  # CUDA_VISIBLE_DEVICES=0,1: gloo ranks on a CPU
+    out = tmp_path / "cmp"
+    cmd = [
+        *_cmd(tiny_qwen_dir, out),
+        "--algos",
+        "em-pg",
+        "--budget",
+        "steps=100000",
+        "--gpus-per-run",
+        "2",
+        "--set",
+        "rollout.seed_rows=true",
+    ]  # the last --algos / --budget win
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks: list[int] = []
+    try:
+        run = out / "runs" / "em-pg-s1"
+        _wait_for_rows(run / "metrics.jsonl", 1)
+        launcher = _parent_of(holder(run) or 0)  # rank 0 holds the run's lock
+        ranks = _children(launcher)
+        assert _parent_of(launcher) == proc.pid and len(ranks) == 2, (launcher, ranks)
+        proc.send_signal(signal.SIGKILL)  # the compare only, not its process group
+        proc.wait()
+        assert all(_gone_within(pid, 60) for pid in [launcher, *ranks]), "the run outlived its compare"
+        assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    finally:
+        for pid in ranks:  # torch starts each rank in a session of its own
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the compare and its launcher, if either is left
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
 def test_a_diverged_run_is_reported_as_such_and_the_comparison_exits_1(tiny_qwen_dir, tmp_path):
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(main, ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos", "ppo",
-                                       "--seeds", "1", "--budget", "steps=4", "--out", str(out), "--jobs", "1",
-                                       "--quiet", *SETTINGS, "--set", "optim.lr=1e3"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--model",
+            str(tiny_qwen_dir),
+            "--task",
+            "arith",
+            "--algos",
+            "ppo",
+            "--seeds",
+            "1",
+            "--budget",
+            "steps=4",
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--quiet",
+            *SETTINGS,
+            "--set",
+            "optim.lr=1e3",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "rlbench: error: 1 run(s) did not complete: ppo-s1 (exit 3" in result.output
     assert "Traceback" not in result.output

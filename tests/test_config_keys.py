@@ -1,10 +1,11 @@
 """``rlbench config`` lists every key the config accepts, with its default and help from the code's comments."""
+
 from __future__ import annotations
 
 from click.testing import CliRunner
 
 from rlbench.cli.config import config_keys, field_help
-from rlbench.config import RunConfig, RolloutConfig
+from rlbench.config import RolloutConfig, RunConfig
 
 
 def _leaves(tree: dict, prefix: str = "") -> set[str]:

@@ -1,4 +1,5 @@
 """Data-parallel training: 2 processes (accelerate launch, gloo on CPU) reproduce the 1-process run."""
+
 from __future__ import annotations
 
 import json
@@ -8,18 +9,45 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import assert_reproduces
 
 from rlbench.config import build_run_config
 from rlbench.engine.distributed import Ranks
 from rlbench.training import check_processes
-from run_helpers import assert_reproduces
+
 
 def _train(model: Path, out: Path, algo: str, processes: int) -> None:
-    args = [sys.executable, "-m", "rlbench.cli", "train", "--model", str(model), "--algo", algo, "--task", "arith",
-            "--out", str(out), "--quiet", "--processes", str(processes)]
-    for item in ("task.train_size=40", "task.test_size=8", "rollout.batch_size=8", "rollout.samples_per_prompt=2",
-                 "rollout.seed_rows=true", "sampling.max_new_tokens=12", "budget.steps=3", "eval.limit=4",
-                 "eval.samples=0", "eval.every=2", "threads=1", "checkpoint_every=2"):
+    args = [
+        sys.executable,
+        "-m",
+        "rlbench.cli",
+        "train",
+        "--model",
+        str(model),
+        "--algo",
+        algo,
+        "--task",
+        "arith",
+        "--out",
+        str(out),
+        "--quiet",
+        "--processes",
+        str(processes),
+    ]
+    for item in (
+        "task.train_size=40",
+        "task.test_size=8",
+        "rollout.batch_size=8",
+        "rollout.samples_per_prompt=2",
+        "rollout.seed_rows=true",
+        "sampling.max_new_tokens=12",
+        "budget.steps=3",
+        "eval.limit=4",
+        "eval.samples=0",
+        "eval.every=2",
+        "threads=1",
+        "checkpoint_every=2",
+    ):
         args += ["--set", item]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -62,8 +90,20 @@ def test_processes_that_cannot_split_the_step_are_refused_before_any_is_launched
 
     launched = []
     monkeypatch.setattr(train, "launch", lambda *a, **k: launched.append(a) or 0)
-    result = CliRunner().invoke(main, ["train", "--task", "arith", "--processes", "2", "--out", str(tmp_path / "r"),
-                                       "--set", "rollout.seed_rows=false"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--task",
+            "arith",
+            "--processes",
+            "2",
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "rollout.seed_rows=false",
+        ],
+    )
     assert result.exit_code == 2 and not launched, result.output
     assert result.output.count("rollout.seed_rows=false: 2 processes") == 1
 

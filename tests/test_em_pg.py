@@ -5,13 +5,13 @@ L = [3, 2, 1, 2], and d loss / d log pi = -A_i / (4 L_i). The default baseline i
 produced the paper's numbers); ``mean`` (the paper's equation) is REINFORCE with a batch-mean baseline times one
 scalar on 0/1 rewards, which the equivalence tests below check.
 """
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-
 from algo_helpers import (
     LOGP,
     REF_FOR_K1,
@@ -50,8 +50,15 @@ def test_paper_baseline_batch_mean_of_smoothed_reward():
     batch, out, loss, _ = run(EMPGConfig(baseline="mean"))
     close(batch.advantages, per_row([a_pos, a_neg, a_pos, a_pos]))
     close(loss, 0.0595879114)
-    close(out.logprobs.grad, [[-0.0091673710] * 3, [0.0412531694, 0.0412531694, 0.0], [-0.0275021130, 0.0, 0.0],
-                              [-0.0137510565, -0.0137510565, 0.0]])
+    close(
+        out.logprobs.grad,
+        [
+            [-0.0091673710] * 3,
+            [0.0412531694, 0.0412531694, 0.0],
+            [-0.0275021130, 0.0, 0.0],
+            [-0.0137510565, -0.0137510565, 0.0],
+        ],
+    )
     assert_padding_has_zero_grad(out.logprobs.grad)
 
 
@@ -62,8 +69,15 @@ def test_code_baseline_is_the_default_with_token_level_statistics():
     batch, out, loss, _ = run(EMPGConfig())
     close(batch.advantages, per_row([0.2636535528, -0.6696413321, 0.2636535528, 0.2636535528]))
     close(loss, 0.1503947990)
-    close(out.logprobs.grad, [[-0.0219711294] * 3, [0.0837051665, 0.0837051665, 0.0], [-0.0659133882, 0.0, 0.0],
-                              [-0.0329566941, -0.0329566941, 0.0]])
+    close(
+        out.logprobs.grad,
+        [
+            [-0.0219711294] * 3,
+            [0.0837051665, 0.0837051665, 0.0],
+            [-0.0659133882, 0.0, 0.0],
+            [-0.0329566941, -0.0329566941, 0.0],
+        ],
+    )
     assert_padding_has_zero_grad(out.logprobs.grad)
 
 
@@ -108,8 +122,15 @@ def test_kl_in_reward_code_baseline_uses_return_to_go():
     algo = EMPG(EMPGConfig(baseline="code", kl_reward_coef=0.5))
     batch = make_batch(old_logprobs=torch.tensor(LOGP), ref_logprobs=torch.tensor(REF_FOR_K1))
     algo.compute_advantages(batch)
-    close(batch.advantages, [[0.1884643778, 0.2423426249, 0.3454740244], [-0.6469542639, -0.6786243299, 0.0],
-                             [0.3942413954, 0.0, 0.0], [0.1884643778, 0.1884643778, 0.0]])
+    close(
+        batch.advantages,
+        [
+            [0.1884643778, 0.2423426249, 0.3454740244],
+            [-0.6469542639, -0.6786243299, 0.0],
+            [0.3942413954, 0.0, 0.0],
+            [0.1884643778, 0.1884643778, 0.0],
+        ],
+    )
 
 
 def test_k3_kl_and_entropy_bonus_in_the_loss():
@@ -126,8 +147,15 @@ def test_k3_kl_and_entropy_bonus_in_the_loss():
     close(loss, 0.0573631468)
     assert metrics["kl"] == pytest.approx(0.0544190208, abs=1e-6)
     assert metrics["entropy"] == pytest.approx(0.7666666667, abs=1e-6)
-    close(out.logprobs.grad, [[-0.0076567939, -0.0110123940, -0.0058884598], [0.0412531694, 0.0384856350, 0.0],
-                              [-0.0437201447, 0.0, 0.0], [-0.0114851909, -0.0137510565, 0.0]])
+    close(
+        out.logprobs.grad,
+        [
+            [-0.0076567939, -0.0110123940, -0.0058884598],
+            [0.0412531694, 0.0384856350, 0.0],
+            [-0.0437201447, 0.0, 0.0],
+            [-0.0114851909, -0.0137510565, 0.0],
+        ],
+    )
     close(entropy.grad, [[-0.01 / 12] * 3, [-0.00125, -0.00125, 0.0], [-0.0025, 0.0, 0.0], [-0.00125, -0.00125, 0.0]])
     assert_padding_has_zero_grad(out.logprobs.grad)
     assert_padding_has_zero_grad(entropy.grad)

@@ -1,9 +1,11 @@
-"""Where runs execute: GPU slices on this machine (faked on CPU), multi-process runs under their guard, and Ray."""
+"""Where runs execute: GPU slices on this machine (faked on CPU), multi-process runs that still end with their
+compare, and Ray."""
+
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import sys
 import threading
@@ -12,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from run_helpers import stable_records, stable_rows
 
 from rlbench import executors
 from rlbench.cli import main
 from rlbench.config import ConfigError
-from run_helpers import stable_rows
 from rlbench.executors import FAKE_GPUS_ENV, PLACEMENTS, Job, LocalExecutor, device_slices, placement_from_flags
 
 # A stand-in for `rlbench train`: it records the devices it was given, its arguments and its parent, then sleeps.
@@ -76,10 +78,12 @@ def test_device_slices(monkeypatch):
     assert device_slices("auto", 3) == [["0", "1", "2"]]  # the fourth GPU stays idle
     assert device_slices("3,1", 1) == [["3"], ["1"]]
     assert device_slices(None, None) is None
-    for devices, per_run, fragment in (("auto", 5, "--gpus-per-run 5: only 4 GPU(s)"),
-                                       ("0,7", None, "--devices 0,7: '7' is not a visible GPU"),
-                                       ("1,1", None, "--devices 1,1: GPU 1 is named twice"),
-                                       ("auto", 0, "--gpus-per-run 0: must be >= 1")):
+    for devices, per_run, fragment in (
+        ("auto", 5, "--gpus-per-run 5: only 4 GPU(s)"),
+        ("0,7", None, "--devices 0,7: '7' is not a visible GPU"),
+        ("1,1", None, "--devices 1,1: GPU 1 is named twice"),
+        ("auto", 0, "--gpus-per-run 0: must be >= 1"),
+    ):
         with pytest.raises(ConfigError, match=re.escape(fragment)):
             device_slices(devices, per_run)
 
@@ -100,12 +104,14 @@ def test_without_gpus_the_device_flags_exit_2_naming_the_flag_and_jobs_keeps_its
     if executors.visible_gpus():
         pytest.skip("this machine has GPUs")
     base = ["compare", "--algos", "reinforce", "--seeds", "1", "--budget", "steps=1"]
-    for extra, fragment in ((["--devices", "auto"], "--devices auto: no GPU is visible here"),
-                            (["--devices", "0,1"], "--devices 0,1: no GPU is visible here"),
-                            (["--gpus-per-run", "2"], "--gpus-per-run 2: no GPU is visible here"),
-                            (["--ray-address", "auto"], "--ray-address auto: only with --executor ray"),
-                            (["--executor", "ray", "--devices", "0"], "--devices 0: not with --executor ray"),
-                            (["--jobs", "0"], "--jobs 0: must be >= 1")):
+    for extra, fragment in (
+        (["--devices", "auto"], "--devices auto: no GPU is visible here"),
+        (["--devices", "0,1"], "--devices 0,1: no GPU is visible here"),
+        (["--gpus-per-run", "2"], "--gpus-per-run 2: no GPU is visible here"),
+        (["--ray-address", "auto"], "--ray-address auto: only with --executor ray"),
+        (["--executor", "ray", "--devices", "0"], "--devices 0: not with --executor ray"),
+        (["--jobs", "0"], "--jobs 0: must be >= 1"),
+    ):
         out = tmp_path / "o"
         result = CliRunner().invoke(main, [*base, "--out", str(out), *extra])
         assert result.exit_code == 2 and fragment in result.output, (extra, result.output)
@@ -127,24 +133,25 @@ def test_each_run_gets_its_own_slice_and_no_device_serves_two_runs_at_once(monke
     children = [json.loads(line) for line in fake_child.read_text().splitlines()]
     assert len(children) == 7 and {c["devices"] for c in children} == {"0", "1", "2", "3"}
     for i, a in enumerate(children):
-        for b in children[i + 1:]:
+        for b in children[i + 1 :]:
             assert not (a["devices"] == b["devices"] and _overlap(a, b)), (a, b)
         assert a["args"] == [] and "rlbench.executors" not in a["parent"]  # one process: started directly
-    starts = {r["run"]: r["devices"] for r in map(json.loads, (tmp_path / PLACEMENTS).read_text().splitlines())
-              if r["event"] == "start"}
+    starts = {
+        r["run"]: r["devices"]
+        for r in map(json.loads, (tmp_path / PLACEMENTS).read_text().splitlines())
+        if r["event"] == "start"
+    }
     assert starts == {c["run"]: c["devices"] for c in children}
 
 
-def test_a_run_given_k_gpus_trains_in_k_processes_under_the_guard(monkeypatch, tmp_path, fake_child):
+def test_a_run_given_k_gpus_trains_in_k_processes_started_directly(monkeypatch, tmp_path, fake_child):
     monkeypatch.setenv(FAKE_GPUS_ENV, "4")
     executor = LocalExecutor(tmp_path, jobs=None, slices=device_slices("auto", 2))
     done, most = _drain(executor, _jobs(tmp_path, 3))
     assert most == 2 and all(d.returncode == 0 for d in done)
     children = [json.loads(line) for line in fake_child.read_text().splitlines()]
     assert {c["devices"] for c in children} == {"0,1", "2,3"}
-    assert all(c["args"] == ["--processes", "2"] and "-m rlbench.executors" in c["parent"] for c in children)
-    real = executors.command_for(Job("r", tmp_path, tmp_path / "request.yaml", gpus=2))
-    assert real[1:3] == ["-m", "rlbench.executors"] and real[-2:] == ["--processes", "2"]
+    assert all(c["args"] == ["--processes", "2"] and "pytest" in c["parent"] for c in children)  # no process between
 
 
 def test_jobs_caps_the_slices_used(monkeypatch, tmp_path, fake_child):
@@ -161,57 +168,205 @@ def test_compare_places_runs_on_fake_gpus_and_records_where(monkeypatch, tmp_pat
     monkeypatch.setattr(compare, "load_comparison", lambda folder: folder)
     monkeypatch.setattr(compare, "audit_comparison", lambda folder: {"matched": True, "problems": []})
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(main, ["compare", "--algos", "reinforce,em-pg", "--seeds", "1,2", "--budget", "steps=1",
-                                       "--model", "unused", "--out", str(out), "--no-report"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--algos",
+            "reinforce,em-pg",
+            "--seeds",
+            "1,2",
+            "--budget",
+            "steps=1",
+            "--model",
+            "unused",
+            "--out",
+            str(out),
+            "--no-report",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / PLACEMENTS).read_text().splitlines()]
     assert rows[0]["event"] == "executor" and rows[0]["devices"] == [["0"], ["1"]] and rows[0]["slots"] == 2
-    assert sorted(r["run"] for r in rows if r["event"] == "start") == ["em-pg-s1", "em-pg-s2", "reinforce-s1",
-                                                                        "reinforce-s2"]
+    assert sorted(r["run"] for r in rows if r["event"] == "start") == [
+        "em-pg-s1",
+        "em-pg-s2",
+        "reinforce-s1",
+        "reinforce-s2",
+    ]
     assert {r["devices"] for r in rows if r["event"] == "start"} == {"0", "1"}
     assert [r["returncode"] for r in rows if r["event"] == "end"] == [0, 0, 0, 0]
     assert "comparison: 4 runs:" in result.output  # the live display (not a terminal: a line per change)
 
 
-def test_guard_passes_sigterm_to_the_launcher_once_and_returns_its_exit_code(tmp_path):
-    """The guard's child stands for `rlbench train --processes K`; its own child for `accelerate launch`."""
+# A rank of `rlbench train --processes 2` under `compare`, stood in for: it follows its starter as a rank does and
+# says when it is ready and when a SIGTERM stopped it. Its launcher is the real `accelerate launch`, reached as
+# `rlbench train --processes` reaches it (rlbench.lifeline.exec_launcher), under a stand-in compare.
+RANK = """
+import os, signal, sys, time
+from rlbench.lifeline import follow_parent
+
+def say(what):
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{what} {os.environ['RANK']} {os.getpid()} {os.getppid()}\\n")
+
+signal.signal(signal.SIGTERM, lambda *_: (say("stopped"), sys.exit(130)))
+follow_parent()
+say("ready")
+time.sleep(120)
+"""
+LAUNCHER = """
+import sys
+from rlbench.lifeline import exec_launcher
+exec_launcher([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *sys.argv[1:]])
+"""
+COMPARE = """
+import os, subprocess, sys, time
+from rlbench.lifeline import child_env
+subprocess.Popen([sys.executable, "-c", sys.argv[1], *sys.argv[2:]], env={**os.environ, **child_env()})
+time.sleep(120)
+"""
+
+
+def _marks(path: Path, what: str, count: int, seconds: float) -> list[list[int]]:
+    """The ``what`` lines (rank, pid, parent) once there are ``count`` of them or time is up."""
+    deadline = time.time() + seconds
+    while True:
+        lines = [line.split() for line in (path.read_text().splitlines() if path.exists() else [])]
+        found = [[int(x) for x in line[1:]] for line in lines if line[0] == what]
+        gave_up = what == "ready" and any(line[0] == "stopped" for line in lines)  # a rank ended itself
+        if len(found) >= count or time.time() > deadline or gave_up:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("victim", ["compare", "launcher"])
+def test_ranks_under_accelerate_launch_follow_their_launcher_which_follows_compare(tmp_path, victim):
+    """A SIGKILL of the compare stops the launcher, which stops its ranks; a SIGKILL of the launcher stops its ranks
+    itself. Until then the ranks run: they follow their launcher, not the compare above it."""
     import subprocess
 
-    launcher = ("import signal, sys, time\n"
-                "signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[1], 'a').write('launcher\\n'), sys.exit(7)))\n"
-                "time.sleep(60)")
-    train = f"import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', {launcher!r}, sys.argv[1]]))"
+    (tmp_path / "rank.py").write_text(RANK)
     marks = tmp_path / "marks"
-    proc = subprocess.Popen([sys.executable, "-m", "rlbench.executors", sys.executable, "-c", train, str(marks)])
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 7
-    assert marks.read_text() == "launcher\n"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    compare = subprocess.Popen(
+        [sys.executable, "-c", COMPARE, LAUNCHER, str(tmp_path / "rank.py"), str(marks)],
+        env=env,
+        start_new_session=True,
+    )
+    ranks: list[list[int]] = []
+    try:
+        ranks = _marks(marks, "ready", 2, 120)
+        assert sorted(r[0] for r in ranks) == [0, 1], marks.read_text() if marks.exists() else "no rank started"
+        launcher = ranks[0][2]
+        assert ranks[1][2] == launcher and _parent(launcher) == compare.pid  # compare -> launcher -> ranks
+        time.sleep(2.0)
+        assert not _marks(marks, "stopped", 1, 0), marks.read_text()  # the ranks run on under their launcher
+        os.kill(compare.pid if victim == "compare" else launcher, signal.SIGKILL)
+        stopped = _marks(marks, "stopped", 2, 60)
+        assert sorted(r[0] for r in stopped) == [0, 1], marks.read_text()  # each rank's SIGTERM, not a SIGKILL
+        deadline = time.time() + 30
+        while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for _, pid, _ in ranks):
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{pid}").exists() for _, pid, _ in ranks), "a rank outlived its launcher"
+    finally:  # the ranks have sessions of their own (torch starts them so): each by its pid
+        for pid in [r[1] for r in ranks] + [r[2] for r in ranks]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(compare.pid, signal.SIGKILL)  # the compare and, if it never started its ranks, the launcher
+        except ProcessLookupError:
+            pass
+        compare.wait()
 
 
 # ------------------------------------------------------------------------------------- a real run in 2 processes
 
 
-SETTINGS = ["--set", "rollout.batch_size=8", "--set", "rollout.samples_per_prompt=2",
-            "--set", "sampling.max_new_tokens=8", "--set", "eval.limit=4", "--set", "eval.samples=0", "--set", "eval.every=2", "--set", "task.train_size=40",
-            "--set", "task.test_size=8", "--set", "checkpoint_every=2", "--set", "rollout.seed_rows=true"]
+SETTINGS = [
+    "--set",
+    "rollout.batch_size=8",
+    "--set",
+    "rollout.samples_per_prompt=2",
+    "--set",
+    "sampling.max_new_tokens=8",
+    "--set",
+    "eval.limit=4",
+    "--set",
+    "eval.samples=0",
+    "--set",
+    "eval.every=2",
+    "--set",
+    "task.train_size=40",
+    "--set",
+    "task.test_size=8",
+    "--set",
+    "checkpoint_every=2",
+    "--set",
+    "rollout.seed_rows=true",
+]
 
 
 def test_compare_trains_a_run_in_two_processes_on_its_slice(monkeypatch, tiny_qwen_dir, tmp_path):
     monkeypatch.setenv(FAKE_GPUS_ENV, "2")  # CUDA_VISIBLE_DEVICES=0,1 means nothing on a CPU: gloo ranks
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(main, ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos", "em-pg",
-                                       "--seeds", "1", "--budget", "steps=3", "--out", str(out), "--gpus-per-run", "2",
-                                       "--no-report", "--quiet", *SETTINGS])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--model",
+            str(tiny_qwen_dir),
+            "--task",
+            "arith",
+            "--algos",
+            "em-pg",
+            "--seeds",
+            "1",
+            "--budget",
+            "steps=3",
+            "--out",
+            str(out),
+            "--gpus-per-run",
+            "2",
+            "--no-report",
+            "--quiet",
+            *SETTINGS,
+        ],
+    )
     assert result.exit_code == 0, result.output + (out / "runs.log").read_text()
     run = out / "runs" / "em-pg-s1"
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     start = [json.loads(line) for line in (out / PLACEMENTS).read_text().splitlines()][1]
     assert start["event"] == "start" and start["devices"] == "0,1"
-    bad = CliRunner().invoke(main, ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos", "em-pg",
-                                    "--seeds", "1", "--budget", "steps=3", "--out", str(tmp_path / "bad"),
-                                    "--gpus-per-run", "2", "--quiet", *SETTINGS, "--set", "rollout.seed_rows=false"])
+    bad = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--model",
+            str(tiny_qwen_dir),
+            "--task",
+            "arith",
+            "--algos",
+            "em-pg",
+            "--seeds",
+            "1",
+            "--budget",
+            "steps=3",
+            "--out",
+            str(tmp_path / "bad"),
+            "--gpus-per-run",
+            "2",
+            "--quiet",
+            *SETTINGS,
+            "--set",
+            "rollout.seed_rows=false",
+        ],
+    )
     assert bad.exit_code == 2 and "--gpus-per-run 2: em-pg-s1: rollout.seed_rows=false" in bad.output, bad.output
     assert not (tmp_path / "bad").exists()
 
@@ -219,14 +374,26 @@ def test_compare_trains_a_run_in_two_processes_on_its_slice(monkeypatch, tiny_qw
 # ---------------------------------------------------------------------------------------------- Ray
 
 RAY_SETTINGS = [
-    "--set", "rollout.batch_size=8", "--set", "rollout.samples_per_prompt=2", "--set", "sampling.max_new_tokens=8",
-    "--set", "eval.limit=6", "--set", "eval.every=3", "--set", "task.train_size=60", "--set", "task.test_size=12",
-    "--set", "optim.lr=1e-3", "--set", "checkpoint_every=2",
+    "--set",
+    "rollout.batch_size=8",
+    "--set",
+    "rollout.samples_per_prompt=2",
+    "--set",
+    "sampling.max_new_tokens=8",
+    "--set",
+    "eval.limit=6",
+    "--set",
+    "eval.every=3",
+    "--set",
+    "task.train_size=60",
+    "--set",
+    "task.test_size=12",
+    "--set",
+    "optim.lr=1e-3",
+    "--set",
+    "checkpoint_every=2",
 ]
 ROWS = ("ppo[entropy_coef=0.05]", "em-pg[entropy_coef=0.05]")
-
-
-
 
 
 def _cmdline(pid: int) -> str:
@@ -258,14 +425,29 @@ def _killer(folder: Path, plan: dict[str, str], killed: dict[str, int], stop: th
         time.sleep(0.02)
 
 
-def test_ray_executor_equals_the_local_one_even_after_a_worker_and_a_run_are_killed(tiny_qwen_dir, tmp_path,
-                                                                                     monkeypatch):
+def test_ray_executor_equals_the_local_one_even_after_a_worker_and_a_run_are_killed(
+    tiny_qwen_dir, tmp_path, monkeypatch
+):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     # an entropy bonus: with no reward yet (a random model), every step still changes the weights, so equal metrics
     # after a kill prove the resumed optimiser, value head and schedule state, not only the sampling seeds
-    base = ["compare", "--model", str(tiny_qwen_dir), "--task", "arith", "--algos", ",".join(ROWS), "--seeds", "1,2",
-            "--budget", "steps=6", "--no-report", "--quiet", *RAY_SETTINGS]
+    base = [
+        "compare",
+        "--model",
+        str(tiny_qwen_dir),
+        "--task",
+        "arith",
+        "--algos",
+        ",".join(ROWS),
+        "--seeds",
+        "1,2",
+        "--budget",
+        "steps=6",
+        "--no-report",
+        "--quiet",
+        *RAY_SETTINGS,
+    ]
     local, remote = tmp_path / "local", tmp_path / "ray"
     done = CliRunner().invoke(main, [*base, "--out", str(local), "--jobs", "2"])
     assert done.exit_code == 0, done.output
@@ -292,8 +474,9 @@ def test_ray_executor_equals_the_local_one_even_after_a_worker_and_a_run_are_kil
     runs = sorted(p.name for p in (local / "runs").iterdir())
     assert len(runs) == 4 and set(plan) <= set(runs)
     for run in runs:
-        for name in ("metrics.jsonl", "eval.jsonl", "eval_records.jsonl"):
+        for name in ("metrics.jsonl", "eval.jsonl"):
             assert stable_rows(local / "runs" / run / name) == stable_rows(remote / "runs" / run / name), (run, name)
+        assert stable_records(local / "runs" / run) == stable_records(remote / "runs" / run), run
         metrics = stable_rows(remote / "runs" / run / "metrics.jsonl")
         assert [r["step"] for r in metrics] == list(range(1, 7))
         assert all(r["grad_norm"] > 0 for r in metrics)

@@ -4,16 +4,18 @@ Checked on small random Llama (GQA), Qwen2 (q/k/v biases, GQA) and Qwen3 (q/k no
 step, the packed training forward's log-probs and gradients (with and without shared prompts), the engine's other
 paths (shared-prompt KV cache, plain forward), and that generation stays deterministic for a seed.
 """
+
 import doctest
 
 import pytest
 import torch
 
-from rlbench.engine import fastpath, policy as policy_module
+from rlbench.engine import fastpath
+from rlbench.engine import policy as policy_module
 from rlbench.engine.batch import RolloutBatch
-from rlbench.engine.policy import Policy, load_model, position_ids_from_mask
 from rlbench.engine.decoder import Decoder
 from rlbench.engine.generation import encode_prompt, left_pad
+from rlbench.engine.policy import Policy, load_model, position_ids_from_mask
 from rlbench.tiny.tokenizer import build_char_tokenizer
 
 PROMPTS = ["Q: 1+2=? A:", "Q: 10+20-5=? A:", "Q: 7=? A:"]
@@ -23,9 +25,18 @@ def _model(kind: str):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     tok = build_char_tokenizer()
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=True))
@@ -49,8 +60,14 @@ def _batch(policy: Policy, repeats: int = 2, new_tokens: int = 9) -> RolloutBatc
     prompts = [encode_prompt(policy.tokenizer, p) for p in PROMPTS for _ in range(repeats)]
     gen = Decoder(policy).generate(prompts, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens, seed=3)
     n = gen.input_ids.shape[0]
-    batch = RolloutBatch(gen.input_ids, gen.attention_mask, gen.response_mask, gen.prompt_len,
-                         rewards=torch.zeros(n), group_ids=torch.arange(n))
+    batch = RolloutBatch(
+        gen.input_ids,
+        gen.attention_mask,
+        gen.response_mask,
+        gen.prompt_len,
+        rewards=torch.zeros(n),
+        group_ids=torch.arange(n),
+    )
     batch.advantages = torch.linspace(-1, 1, n)[:, None] * gen.response_mask
     # a sampled token that happens to be the pad id is a real token (nn.Embedding gives its row no gradient)
     batch.input_ids[0, gen.prompt_len] = policy.tokenizer.pad_token_id
@@ -129,8 +146,9 @@ def test_generation_fast_path_matches_the_model_path():
     prompts = [encode_prompt(policy.tokenizer, p) for p in PROMPTS for _ in range(3)]
     kw = dict(temperature=1.0, top_p=1.0, max_new_tokens=30)
     fast, slow = Decoder(policy), Decoder(policy, fast=False)
-    assert torch.equal(fast.generate(prompts, greedy=True, **kw).input_ids,
-                       slow.generate(prompts, greedy=True, **kw).input_ids)
+    assert torch.equal(
+        fast.generate(prompts, greedy=True, **kw).input_ids, slow.generate(prompts, greedy=True, **kw).input_ids
+    )
     for gen in (fast, slow):
         a, b = gen.generate(prompts, seed=5, **kw), gen.generate(prompts, seed=5, **kw)
         assert torch.equal(a.input_ids, b.input_ids) and a.texts == b.texts
@@ -161,9 +179,20 @@ def test_other_architectures_use_the_model_forward():
 
     tok = build_char_tokenizer()
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=128,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
     policy = Policy(model, tok, torch.device("cpu"))
     assert not fastpath.supports(model, 64)
     batch = _batch(policy, repeats=3)

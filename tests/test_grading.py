@@ -1,4 +1,5 @@
 """Shared grading helpers: numbers, \\boxed{} extraction, the kill-on-timeout worker pool, symbolic equivalence."""
+
 from __future__ import annotations
 
 import re
@@ -7,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from rlbench.tasks.grading import (
     MAX_ANSWER_CHARS,
     EquivalenceChecker,
@@ -92,12 +92,7 @@ def test_last_boxed_deep_nesting_is_iterative_and_fast() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [
-        "x" * (1 << 20),
-        "{" * (1 << 19) + "}" * (1 << 19),
-        r"\boxed{" * 150_000,
-        (r"\boxed{1}" + "{" * 1000) * 100,
-    ],
+    ["x" * (1 << 20), "{" * (1 << 19) + "}" * (1 << 19), r"\boxed{" * 150_000, (r"\boxed{1}" + "{" * 1000) * 100],
     ids=["plain", "braces", "open-boxes", "boxes-and-braces"],
 )
 def test_last_boxed_megabyte_inputs_are_linear(text: str) -> None:
@@ -152,7 +147,9 @@ def test_pool_kills_on_timeout_and_recovers(pool: WorkerPool) -> None:
     # The killed worker was replaced: the pool still answers, with both workers busy at once.
     pool.warm_up()
     results = []
-    threads = [threading.Thread(target=lambda: results.append(pool.call("math", "factorial", (6,), 30))) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: results.append(pool.call("math", "factorial", (6,), 30))) for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -233,7 +230,6 @@ def test_math_verify_parse_does_not_evaluate_python(tmp_path: Path) -> None:
 
 def test_magnitude_bound() -> None:
     import sympy
-
     from rlbench.tasks.math_equiv import MAX_LOG10, magnitude_log10
 
     assert magnitude_log10(sympy.Integer(10) ** 100) < 200
@@ -247,7 +243,12 @@ def test_no_evaluation_of_model_text_in_the_sources() -> None:
     # math-verify's ExprExtractionConfig would hand text to sympy's parse_expr, which calls eval.
     forbidden = re.compile(r"\b(eval|exec|sympify|parse_expr|ExprExtractionConfig)\s*\(")
     sources = [*sorted((ROOT / "tasks").glob("*.py")), ROOT / "rlbench" / "cli" / "grade.py"]
-    hits = [f"{p.name}:{n}" for p in sources for n, line in enumerate(p.read_text().splitlines(), 1) if forbidden.search(line)]
+    hits = [
+        f"{p.name}:{n}"
+        for p in sources
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if forbidden.search(line)
+    ]
     assert hits == []
 
 
@@ -257,6 +258,8 @@ def test_orphaned_worker_is_stopped_by_the_cpu_limit() -> None:
     import subprocess
     import sys
 
-    code = "import resource; from rlbench.tasks.worker_pool import _limit_cpu; _limit_cpu(resource, 1); sum(range(10**12))"
+    code = (
+        "import resource; from rlbench.tasks.worker_pool import _limit_cpu; _limit_cpu(resource, 1); sum(range(10**12))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], timeout=60)
     assert proc.returncode == -signal.SIGXCPU

@@ -6,21 +6,12 @@ Rewards [1, 0, 1, 1] in groups [0, 0, 1, 1]: group 0 has mean 0.5 and std sqrt(0
 With clip 0.2 two tokens are clipped (their gradient is 0): row 0's third (A > 0, ratio > 1.2) and row 1's first
 (A < 0, ratio < 0.8). Elsewhere d loss / d log pi = -A * ratio * (the token's aggregation weight).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
-from algo_helpers import (
-    LOGP,
-    OLD_LOGP,
-    REF_LOGP,
-    assert_padding_has_zero_grad,
-    close,
-    make_batch,
-    mask,
-    policy_output,
-)
+from algo_helpers import LOGP, OLD_LOGP, REF_LOGP, assert_padding_has_zero_grad, close, make_batch, mask, policy_output
 from rlbench.algorithms.base import agg_loss
 from rlbench.algorithms.grpo import GRPO, GRPOConfig
 
@@ -54,14 +45,23 @@ def test_unscaled_advantages_dr_grpo():
     "mode, loss, grad",
     [
         # weight 1/8 per token: loss = |A| (-1 - 1.10517 - 1.2 + 0.8 + 1.05127) / 8
-        ("token-mean", -0.1285076211,
-         [[-0.0883882226, -0.0976840932, 0.0], [0.0, 0.0929199837, 0.0], [0.0] * 3, [0.0] * 3]),
+        (
+            "token-mean",
+            -0.1285076211,
+            [[-0.0883882226, -0.0976840932, 0.0], [0.0, 0.0929199837, 0.0], [0.0] * 3, [0.0] * 3],
+        ),
         # weight 1 / (4 L_i)
-        ("seq-mean-token-mean", -0.0311282268,
-         [[-0.0589254818, -0.0651227288, 0.0], [0.0, 0.0929199837, 0.0], [0.0] * 3, [0.0] * 3]),
+        (
+            "seq-mean-token-mean",
+            -0.0311282268,
+            [[-0.0589254818, -0.0651227288, 0.0], [0.0, 0.0929199837, 0.0], [0.0] * 3, [0.0] * 3],
+        ),
         # weight 1 / (4 T), T = 3 (Dr. GRPO's constant normaliser)
-        ("seq-mean-token-sum-norm", -0.0856717474,
-         [[-0.0589254818, -0.0651227288, 0.0], [0.0, 0.0619466558, 0.0], [0.0] * 3, [0.0] * 3]),
+        (
+            "seq-mean-token-sum-norm",
+            -0.0856717474,
+            [[-0.0589254818, -0.0651227288, 0.0], [0.0, 0.0619466558, 0.0], [0.0] * 3, [0.0] * 3],
+        ),
     ],
 )
 def test_clipped_loss_and_gradient(mode, loss, grad):
@@ -88,8 +88,10 @@ def test_clip_high_is_separate_from_clip_low():
     # eps_high 0.28: row 0's third token (ratio 1.2214 < 1.28) is no longer clipped; row 1's first still is (eps_low)
     _, out, value, metrics = run(GRPOConfig(clip_high=0.28, epochs=2))
     close(value, -0.1303993729)
-    close(out.logprobs.grad, [[-0.0883882226, -0.0976840932, -0.1079576189], [0.0, 0.0929199837, 0.0],
-                              [0.0] * 3, [0.0] * 3])
+    close(
+        out.logprobs.grad,
+        [[-0.0883882226, -0.0976840932, -0.1079576189], [0.0, 0.0929199837, 0.0], [0.0] * 3, [0.0] * 3],
+    )
     assert metrics["clip_frac"] == pytest.approx(0.125)
 
 
@@ -99,8 +101,15 @@ def test_k3_kl_to_reference_in_the_loss():
     assert GRPO(algo_config).needs_reference
     _, out, value, metrics = run(algo_config, ref_logprobs=torch.tensor(REF_LOGP))
     close(value, -0.1268300264)
-    close(out.logprobs.grad, [[-0.0874818764, -0.0987911070, 0.0019673467], [0.0, 0.0918129699, 0.0],
-                              [-0.0032436064, 0.0, 0.0], [0.0009063462, 0.0, 0.0]])
+    close(
+        out.logprobs.grad,
+        [
+            [-0.0874818764, -0.0987911070, 0.0019673467],
+            [0.0, 0.0918129699, 0.0],
+            [-0.0032436064, 0.0, 0.0],
+            [0.0009063462, 0.0, 0.0],
+        ],
+    )
     assert_padding_has_zero_grad(out.logprobs.grad)
 
 

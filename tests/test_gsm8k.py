@@ -1,4 +1,5 @@
 """The gsm8k task: data loading and its errors, prompts, strict / flexible grading, gold check on the real test set."""
+
 from __future__ import annotations
 
 import json
@@ -8,19 +9,22 @@ import types
 from pathlib import Path
 
 import pytest
-
-from rlbench.config import ConfigError
-from rlbench.registry import get_task
 from rlbench.tasks.base import Example
 from rlbench.tasks.data import DataError
 from rlbench.tasks.gsm8k import GSM8K, extract_answer, reference_answer
+
+from rlbench.config import ConfigError
+from rlbench.registry import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"
 
 ROWS = [
     {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3+4=<<3+4=7>>7\n#### 7"},
-    {"question": "A shop sells 1,000 pens a day. How many in 2 days?", "answer": "1000*2=<<1000*2=2000>>2000\n#### 2,000"},
+    {
+        "question": "A shop sells 1,000 pens a day. How many in 2 days?",
+        "answer": "1000*2=<<1000*2=2000>>2000\n#### 2,000",
+    },
     {"question": "Temperature falls from 2 to -3. Change?", "answer": "-3-2=-5\n#### -5"},
 ]
 
@@ -40,8 +44,14 @@ def ex(answer: str) -> Example:
 
 def test_registered_with_documented_options() -> None:
     assert get_task("gsm8k") is GSM8K
-    assert GSM8K.options() == {"data": None, "hub_config": "main", "prompt_style": "paper", "grading": "strict",
-                               "validation_size": 500}
+    assert GSM8K.options() == {
+        "data": None,
+        "reward": None,
+        "hub_config": "main",
+        "prompt_style": "paper",
+        "grading": "strict",
+        "validation_size": 500,
+    }
 
 
 def test_load_local_file(tmp_path: Path) -> None:
@@ -98,7 +108,11 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_json_and_parquet_files(tmp_path: Path) -> None:
     (tmp_path / "gsm.json").write_text(json.dumps(ROWS))
-    assert [e.answer for e in get_task("gsm8k").from_options({"data": str(tmp_path / "gsm.json")}).load("test")] == ["7", "2000", "-5"]
+    assert [e.answer for e in get_task("gsm8k").from_options({"data": str(tmp_path / "gsm.json")}).load("test")] == [
+        "7",
+        "2000",
+        "-5",
+    ]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([ROWS[0], {"question": "q"}]))
     with pytest.raises(DataError, match=r"bad\.json record 1: field 'answer'"):
@@ -107,7 +121,11 @@ def test_json_and_parquet_files(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "gsm.parquet")
-    assert [e.answer for e in get_task("gsm8k").from_options({"data": str(tmp_path / "gsm.parquet")}).load("test")] == ["7", "2000", "-5"]
+    assert [e.answer for e in get_task("gsm8k").from_options({"data": str(tmp_path / "gsm.parquet")}).load("test")] == [
+        "7",
+        "2000",
+        "-5",
+    ]
 
 
 def test_hub_loading_goes_through_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,6 +145,7 @@ def test_hub_loading_goes_through_datasets(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_hub_failure_names_the_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
     def load_dataset(name, config, split):
         raise ConnectionError("offline")
 
@@ -137,7 +156,9 @@ def test_hub_failure_names_the_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_prompts(tmp_path: Path) -> None:
     example = task(tmp_path).load("test")[0]
-    expected = 'Tom has 3 apples and buys 4. How many? Let\'s think step by step and output the final answer after "####".'
+    expected = (
+        'Tom has 3 apples and buys 4. How many? Let\'s think step by step and output the final answer after "####".'
+    )
     assert task(tmp_path).prompt(example) == expected
     assert task(tmp_path, prompt_style="chat").prompt(example) == [{"role": "user", "content": expected}]
 

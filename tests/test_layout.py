@@ -1,4 +1,5 @@
 """The architecture, checked: layers import only downward, no module import cycles, small plugin files."""
+
 from __future__ import annotations
 
 import ast
@@ -12,12 +13,36 @@ SOURCES = {"rlbench": ROOT / "rlbench", "rlbench.algorithms": ROOT / "algorithms
 
 # Lower layers never import higher ones. Within a layer anything goes (but no cycles, checked below).
 LAYERS = [
-    ("foundation", ["rlbench.config", "rlbench.results", "rlbench.registry", "rlbench.locks", "rlbench.lifeline"]),
+    (
+        "foundation",
+        [
+            "rlbench.config",
+            "rlbench.results",
+            "rlbench.registry",
+            "rlbench.locks",
+            "rlbench.lifeline",
+            "rlbench.provenance",
+            "rlbench.bars",
+        ],
+    ),
     ("engine", ["rlbench.engine"]),
     ("plugins", ["rlbench.algorithms", "rlbench.tasks"]),
-    ("runs", ["rlbench.eval", "rlbench.tiny", "rlbench.training", "rlbench.tracking", "rlbench.plan"]),
-    ("comparisons", ["rlbench.compare", "rlbench.variants", "rlbench.report", "rlbench.executors", "rlbench.progress",
-                     "rlbench.tune"]),
+    (
+        "runs",
+        ["rlbench.eval", "rlbench.tiny", "rlbench.training", "rlbench.tracking", "rlbench.plan", "rlbench.model_shape"],
+    ),
+    (
+        "comparisons",
+        [
+            "rlbench.compare",
+            "rlbench.variants",
+            "rlbench.report",
+            "rlbench.executors",
+            "rlbench.progress",
+            "rlbench.snapshots",
+            "rlbench.tune",
+        ],
+    ),
     ("cli", ["rlbench.cli", "rlbench.__main__"]),
 ]
 
@@ -73,8 +98,12 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_layers_import_only_downward(graph):
-    upward = [f"{m} ({LAYERS[_layer(m)][0]}) imports {d} ({LAYERS[_layer(d)][0]})"
-              for m, deps in sorted(graph.items()) for d in sorted(deps) if _layer(d) > _layer(m)]
+    upward = [
+        f"{m} ({LAYERS[_layer(m)][0]}) imports {d} ({LAYERS[_layer(d)][0]})"
+        for m, deps in sorted(graph.items())
+        for d in sorted(deps)
+        if _layer(d) > _layer(m)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -83,7 +112,7 @@ def test_no_import_cycles(graph):
 
     def visit(node: str, stack: list[str]) -> None:
         if node in stack:
-            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(node):] + [node]))
+            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(node) :] + [node]))
         if node in done:
             return
         for dep in sorted(graph.get(node, ())):
@@ -108,5 +137,16 @@ def test_algorithm_and_task_modules_are_short(folder):
     table = registry.algorithms() if folder == "algorithms" else registry.tasks()
     files = {Path(__import__(cls.__module__, fromlist=["_"]).__file__) for cls in table.values()}
     assert files
-    long = {f.name: n for f in files if (n := len(f.read_text().splitlines())) > 150}
-    assert not long, f"over 150 lines: {long}"
+    long = {f.name: n for f in files if (n := _lines_less_imports(f)) > 150}
+    assert not long, f"over 150 lines (imports not counted): {long}"
+
+
+def _lines_less_imports(path: Path) -> int:
+    """Lines of a module, less its import statements: the formatter gives each imported name its own line."""
+    text = path.read_text()
+    imports = sum(
+        node.end_lineno - node.lineno + 1
+        for node in ast.parse(text).body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    )
+    return len(text.splitlines()) - imports

@@ -1,5 +1,6 @@
 """The lm-eval bridge: lm-evaluation-harness runs our GSM8K data and saved model offline, and its exact_match is lined
 up with rlbench's grader on the very same completions."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ if not GSM8K_TEST.is_file():
 
 from lm_eval.api.model import LM  # noqa: E402
 
-from rlbench.eval import lm_eval_bridge as bridge  # noqa: E402
 from rlbench.cli.eval import eval_  # noqa: E402
+from rlbench.eval import lm_eval_bridge as bridge  # noqa: E402
 from rlbench.registry import get_task  # noqa: E402
 
 
@@ -46,17 +47,39 @@ def varied_qwen_dir(tiny_qwen_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
 def test_bridge_runs_lm_eval_on_our_data_and_model(varied_qwen_dir: Path, tmp_path: Path) -> None:
     out, recs = tmp_path / "lm.json", tmp_path / "lm.jsonl"
-    result = CliRunner().invoke(eval_, [
-        "--harness", "lm-eval", "--model", str(varied_qwen_dir), "--task", "gsm8k", "--data", str(GSM8K_TEST),
-        "--limit", "5", "--max-new-tokens", "8", "--set", "threads=1", "--out", str(out), "--records", str(recs),
-    ], catch_exceptions=False)
+    result = CliRunner().invoke(
+        eval_,
+        [
+            "--harness",
+            "lm-eval",
+            "--model",
+            str(varied_qwen_dir),
+            "--task",
+            "gsm8k",
+            "--data",
+            str(GSM8K_TEST),
+            "--limit",
+            "5",
+            "--max-new-tokens",
+            "8",
+            "--set",
+            "threads=1",
+            "--out",
+            str(out),
+            "--records",
+            str(recs),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())
     assert res["harness"] == "lm-eval" and res["problems"] == 5
     assert res["lm_eval_results"]["sample_len"] == 5
     # lm-eval built exactly our prompt and, decoding greedily from the same weights, wrote exactly our completions
     assert res["same_prompt"] == 1.0 and res["same_completion"] == 1.0
-    assert res["settings"]["lm_eval_model_args"]["add_bos_token"] is True  # the char tokenizer adds BOS; so must lm-eval
+    assert (
+        res["settings"]["lm_eval_model_args"]["add_bos_token"] is True
+    )  # the char tokenizer adds BOS; so must lm-eval
     for mode in ("strict", "flexible"):
         assert res["lm_eval_exact_match"][mode] == res["lm_eval_results"][f"exact_match,{bridge.FILTERS[mode]}"]
     records = [json.loads(line) for line in recs.read_text().splitlines()]
@@ -96,8 +119,16 @@ def test_lm_eval_metric_and_rlbench_grader_on_the_same_completions() -> None:
         "#### 123456789",  # wrong for both
     ]
     by_prompt = {task.prompt(e): c for e, c in zip(examples, completions)}
-    output = bridge.run_lm_eval(ScriptedLM(by_prompt), None, path=GSM8K_TEST, split="test", limit=6,
-                                max_new_tokens=16, batch_size=1, device="cpu")
+    output = bridge.run_lm_eval(
+        ScriptedLM(by_prompt),
+        None,
+        path=GSM8K_TEST,
+        split="test",
+        limit=6,
+        max_new_tokens=16,
+        batch_size=1,
+        device="cpu",
+    )
     rows = bridge.lm_eval_rows(output)
     assert [r["completion"] for r in rows] == completions
     assert [r["strict"]["exact_match"] for r in rows] == [1, 1, 0, 0, 0, 0]

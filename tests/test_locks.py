@@ -1,4 +1,5 @@
 """One writer per folder: the folder lock, refusals of folders rlbench did not write, several ranks, orphaned runs."""
+
 import os
 import signal
 import subprocess
@@ -15,8 +16,22 @@ from rlbench.cli import main
 from rlbench.config import ConfigError
 from rlbench.locks import LOCK, hold, holder, is_run_folder, refuse_foreign, refuse_several_ranks
 
-SMALL = ["--set", "rollout.batch_size=8", "--set", "rollout.samples_per_prompt=2", "--set", "sampling.max_new_tokens=8",
-         "--set", "eval.limit=4", "--set", "task.train_size=50", "--set", "task.test_size=10", "--set", "budget.steps=1"]
+SMALL = [
+    "--set",
+    "rollout.batch_size=8",
+    "--set",
+    "rollout.samples_per_prompt=2",
+    "--set",
+    "sampling.max_new_tokens=8",
+    "--set",
+    "eval.limit=4",
+    "--set",
+    "task.train_size=50",
+    "--set",
+    "task.test_size=10",
+    "--set",
+    "budget.steps=1",
+]
 
 
 def _train(model: Path, out: Path, *extra: str) -> list[str]:
@@ -24,8 +39,25 @@ def _train(model: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _compare(model: Path, out: Path) -> list[str]:
-    return ["compare", "--model", str(model), "--task", "arith", "--algos", "reinforce", "--seeds", "1", "--budget",
-            "steps=1", "--out", str(out), "--jobs", "1", "--quiet", *SMALL]
+    return [
+        "compare",
+        "--model",
+        str(model),
+        "--task",
+        "arith",
+        "--algos",
+        "reinforce",
+        "--seeds",
+        "1",
+        "--budget",
+        "steps=1",
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+        "--quiet",
+        *SMALL,
+    ]
 
 
 def _one_line(result) -> str:
@@ -37,7 +69,9 @@ def _one_line(result) -> str:
 def test_a_held_folder_refuses_a_second_holder_naming_the_first(tmp_path):
     with hold(tmp_path / "run", "run"):
         assert holder(tmp_path / "run") == os.getpid()
-        with pytest.raises(ConfigError, match=rf"run: another rlbench run is writing this folder \(pid {os.getpid()}\)"):
+        with pytest.raises(
+            ConfigError, match=rf"run: another rlbench run is writing this folder \(pid {os.getpid()}\)"
+        ):
             with hold(tmp_path / "run", "run"):
                 pass
     with hold(tmp_path / "run", "run"):  # released when the block ends
@@ -45,8 +79,10 @@ def test_a_held_folder_refuses_a_second_holder_naming_the_first(tmp_path):
 
 
 def test_the_lock_goes_with_its_holder_however_it_dies(tmp_path):
-    code = "import sys, time; from pathlib import Path; from rlbench.locks import hold\n" \
-           "with hold(Path(sys.argv[1]), 'run'):\n    print('held', flush=True); time.sleep(600)"
+    code = (
+        "import sys, time; from pathlib import Path; from rlbench.locks import hold\n"
+        "with hold(Path(sys.argv[1]), 'run'):\n    print('held', flush=True); time.sleep(600)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     with pytest.raises(ConfigError, match=f"pid {proc.pid}"):
@@ -94,12 +130,15 @@ def test_only_empty_missing_or_rlbench_folders_are_written(tmp_path):
     assert is_run_folder(prepared)
 
 
-@pytest.mark.parametrize("env, named", [
-    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "WORLD_SIZE=2"),
-    ({"LOCAL_WORLD_SIZE": "4"}, "LOCAL_WORLD_SIZE=4"),
-    ({"RANK": "1"}, "RANK=1"),
-    ({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}, None),
-])
+@pytest.mark.parametrize(
+    "env, named",
+    [
+        ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "WORLD_SIZE=2"),
+        ({"LOCAL_WORLD_SIZE": "4"}, "LOCAL_WORLD_SIZE=4"),
+        ({"RANK": "1"}, "RANK=1"),
+        ({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}, None),
+    ],
+)
 def test_several_ranks_are_refused(monkeypatch, env, named):
     for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -115,8 +154,10 @@ def test_several_ranks_are_refused(monkeypatch, env, named):
 def test_compare_under_two_ranks_exits_2_before_writing(tiny_qwen_dir, tmp_path):
     env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
     line = _one_line(CliRunner().invoke(main, _compare(tiny_qwen_dir, tmp_path / "cmp"), env=env))
-    assert line == ("rlbench: error: WORLD_SIZE=2: rlbench compare starts its runs itself, run it as one process "
-                    "(a single run trains in several with `rlbench train --processes N`)")
+    assert line == (
+        "rlbench: error: WORLD_SIZE=2: rlbench compare starts its runs itself, run it as one process "
+        "(a single run trains in several with `rlbench train --processes N`)"
+    )
     assert not any(tmp_path.iterdir())
 
 
@@ -147,8 +188,10 @@ def test_train_and_compare_on_a_folder_being_written_exit_2_naming_the_writer(ti
     run, cmp = tmp_path / "run", tmp_path / "cmp"
     with hold(run, "run"), hold(cmp, "comparison"):
         line = _one_line(CliRunner().invoke(main, _train(tiny_qwen_dir, run, "--resume")))
-        assert line == f"rlbench: error: {run}: another rlbench run is writing this folder (pid {os.getpid()}); " \
-                       "wait for it to finish or stop it"
+        assert (
+            line == f"rlbench: error: {run}: another rlbench run is writing this folder (pid {os.getpid()}); "
+            "wait for it to finish or stop it"
+        )
         line = _one_line(CliRunner().invoke(main, _compare(tiny_qwen_dir, cmp)))
         assert f"{cmp}: another rlbench comparison is writing this folder (pid {os.getpid()})" in line
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in cmp.iterdir()) == [LOCK]

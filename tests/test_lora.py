@@ -1,5 +1,6 @@
 """LoRA through peft: only the adapters (and PPO's value head) train, the reference is the base model with the
 adapters off, the final checkpoint is a merged from_pretrained folder, and a resumed run is the same run bit for bit."""
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,22 @@ ROW_CLOCK = {"time", "gen_tokens_per_s", "train_tokens_per_s", "usage"}  # wall-
 
 
 def _config(tiny_qwen_dir, tmp_path, algo: dict, **extra):
-    return build_run_config({
-        "model": str(tiny_qwen_dir), "algo": algo, "out": str(tmp_path / "run"), "device": "cpu",
-        "rollout": {"batch_size": 8, "samples_per_prompt": 2}, "sampling": {"max_new_tokens": 8},
-        "task": {"name": "arith", "train_size": 40, "test_size": 8}, "budget": {"steps": 1},
-        "eval": {"limit": 2, "samples": 0}, "optim": {"lr": 1e-2}, "lora": {"rank": RANK}, **extra,
-    })
+    return build_run_config(
+        {
+            "model": str(tiny_qwen_dir),
+            "algo": algo,
+            "out": str(tmp_path / "run"),
+            "device": "cpu",
+            "rollout": {"batch_size": 8, "samples_per_prompt": 2},
+            "sampling": {"max_new_tokens": 8},
+            "task": {"name": "arith", "train_size": 40, "test_size": 8},
+            "budget": {"steps": 1},
+            "eval": {"limit": 2, "samples": 0},
+            "optim": {"lr": 1e-2},
+            "lora": {"rank": RANK},
+            **extra,
+        }
+    )
 
 
 def _trained_one_step(trainer):
@@ -103,14 +114,49 @@ def test_the_final_checkpoint_is_the_merged_model(tiny_qwen_dir, tmp_path):
 
 
 def _cli(model, out, *extra):
-    return CliRunner().invoke(main, [
-        "train", "--model", str(model), "--out", str(out), "--algo", "em-pg", "--quiet",
-        "--set", "rollout.batch_size=8", "--set", "rollout.samples_per_prompt=2", "--set", "sampling.max_new_tokens=8",
-        "--set", "eval.limit=2", "--set", "eval.samples=0", "--set", "task.train_size=40", "--set", "task.test_size=8",
-        "--set", "budget.steps=4", "--set", "checkpoint_every=2", "--set", "optim.lr=1e-2",
-        # a random model earns no reward: the entropy bonus gives the adapters a gradient; the KL uses the reference
-        "--set", f"lora.rank={RANK}", "--set", "algo.kl_loss_coef=0.1", "--set", "algo.entropy_coef=0.01",
-        "--set", "device=cpu", *extra])
+    return CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--algo",
+            "em-pg",
+            "--quiet",
+            "--set",
+            "rollout.batch_size=8",
+            "--set",
+            "rollout.samples_per_prompt=2",
+            "--set",
+            "sampling.max_new_tokens=8",
+            "--set",
+            "eval.limit=2",
+            "--set",
+            "eval.samples=0",
+            "--set",
+            "task.train_size=40",
+            "--set",
+            "task.test_size=8",
+            "--set",
+            "budget.steps=4",
+            "--set",
+            "checkpoint_every=2",
+            "--set",
+            "optim.lr=1e-2",
+            # a random model earns no reward: the entropy bonus gives the adapters a gradient; the KL uses the reference
+            "--set",
+            f"lora.rank={RANK}",
+            "--set",
+            "algo.kl_loss_coef=0.1",
+            "--set",
+            "algo.entropy_coef=0.01",
+            "--set",
+            "device=cpu",
+            *extra,
+        ],
+    )
 
 
 def _rows(path):

@@ -1,4 +1,5 @@
 """The math-hard task: presets and data, prompts, boxed-answer grading under a hard limit, gold checks on real MATH."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,12 +13,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from rlbench.config import ConfigError
-from rlbench.registry import get_task
 from rlbench.tasks.base import Example
 from rlbench.tasks.data import DataError
 from rlbench.tasks.math_hard import HUB, MathHard
+
+from rlbench.config import ConfigError
+from rlbench.registry import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -82,6 +83,7 @@ def test_registered_with_documented_options() -> None:
     assert get_task("math-hard") is MathHard
     assert MathHard.options() == {
         "data": None,
+        "reward": None,
         "preset": "paper",
         "prompt_style": "chat",
         "grade_timeout": 2.0,
@@ -137,7 +139,10 @@ def test_reference_prefers_answer_field_then_last_box(tmp_path: Path) -> None:
     "rows, message",
     [
         ([{"solution": "\\boxed{1}"}], r"t\.jsonl:1: field 'problem' is missing"),
-        ([{"problem": "p", "solution": "no box"}], r"t\.jsonl:1: no field 'answer' and field 'solution' has no \\boxed"),
+        (
+            [{"problem": "p", "solution": "no box"}],
+            r"t\.jsonl:1: no field 'answer' and field 'solution' has no \\boxed",
+        ),
         ([{"problem": "p"}], r"t\.jsonl:1: fields 'answer' and 'solution' are both missing"),
     ],
 )
@@ -179,15 +184,21 @@ def test_bad_options(math_dir: Path) -> None:
 
 def test_hub_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
     # lighteval's MATH copy has no unique_id: MATH-500 must still be removed from training, by problem text.
     def lighteval(level: str, answer: str, problem: str) -> dict:
         return {k: v for k, v in row("-", level, answer, problem).items() if k != "unique_id"}
 
     tables = {
-        (*HUB["math"], "train"): [lighteval("Level 5", "1", "Kept."), lighteval("Level 5", "2", "Held out."),
-                                  lighteval("Level 4", "4", "Also kept.")],
+        (*HUB["math"], "train"): [
+            lighteval("Level 5", "1", "Kept."),
+            lighteval("Level 5", "2", "Held out."),
+            lighteval("Level 4", "4", "Also kept."),
+        ],
         (*HUB["math"], "test"): [lighteval("Level 2", "3", "Too easy.")],
-        (*HUB["math500"], "test"): [{"problem": "Held out.", "solution": "", "answer": "2", "level": 5, "unique_id": "test/q/1"}],
+        (*HUB["math500"], "test"): [
+            {"problem": "Held out.", "solution": "", "answer": "2", "level": 5, "unique_id": "test/q/1"}
+        ],
     }
     calls = []
 
@@ -209,7 +220,10 @@ def test_prompts(math_dir: Path) -> None:
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": f"{example.question}\n{instruction}"},
     ]
-    assert make(math_dir, prompt_style="base").prompt(example) == f"Problem:\n{example.question}\n\n{instruction}\n\nSolution:"
+    assert (
+        make(math_dir, prompt_style="base").prompt(example)
+        == f"Problem:\n{example.question}\n\n{instruction}\n\nSolution:"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ grading

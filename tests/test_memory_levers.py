@@ -1,5 +1,6 @@
 """Memory levers: gradient checkpointing (same gradients, layers really recomputed) and the 8-bit optimiser's refusal
 where bitsandbytes cannot run."""
+
 from __future__ import annotations
 
 import re
@@ -19,13 +20,21 @@ PROGRESS_BAR = re.compile(r"\d+%\|")
 
 def _grads(tiny_qwen_dir, tmp_path, checkpointing: bool, lora_rank: int) -> tuple[list[torch.Tensor], int]:
     """The gradient of one GRPO loss, and how many times layer 0's MLP ran again in the backward pass."""
-    config = build_run_config({
-        "model": str(tiny_qwen_dir), "algo": "grpo", "out": str(tmp_path / f"run-{checkpointing}"), "device": "cpu",
-        "rollout": {"batch_size": 8, "samples_per_prompt": 2, "micro_batch_size": 4},
-        "sampling": {"max_new_tokens": 10}, "task": {"name": "arith", "train_size": 40, "test_size": 8},
-        "budget": {"steps": 1}, "eval": {"limit": 2}, "gradient_checkpointing": checkpointing,
-        "lora": {"rank": lora_rank},
-    })
+    config = build_run_config(
+        {
+            "model": str(tiny_qwen_dir),
+            "algo": "grpo",
+            "out": str(tmp_path / f"run-{checkpointing}"),
+            "device": "cpu",
+            "rollout": {"batch_size": 8, "samples_per_prompt": 2, "micro_batch_size": 4},
+            "sampling": {"max_new_tokens": 10},
+            "task": {"name": "arith", "train_size": 40, "test_size": 8},
+            "budget": {"steps": 1},
+            "eval": {"limit": 2},
+            "gradient_checkpointing": checkpointing,
+            "lora": {"rank": lora_rank},
+        }
+    )
     trainer = build_trainer(config, progress=False)
     assert trainer.policy.model.training == checkpointing  # checkpointing acts in training mode only
     times: dict[str, float] = {}
@@ -67,9 +76,25 @@ def _one_line(result) -> str:
 
 
 def test_adamw_8bit_on_a_cpu_is_one_line_naming_cuda(tiny_qwen_dir, tmp_path):
-    line = _one_line(CliRunner().invoke(main, [
-        "train", "--model", str(tiny_qwen_dir), "--out", str(tmp_path / "run"), "--quiet",
-        "--set", "device=cpu", "--set", "optim.name=adamw-8bit", "--set", "task.train_size=20"]))
+    line = _one_line(
+        CliRunner().invoke(
+            main,
+            [
+                "train",
+                "--model",
+                str(tiny_qwen_dir),
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+                "--set",
+                "device=cpu",
+                "--set",
+                "optim.name=adamw-8bit",
+                "--set",
+                "task.train_size=20",
+            ],
+        )
+    )
     assert line.startswith("rlbench: error: optim.name=adamw-8bit:") and "CUDA" in line and "optim.name=adamw" in line
 
 

@@ -1,5 +1,6 @@
 """Loading a model as users expect: revision / attention / remote-code options reach transformers, and a missing
 folder or an unreachable hub is one line (exit 2), not a traceback."""
+
 from __future__ import annotations
 
 import doctest
@@ -15,9 +16,27 @@ from rlbench.engine import policy as policy_module
 from rlbench.engine.policy import load_model
 
 PROGRESS_BAR = re.compile(r"\d+%\|")
-SMALL = ["--quiet", "--set", "device=cpu", "--set", "task.train_size=20", "--set", "task.test_size=4",
-         "--set", "eval.limit=2", "--set", "eval.samples=0", "--set", "rollout.batch_size=4",
-         "--set", "rollout.samples_per_prompt=2", "--set", "sampling.max_new_tokens=4", "--set", "budget.steps=1"]
+SMALL = [
+    "--quiet",
+    "--set",
+    "device=cpu",
+    "--set",
+    "task.train_size=20",
+    "--set",
+    "task.test_size=4",
+    "--set",
+    "eval.limit=2",
+    "--set",
+    "eval.samples=0",
+    "--set",
+    "rollout.batch_size=4",
+    "--set",
+    "rollout.samples_per_prompt=2",
+    "--set",
+    "sampling.max_new_tokens=4",
+    "--set",
+    "budget.steps=1",
+]
 
 
 def _one_line(result) -> str:
@@ -65,8 +84,16 @@ def test_model_args_reach_the_tokenizer_and_the_model(tiny_qwen_dir, tmp_path, m
             return _real(path, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", record)
-    result = _train(str(tiny_qwen_dir), tmp_path / "run", "--set", "model_args.revision=main",
-                    "--set", "model_args.attn_implementation=eager", "--set", "model_args.trust_remote_code=false")
+    result = _train(
+        str(tiny_qwen_dir),
+        tmp_path / "run",
+        "--set",
+        "model_args.revision=main",
+        "--set",
+        "model_args.attn_implementation=eager",
+        "--set",
+        "model_args.trust_remote_code=false",
+    )
     assert result.exit_code == 0, result.output
     assert seen["AutoTokenizer"] == {"revision": "main", "trust_remote_code": False}
     model_kwargs = seen["AutoModelForCausalLM"]

@@ -1,4 +1,5 @@
 """What a `pip install rlbench` gets: the CLI's version, the license, and the shipped configs, usable by name."""
+
 import subprocess
 import sys
 import zipfile
@@ -11,8 +12,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_ships_license_and_every_config(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(ROOT), "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("rlbench-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in ROOT.joinpath("configs").rglob("*.yaml"):

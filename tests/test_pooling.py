@@ -1,5 +1,6 @@
 """rlbench report A B: folders holding seeds of one comparison pool into the leaderboard of the unsplit comparison;
 folders whose runs were not run alike are refused, naming the field; other comparisons stay apart, as before."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-
-from report_helpers import make_comparison, read_json
+from report_helpers import make_comparison, read_json, seal
 from run_helpers import stable
+
 from rlbench.cli import main
 
 SKILL = {"em-pg": 0.7, "grpo": 0.5, "reinforce": 0.6}
@@ -37,9 +38,17 @@ def _split(full: Path, parts: dict[str, tuple[int, ...]]) -> list[Path]:
             if int(run.name.rsplit("-s", 1)[1]) in seeds:
                 shutil.copytree(run, dest / "runs" / run.name)
         seed_list = ",".join(map(str, seeds))
-        (dest / "manifest.json").write_text(json.dumps({
-            **manifest, "seeds": list(seeds), "created": f"2025-02-0{len(out) + 1}T00:00:00+00:00",
-            "command": f"rlbench compare --seeds {seed_list} --out {name}", "machine": {"cpus": 2 + len(out)}}))
+        (dest / "manifest.json").write_text(
+            json.dumps(
+                {
+                    **manifest,
+                    "seeds": list(seeds),
+                    "created": f"2025-02-0{len(out) + 1}T00:00:00+00:00",
+                    "command": f"rlbench compare --seeds {seed_list} --out {name}",
+                    "machine": {"cpus": 2 + len(out)},
+                }
+            )
+        )
         out.append(dest)
     return out
 
@@ -87,8 +96,11 @@ def test_pooled_folders_give_the_unsplit_leaderboard(split, tmp_path):
     assert task["dir"] == f"{a} + {b}"
     assert task["command"] == "rlbench compare --seeds 1,2,3 --out A; rlbench compare --seeds 4,5 --out B"
     assert [(p["dir"], p["seeds"], p["machine"]) for p in task["pooled_from"]] == [
-        (str(a), [1, 2, 3], {"cpus": 2}), (str(b), [4, 5], {"cpus": 3})]
+        (str(a), [1, 2, 3], {"cpus": 2}),
+        (str(b), [4, 5], {"cpus": 3}),
+    ]
     assert pooled["report_command"] == f"rlbench report {a} {b} --out {tmp_path / 'pooled'} --metric greedy --ci t"
+
     # the page and the markdown hold the same numbers: only the provenance lines differ
     def body(path: Path) -> list[str]:
         keep = ("Report command", "Comparison command", "Folder", "Code version")
@@ -112,8 +124,10 @@ def test_a_run_with_another_fingerprint_is_refused_naming_the_field(split, tmp_p
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["optim"]["lr"] = 2e-4
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    line = _one_error_line(_cli(str(a), str(b), "--out", str(tmp_path / "pooled")),
-                           f"{run / 'fingerprint.json'}: config.optim.lr differs from {a}'s (0.0001 there, 0.0002 here)")
+    line = _one_error_line(
+        _cli(str(a), str(b), "--out", str(tmp_path / "pooled")),
+        f"{run / 'fingerprint.json'}: config.optim.lr differs from {a}'s (0.0001 there, 0.0002 here)",
+    )
     assert "cannot be pooled" in line
     assert not (tmp_path / "pooled").exists()
 
@@ -122,8 +136,11 @@ def test_other_initial_weights_are_refused(split, tmp_path):
     _, a, b = split
     for run in (b / "runs").iterdir():  # B was run from another warm-start
         _edit_json(run / "fingerprint.json", lambda fp: fp.update(init_weights="w1"))
-    _one_error_line(_cli(str(a), str(b), "--out", str(tmp_path / "p")),
-                    "fingerprint.json: init_weights differs from", "('w0' there, 'w1' here)")
+    _one_error_line(
+        _cli(str(a), str(b), "--out", str(tmp_path / "p")),
+        "fingerprint.json: init_weights differs from",
+        "('w0' there, 'w1' here)",
+    )
 
 
 def test_a_run_at_odds_inside_the_first_folder_is_the_audits_to_flag(split, tmp_path):
@@ -132,13 +149,17 @@ def test_a_run_at_odds_inside_the_first_folder_is_the_audits_to_flag(split, tmp_
     result = _cli(str(a), str(b), "--out", str(tmp_path / "p"))
     assert result.exit_code == 0, result.output
     audit = read_json(tmp_path / "p" / "report.json")["tasks"][0]["audit"]
-    assert audit["flagged_runs"] == ["grpo-s1"] and "grpo-s1: init_weights differs" in audit["problems"][0]
+    assert audit["flagged_runs"] == ["grpo-s1"]
+    assert any(p.startswith("grpo-s1: init_weights differs") for p in audit["problems"])
 
 
 def test_shared_seeds_are_refused_and_no_pool_keeps_folders_apart(split, tmp_path):
     full, a, _ = split
-    _one_error_line(_cli(str(full), str(a), "--out", str(tmp_path / "p")),
-                    f"{a / 'manifest.json'}: seed 1 is also in {full}", "--no-pool")
+    _one_error_line(
+        _cli(str(full), str(a), "--out", str(tmp_path / "p")),
+        f"{a / 'manifest.json'}: seed 1 is also in {full}",
+        "--no-pool",
+    )
     result = _cli(str(full), str(a), "--out", str(tmp_path / "apart"), "--no-pool")
     assert result.exit_code == 0, result.output
     data = read_json(tmp_path / "apart" / "report.json")
@@ -149,10 +170,11 @@ def test_shared_seeds_are_refused_and_no_pool_keeps_folders_apart(split, tmp_pat
 
 def test_folders_of_another_design_stay_two_comparisons(split, tmp_path):
     _, a, b = split
-    _edit_json(b / "manifest.json", lambda m: m["budget"].update(samples=999))
+    # (a budget is no example: B's runs would contradict it, and the audit blames that manifest)
+    _edit_json(b / "manifest.json", lambda m: m.update(model="tiny-2"))
     result = _cli(str(a), str(b), "--out", str(tmp_path / "two"))
     assert result.exit_code == 0, result.output
-    assert f"note: {b} is not pooled with {a}: their manifests differ in budget.samples" in result.output
+    assert f"note: {b} is not pooled with {a}: their manifests differ in model" in result.output
     data = read_json(tmp_path / "two" / "report.json")
     assert [t["label"] for t in data["tasks"]] == ["arith (A)", "arith (B)"]
     assert all("pooled_from" not in t for t in data["tasks"])
@@ -175,6 +197,7 @@ def test_trackers_do_not_keep_folders_apart(split, tmp_path):
     for run in (b / "runs").iterdir():
         config = yaml.safe_load((run / "config.yaml").read_text())
         (run / "config.yaml").write_text(yaml.safe_dump({**config, "report_to": ["tensorboard"]}))
+        seal(run)  # the runs were launched so
     assert _cli(str(full)).exit_code == 0
     assert _cli(str(a), str(b), "--out", str(tmp_path / "p")).exit_code == 0
     assert _comparable(read_json(tmp_path / "p" / "report.json")) == _comparable(read_json(full / "report.json"))
@@ -182,14 +205,35 @@ def test_trackers_do_not_keep_folders_apart(split, tmp_path):
 
 def _with_control(full: Path) -> None:
     """Turn the fabricated 'em-pg.control' algorithm into compare's A/A control row of em-pg (stream 1)."""
+
     def rows(m):
         m["algos"] = ["em-pg", "grpo", CONTROL]
-        m["rows"] = [{"label": "em-pg", "algo": "em-pg", "options": {}, "slug": "em-pg", "control": False,
-                      "resolved": {"name": "em-pg"}},
-                     {"label": "grpo", "algo": "grpo", "options": {}, "slug": "grpo", "control": False,
-                      "resolved": {"name": "grpo"}},
-                     {"label": CONTROL, "algo": "em-pg", "options": {}, "slug": "em-pg.control", "control": True,
-                      "resolved": {"name": "em-pg"}}]
+        m["rows"] = [
+            {
+                "label": "em-pg",
+                "algo": "em-pg",
+                "options": {},
+                "slug": "em-pg",
+                "control": False,
+                "resolved": {"name": "em-pg"},
+            },
+            {
+                "label": "grpo",
+                "algo": "grpo",
+                "options": {},
+                "slug": "grpo",
+                "control": False,
+                "resolved": {"name": "grpo"},
+            },
+            {
+                "label": CONTROL,
+                "algo": "em-pg",
+                "options": {},
+                "slug": "em-pg.control",
+                "control": True,
+                "resolved": {"name": "em-pg"},
+            },
+        ]
         m["reference"] = "em-pg"
 
     _edit_json(full / "manifest.json", rows)
@@ -202,6 +246,7 @@ def _with_control(full: Path) -> None:
             fp["algo"], fp["config"]["rollout"]["sample_stream"] = {"name": "em-pg"}, 1
 
         _edit_json(run / "fingerprint.json", stream)
+        seal(run)  # the runs were launched so
 
 
 def test_the_control_row_pools_with_its_own_stream(tmp_path):
@@ -223,19 +268,48 @@ def test_the_control_row_pools_with_its_own_stream(tmp_path):
 VOLATILE = frozenset({"cost", "throughput", "seconds", "wall_seconds", "train_seconds"})  # wall-clock measurements
 
 
-
-
-
 @pytest.mark.slow
 def test_two_real_compares_pool_into_the_unsplit_one(tiny_qwen_dir, tmp_path):
-    settings = ["--set", "rollout.batch_size=4", "--set", "rollout.samples_per_prompt=2",
-                "--set", "sampling.max_new_tokens=6", "--set", "eval.limit=4", "--set", "eval.every=2",
-                "--set", "task.train_size=20", "--set", "task.test_size=4"]
+    settings = [
+        "--set",
+        "rollout.batch_size=4",
+        "--set",
+        "rollout.samples_per_prompt=2",
+        "--set",
+        "sampling.max_new_tokens=6",
+        "--set",
+        "eval.limit=4",
+        "--set",
+        "eval.every=2",
+        "--set",
+        "task.train_size=20",
+        "--set",
+        "task.test_size=4",
+    ]
 
     def compare(out: Path, seeds: str) -> None:
-        cmd = [sys.executable, "-m", "rlbench.cli", "compare", "--model", str(tiny_qwen_dir), "--task", "arith",
-               "--algos", "reinforce,em-pg", "--seeds", seeds, "--budget", "steps=3", "--out", str(out), "--jobs", "1",
-               "--quiet", *settings]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlbench.cli",
+            "compare",
+            "--model",
+            str(tiny_qwen_dir),
+            "--task",
+            "arith",
+            "--algos",
+            "reinforce,em-pg",
+            "--seeds",
+            seeds,
+            "--budget",
+            "steps=3",
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--quiet",
+            *settings,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
 

@@ -6,11 +6,11 @@ GAE with gamma 1, lambda 0.95 (TRL's; set explicitly, the default is verl's 1.0)
 delta = [-.1, -.3] -> A = [-.385, -.3]; row 2: A = [.2]; row 3: delta = [.05, .05] -> A = [.0975, .05].
 Returns G = A + V_old. Advantages are then whitened over the 8 valid tokens (unbiased variance).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from algo_helpers import (
     LOGP,
     OLD_LOGP,
@@ -27,8 +27,12 @@ from rlbench.algorithms.ppo import PPO, PPOConfig
 V_OLD = [[0.5, 0.6, 0.7], [0.4, 0.3, 9.0], [0.8, -7.0, 4.0], [0.9, 0.95, 100.0]]
 V_NEW = [[0.6, 0.9, 0.8], [0.1, 0.35, -3.0], [0.8, 2.0, 55.0], [1.3, 0.9, -8.0]]
 RETURNS = [[0.96575, 0.985, 1.0], [0.015, 0.0, 0.0], [1.0, 0.0, 0.0], [0.9975, 1.0, 0.0]]
-WHITENED = [[1.1833176562, 0.9208772800, 0.6446242523], [-1.5816501468, -1.3053971192, 0.0],
-            [0.3196206904, 0.0, 0.0], [-0.0135079605, -0.1678846525, 0.0]]
+WHITENED = [
+    [1.1833176562, 0.9208772800, 0.6446242523],
+    [-1.5816501468, -1.3053971192, 0.0],
+    [0.3196206904, 0.0, 0.0],
+    [-0.0135079605, -0.1678846525, 0.0],
+]
 
 
 def test_gae_returns_and_whitened_advantages():
@@ -81,10 +85,19 @@ def test_clipped_policy_and_value_losses_and_gradients():
     assert metrics["vf_loss"] == pytest.approx(0.0316393320, abs=1e-6)
     assert metrics["clip_frac"] == pytest.approx(0.375)
     assert metrics["vf_clip_frac"] == pytest.approx(0.25)
-    close(out.logprobs.grad, [[-0.1479147070, -0.1272158486, 0.0], [0.0, 0.1715407826, 0.0], [0.0, 0.0, 0.0],
-                              [0.0020623325, 0.0171815410, 0.0]])
-    close(values.grad, [[-0.004571875, 0.0, -0.0025], [0.0, 0.004375, 0.0], [-0.0025, 0.0, 0.0],
-                        [0.00378125, -0.00125, 0.0]])
+    close(
+        out.logprobs.grad,
+        [
+            [-0.1479147070, -0.1272158486, 0.0],
+            [0.0, 0.1715407826, 0.0],
+            [0.0, 0.0, 0.0],
+            [0.0020623325, 0.0171815410, 0.0],
+        ],
+    )
+    close(
+        values.grad,
+        [[-0.004571875, 0.0, -0.0025], [0.0, 0.004375, 0.0], [-0.0025, 0.0, 0.0], [0.00378125, -0.00125, 0.0]],
+    )
     assert_padding_has_zero_grad(out.logprobs.grad)
     assert_padding_has_zero_grad(values.grad)
 

@@ -1,11 +1,12 @@
 """PPO's critic: its own optimiser parameter group and learning rate, a warm-up in which only it trains, a value model
 of its own (verl's) or a head on the policy's hidden state (TRL's), and a value loss that falls as it learns."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from rlbench.algorithms.ppo import PPO
+
 from rlbench.config import ConfigError, build_run_config
 from rlbench.engine.policy import ValueHead, ValueModel
 from rlbench.training import build_trainer
@@ -14,12 +15,20 @@ LR = 1e-3
 
 
 def _trainer(tiny_qwen_dir, tmp_path, **algo):
-    config = build_run_config({
-        "model": str(tiny_qwen_dir), "algo": {"name": "ppo", **algo}, "out": str(tmp_path / "run"), "device": "cpu",
-        "rollout": {"batch_size": 8, "samples_per_prompt": 2}, "sampling": {"max_new_tokens": 8},
-        "task": {"name": "arith", "train_size": 40, "test_size": 8}, "budget": {"steps": 1},
-        "eval": {"limit": 2, "samples": 0}, "optim": {"lr": LR},
-    })
+    config = build_run_config(
+        {
+            "model": str(tiny_qwen_dir),
+            "algo": {"name": "ppo", **algo},
+            "out": str(tmp_path / "run"),
+            "device": "cpu",
+            "rollout": {"batch_size": 8, "samples_per_prompt": 2},
+            "sampling": {"max_new_tokens": 8},
+            "task": {"name": "arith", "train_size": 40, "test_size": 8},
+            "budget": {"steps": 1},
+            "eval": {"limit": 2, "samples": 0},
+            "optim": {"lr": LR},
+        }
+    )
     return build_trainer(config, progress=False)
 
 
@@ -49,7 +58,9 @@ def _changed(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> set[st
 def test_the_critic_is_its_own_param_group_at_its_own_lr(tiny_qwen_dir, tmp_path, critic):
     trainer = _trainer(tiny_qwen_dir, tmp_path, critic=critic, critic_lr_scale=5.0)
     policy, head = trainer.policy, trainer.policy.value_head
-    assert isinstance(head, ValueModel if critic == "model" else ValueHead) and policy.value_model == (critic == "model")
+    assert isinstance(head, ValueModel if critic == "model" else ValueHead) and policy.value_model == (
+        critic == "model"
+    )
     actor, critic_group = trainer.optimizer.param_groups
     assert actor["lr"] == pytest.approx(LR) and critic_group["lr"] == pytest.approx(5 * LR)
     assert [id(p) for p in critic_group["params"]] == [id(p) for p in head.parameters()]
@@ -90,11 +101,14 @@ def test_the_value_loss_falls(tiny_qwen_dir, tmp_path, critic):
     assert rows[-1]["value_explained_var"] > rows[0]["value_explained_var"]
 
 
-@pytest.mark.parametrize(("options", "key"), [
-    ({"critic_lr_scale": 0}, "algo.critic_lr_scale=0.0: must be > 0"),
-    ({"critic_warmup": -1}, "algo.critic_warmup=-1: must be >= 0"),
-    ({"critic": "mlp"}, "algo.critic"),
-])
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"critic_lr_scale": 0}, "algo.critic_lr_scale=0.0: must be > 0"),
+        ({"critic_warmup": -1}, "algo.critic_warmup=-1: must be >= 0"),
+        ({"critic": "mlp"}, "algo.critic"),
+    ],
+)
 def test_critic_options_are_validated(options, key):
     with pytest.raises(ConfigError, match=key):
         PPO.from_options(options)

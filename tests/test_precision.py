@@ -1,5 +1,6 @@
 """Precision that trains: ``bf16`` (autocast over fp32 masters) moves the weights at the paper's lr 1e-6;
 ``bf16-pure`` at that lr would not, and is refused; the old ``bf16-mixed`` exits 2 naming its new name."""
+
 from __future__ import annotations
 
 import doctest
@@ -9,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from rlbench.tasks.base import Grade
 
 from rlbench.cli import main
 from rlbench.config import build_run_config, load_yaml
 from rlbench.engine import precision
 from rlbench.engine.precision import bf16_step_check, smallest_bf16_step
-from rlbench.tasks.base import Grade
 from rlbench.training import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,13 +49,25 @@ def test_bf16_mixed_is_renamed_with_one_line(tmp_path):
 
 def _paper_run(config_name: str, tiny_qwen_dir: Path, tmp_path: Path, **overrides) -> dict:
     tree = load_yaml(ROOT / "configs" / config_name)
-    tree.update({
-        "model": str(tiny_qwen_dir), "task": {"name": "arith", "train_size": 40, "test_size": 8}, "device": "cpu",
-        "out": str(tmp_path / "run"), "budget": {"steps": 3}, "sampling": {"max_new_tokens": 8},
-        "rollout": {**tree["rollout"], "batch_size": 8, "samples_per_prompt": 2, "micro_batch_size": 4,
-                    "generation_batch_size": 8},
-        "eval": {**tree["eval"], "limit": 2, "every": 0, "final_mean_of": 1}, **overrides,
-    })
+    tree.update(
+        {
+            "model": str(tiny_qwen_dir),
+            "task": {"name": "arith", "train_size": 40, "test_size": 8},
+            "device": "cpu",
+            "out": str(tmp_path / "run"),
+            "budget": {"steps": 3},
+            "sampling": {"max_new_tokens": 8},
+            "rollout": {
+                **tree["rollout"],
+                "batch_size": 8,
+                "samples_per_prompt": 2,
+                "micro_batch_size": 4,
+                "generation_batch_size": 8,
+            },
+            "eval": {**tree["eval"], "limit": 2, "every": 0, "final_mean_of": 1},
+            **overrides,
+        }
+    )
     return tree
 
 
@@ -63,7 +76,8 @@ def _changed_share(tree: dict) -> float:
     differ from where they started."""
     trainer = build_trainer(build_run_config(tree), progress=False)
     trainer.task.grade_many = lambda texts, examples: [
-        Grade.right("x") if i % 2 else Grade.fail("wrong") for i in range(len(texts))]
+        Grade.right("x") if i % 2 else Grade.fail("wrong") for i in range(len(texts))
+    ]
     params = [p for p in trainer.policy.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     summary = trainer.run()
@@ -82,9 +96,27 @@ def test_each_paper_configs_precision_moves_the_weights_at_lr_1e_6(config_name, 
 
 
 def test_bf16_pure_at_lr_1e_6_is_refused_naming_the_fix(tiny_qwen_dir, tmp_path):
-    line = _one_line(CliRunner().invoke(main, [
-        "train", "--model", str(tiny_qwen_dir), "--out", str(tmp_path / "run"), "--quiet", "--set", "device=cpu",
-        "--set", "precision=bf16-pure", "--set", "optim.lr=1e-6", "--set", "task.train_size=20"]))
+    line = _one_line(
+        CliRunner().invoke(
+            main,
+            [
+                "train",
+                "--model",
+                str(tiny_qwen_dir),
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+                "--set",
+                "device=cpu",
+                "--set",
+                "precision=bf16-pure",
+                "--set",
+                "optim.lr=1e-6",
+                "--set",
+                "task.train_size=20",
+            ],
+        )
+    )
     assert line.startswith("rlbench: error: precision=bf16-pure: optim.lr=1e-06 is too small")
     assert "use precision: bf16" in line and "allow_stuck_bf16: true" in line
 
@@ -98,8 +130,13 @@ def test_forced_bf16_pure_at_lr_1e_6_barely_moves(tiny_qwen_dir, tmp_path):
 
 
 def test_bf16_pure_trains_when_the_lr_can_move_it(tiny_qwen_dir, tmp_path):
-    tree = _paper_run(PAPER_CONFIGS[0], tiny_qwen_dir, tmp_path, precision="bf16-pure",
-                      optim={"lr": 1e-3, "weight_decay": 0.01, "grad_clip": 1.0})
+    tree = _paper_run(
+        PAPER_CONFIGS[0],
+        tiny_qwen_dir,
+        tmp_path,
+        precision="bf16-pure",
+        optim={"lr": 1e-3, "weight_decay": 0.01, "grad_clip": 1.0},
+    )
     assert _changed_share(tree) >= 0.9
 
 

@@ -1,20 +1,24 @@
 """Progress from a comparison's files: totals from the budget, run states, ETAs, the live display, `rlbench status`,
 and an evaluation progress bar that changes nothing it watches."""
+
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
+from run_helpers import stable_records
 
 from rlbench.cli import main
 from rlbench.locks import hold
-from rlbench.progress import Live, Tracker, budget_fraction, duration, lock_held, status_text, total_steps
+from rlbench.progress import Live, duration, status_text
+from rlbench.snapshots import Tracker, budget_fraction, lock_held, total_steps
 
 
 def test_total_steps_and_budget_fraction_follow_the_budget():
@@ -33,9 +37,12 @@ def test_total_steps_and_budget_fraction_follow_the_budget():
 def _comparison(tmp_path: Path, budget: dict | None = None) -> Path:
     folder = tmp_path / "cmp"
     (folder / "runs").mkdir(parents=True)
-    manifest = {"algos": ["grpo", "em-pg[baseline=mean]"], "seeds": [1, 2], "budget": budget or {"samples": 80},
-                "rows": [{"label": "grpo", "slug": "grpo"},
-                         {"label": "em-pg[baseline=mean]", "slug": "em-pg.baseline-mean"}]}
+    manifest = {
+        "algos": ["grpo", "em-pg[baseline=mean]"],
+        "seeds": [1, 2],
+        "budget": budget or {"samples": 80},
+        "rows": [{"label": "grpo", "slug": "grpo"}, {"label": "em-pg[baseline=mean]", "slug": "em-pg.baseline-mean"}],
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
@@ -47,12 +54,21 @@ def _run(folder: Path, name: str, steps: int, status: str | None = None, budget:
     (run / "request.yaml").write_text(yaml.safe_dump(request))
     with open(run / "metrics.jsonl", "a") as f:
         for step in range(1, steps + 1):
-            f.write(json.dumps({"step": step, "reward_mean": step / 10, "usage": {"steps": step, "samples": 8 * step,
-                                                                                 "seconds": 1.0 * step}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "reward_mean": step / 10,
+                        "usage": {"steps": step, "samples": 8 * step, "seconds": 1.0 * step},
+                    }
+                )
+                + "\n"
+            )
     (run / "eval.jsonl").write_text(json.dumps({"point": 0, "greedy": {"accuracy": 0.25}}) + "\n")
     if status:
-        (run / "summary.json").write_text(json.dumps({"status": status, "wall_seconds": 12.0,
-                                                      "usage": {"steps": steps}}))
+        (run / "summary.json").write_text(
+            json.dumps({"status": status, "wall_seconds": 12.0, "usage": {"steps": steps}})
+        )
     return run
 
 
@@ -67,17 +83,22 @@ def test_states_come_from_summaries_and_locks(tmp_path):
         views = {v.name: v for v in Tracker(folder).snapshot().runs}
         lines = status_text(folder)
     assert lock_held(running) is False
-    assert {n: v.state for n, v in views.items()} == {"grpo-s1": "done", "em-pg.baseline-mean-s1": "running",
-                                                     "grpo-s2": "failed", "em-pg.baseline-mean-s2": "queued"}
+    assert {n: v.state for n, v in views.items()} == {
+        "grpo-s1": "done",
+        "em-pg.baseline-mean-s1": "running",
+        "grpo-s2": "failed",
+        "em-pg.baseline-mean-s2": "queued",
+    }
     run = views["em-pg.baseline-mean-s1"]
     assert (run.step, run.total, run.reward, run.score) == (3, 10, 0.3, 0.25)
     assert run.eta == 7.0  # training-loop seconds per step (1 s) x 7 steps left: what the files alone say
     assert views["grpo-s2"].note == "diverged"
     assert views["em-pg.baseline-mean-s2"].note == "stopped at step 2; resumes"
     text = "\n".join(lines)
-    assert "  em-pg[baseline=mean]     1  running       3/10   0.300   0.250        7s" in lines, text
-    assert "  grpo                     1  done         10/10   1.000   0.250       12s" in lines, text
-    assert "  grpo                     2  failed        4/10   0.400   0.250            (diverged)" in lines, text
+    assert lines[1] == "algorithm             seed  state     step  reward   eval  ETA/took  note", text
+    assert "em-pg[baseline=mean]     1  running   3/10   0.300  0.250        7s" in lines, text
+    assert "grpo                     1  done     10/10   1.000  0.250       12s" in lines, text
+    assert "grpo                     2  failed    4/10   0.400  0.250            (diverged)" in lines, text
     # no slot count recorded: one slot; the stopped run has 80% of a 12 s run left once the running one ends
     assert lines[-1] == "comparison: 4 runs: 1 running, 1 queued, 1 done, 1 failed; ETA 17s", lines
     assert lines[0].endswith("no executor recorded: not running")
@@ -126,8 +147,12 @@ def test_live_eta_times_the_runs_and_places_the_queued_ones_on_the_slots(tmp_pat
     assert first.runs[1].eta == 8.0  # not timed yet: 1 training second per step x 8 left
     with open(running / "metrics.jsonl", "a") as f:  # two more steps in 10 s of wall clock (evaluations included)
         for step in (3, 4):
-            f.write(json.dumps({"step": step, "reward_mean": 0.4, "usage": {"steps": step, "samples": 8 * step,
-                                                                            "seconds": step}}) + "\n")
+            f.write(
+                json.dumps(
+                    {"step": step, "reward_mean": 0.4, "usage": {"steps": step, "samples": 8 * step, "seconds": step}}
+                )
+                + "\n"
+            )
     later = tracker.snapshot(live, now=110.0)
     assert later.runs[1].eta == 30.0  # 0.2 of the budget per 10 s, 0.6 left
     assert [v.state for v in later.runs] == ["done", "running", "queued", "queued"]
@@ -161,24 +186,61 @@ def test_live_display_redraws_on_a_terminal_and_prints_a_line_per_change_elsewhe
     display = Live(folder, stream=screen, terminal=True)
     display.refresh(live, force=True)
     display.write("a message")
-    display.refresh(live, force=True)
-    out = screen.getvalue()
-    assert out.count("\x1b[3F\x1b[J") == 1  # the 3 live lines cleared once, for the message, then redrawn
-    assert out.split("\x1b[3F\x1b[Ja message\n")[1].startswith("  algorithm")  # at once, not a second later
-    assert out.splitlines()[0].split() == ["algorithm", "seed", "step", "reward", "eval", "ETA\x1b[K"]
+    display.refresh(live, force=True)  # nothing changed: nothing redrawn
+    out = re.sub(r"\x1b\[[0-9;]*m", "", screen.getvalue())  # the styles; the cursor moves stay
+    erase = "\r\x1b[2K" + "\x1b[1A\x1b[2K" * 2  # back over the 3 live lines, clearing each
+    assert out.count(erase) == 1 and out.count("a message") == 1  # the live lines cleared once, for the message
+    drawn = out.split(erase + "a message\n")[1]  # then redrawn below it at once, not a second later
+    assert drawn.splitlines()[0].split() == ["algorithm", "seed", "step", "reward", "eval", "ETA"]
+    assert drawn.splitlines()[1].split() == ["grpo", "1", "3/10", "0.700", "0.250", "7s"]
+    # a new display: not timed yet, 7 training seconds left, then the 3 queued runs of 10 s each on one slot
+    assert drawn.endswith("comparison: 4 runs: 1 running, 3 queued, 0 done, 0 failed; ETA 37s")
+    display.close()
+    assert screen.getvalue().endswith("\n\x1b[?25h")  # the table left in place, the cursor below it and shown
 
 
 def test_evaluation_progress_bar_changes_no_result(tiny_qwen_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = [sys.executable, "-m", "rlbench.cli", "train", "--model", str(tiny_qwen_dir), "--task", "arith", "--algo",
-              "em-pg", "--set", "rollout.batch_size=8", "--set", "rollout.samples_per_prompt=2",
-              "--set", "sampling.max_new_tokens=8", "--set", "eval.limit=6", "--set", "eval.samples=4",
-              "--set", "eval.every=2", "--set", "task.train_size=40", "--set", "task.test_size=8",
-              "--set", "budget.steps=3", "--set", "algo.entropy_coef=0.05", "--set", "threads=1"]
-    quiet = subprocess.run([*common, "--out", str(tmp_path / "quiet"), "--quiet"], env=env, capture_output=True,
-                           text=True, timeout=300)
-    shown = subprocess.run([*common, "--out", str(tmp_path / "shown")], env=env, capture_output=True, text=True,
-                           timeout=300)
+    common = [
+        sys.executable,
+        "-m",
+        "rlbench.cli",
+        "train",
+        "--model",
+        str(tiny_qwen_dir),
+        "--task",
+        "arith",
+        "--algo",
+        "em-pg",
+        "--set",
+        "rollout.batch_size=8",
+        "--set",
+        "rollout.samples_per_prompt=2",
+        "--set",
+        "sampling.max_new_tokens=8",
+        "--set",
+        "eval.limit=6",
+        "--set",
+        "eval.samples=4",
+        "--set",
+        "eval.every=2",
+        "--set",
+        "task.train_size=40",
+        "--set",
+        "task.test_size=8",
+        "--set",
+        "budget.steps=3",
+        "--set",
+        "algo.entropy_coef=0.05",
+        "--set",
+        "threads=1",
+    ]
+    quiet = subprocess.run(
+        [*common, "--out", str(tmp_path / "quiet"), "--quiet"], env=env, capture_output=True, text=True, timeout=300
+    )
+    shown = subprocess.run(
+        [*common, "--out", str(tmp_path / "shown")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert quiet.returncode == shown.returncode == 0, shown.stderr
     assert "evaluating" in shown.stderr and "completion" in shown.stderr and "evaluating" not in quiet.stderr
     volatile = ("tokens_per_second", "seconds")
@@ -194,6 +256,6 @@ def test_evaluation_progress_bar_changes_no_result(tiny_qwen_dir, tmp_path):
             out.append(row)
         return out
 
-    for name in ("eval.jsonl", "eval_records.jsonl"):
-        assert rows("quiet", name) == rows("shown", name), name
-    assert len(rows("shown", "eval.jsonl")) == 3
+    assert rows("quiet", "eval.jsonl") == rows("shown", "eval.jsonl")
+    assert stable_records(tmp_path / "quiet") == stable_records(tmp_path / "shown")
+    assert len(rows("shown", "eval.jsonl")) == len(stable_records(tmp_path / "shown")) == 3

@@ -3,11 +3,11 @@
 Loss = seq-mean-token-mean of -(R - b) log pi: each row's token mean, then the mean over the 4 rows, so a valid token
 of row i has weight 1 / (4 L_i) with L = [3, 2, 1, 2].
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from algo_helpers import LOGP, REF_FOR_K1, assert_padding_has_zero_grad, close, make_batch, mask, policy_output
 from rlbench.algorithms.reinforce import Reinforce, ReinforceConfig
 
@@ -16,14 +16,26 @@ from rlbench.algorithms.reinforce import Reinforce, ReinforceConfig
     "baseline, advantages, loss, grad",
     [
         # b = 0: A = R. loss = -(1/4)[(-3.5/3) + (-1.5) + (-0.5/2)] = 0.729167
-        ("none", [1.0, 0.0, 1.0, 1.0], 0.7291666667,
-         [[-1 / 12, -1 / 12, -1 / 12], [0.0, 0.0, 0.0], [-0.25, 0.0, 0.0], [-0.125, -0.125, 0.0]]),
+        (
+            "none",
+            [1.0, 0.0, 1.0, 1.0],
+            0.7291666667,
+            [[-1 / 12, -1 / 12, -1 / 12], [0.0, 0.0, 0.0], [-0.25, 0.0, 0.0], [-0.125, -0.125, 0.0]],
+        ),
         # b = mean R = 0.75
-        ("mean", [0.25, -0.75, 0.25, 0.25], 0.1354166667,
-         [[-0.0208333333] * 3, [0.09375, 0.09375, 0.0], [-0.0625, 0.0, 0.0], [-0.03125, -0.03125, 0.0]]),
+        (
+            "mean",
+            [0.25, -0.75, 0.25, 0.25],
+            0.1354166667,
+            [[-0.0208333333] * 3, [0.09375, 0.09375, 0.0], [-0.0625, 0.0, 0.0], [-0.03125, -0.03125, 0.0]],
+        ),
         # leave-one-out within each prompt: group 0 -> R - other = [1, -1]; group 1 -> [0, 0]
-        ("rloo", [1.0, -1.0, 0.0, 0.0], 0.2291666667,
-         [[-1 / 12, -1 / 12, -1 / 12], [0.125, 0.125, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+        (
+            "rloo",
+            [1.0, -1.0, 0.0, 0.0],
+            0.2291666667,
+            [[-1 / 12, -1 / 12, -1 / 12], [0.125, 0.125, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+        ),
     ],
 )
 def test_baselines_loss_and_gradient(baseline, advantages, loss, grad):

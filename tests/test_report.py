@@ -1,4 +1,5 @@
 """rlbench report on synthetic comparison folders: numbers, flags, incomplete runs, bad input, self-contained HTML."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from report_helpers import final_records, make_comparison, read_json, seal
 
-from report_helpers import make_comparison, read_json
-from rlbench.report import stats, verdicts
 from rlbench.cli import main
+from rlbench.report import stats, verdicts
 from rlbench.report.build import build_report, write_report
 from rlbench.report.inputs import ReportInputError, load_comparison
 from rlbench.report.markdown import render_markdown
+from rlbench.results import read_records, record_points, write_records
 
 SKILL = {"em-pg": 0.7, "grpo": 0.5, "ppo": 0.3, "reinforce": 0.6}
 
@@ -52,7 +54,9 @@ def test_cli_writes_three_files_that_agree(written):
     ranked = [r["algo"] for r in data["tasks"][0]["algorithms"]]
     assert ranked == sorted(SKILL, key=lambda a: -_row(data, a)["accuracy"]["greedy"]["mean"])
     scores = {r["algo"]: r["seed_scores"]["greedy"] for r in data["tasks"][0]["algorithms"]}
-    assert [r["rank"] for r in data["tasks"][0]["algorithms"]] == [verdicts.grouped_ranks(scores, ranked)[a] for a in ranked]
+    assert [r["rank"] for r in data["tasks"][0]["algorithms"]] == [
+        verdicts.grouped_ranks(scores, ranked)[a] for a in ranked
+    ]
     for algo in SKILL:
         cell = _row(data, algo)["accuracy"]["greedy"]
         text = f"{100 * cell['mean']:.1f} [{100 * cell['lo']:.1f}, {100 * cell['hi']:.1f}]"
@@ -67,9 +71,13 @@ def test_html_is_self_contained(written):
     assert not re.search(r"https?://", page)
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
     # reward_mean is flat within every synthetic run, so it has no training curve; length_mean changes
-    assert images == ["Greedy accuracy during training", "Run scores", "Difference from em-pg",
-                      "Training curve: rollout length (tokens)",
-                      "Where the training time goes"]
+    assert images == [
+        "Greedy accuracy during training",
+        "Run scores",
+        "Difference from em-pg",
+        "Training curve: rollout length (tokens)",
+        "Where the training time goes",
+    ]
     # leaderboard, cost, example completions, runs; the behaviour table (all 0 here) is left out
     assert page.count("<table>") == 4 and "Audit" in page
 
@@ -99,7 +107,10 @@ def test_headline_test_is_the_paired_t_over_seeds_with_holm(comparison):
     assert _row(data, "em-pg")["test"] is None
     raw = {}
     for algo, test in tests.items():
-        mine, ref = _row(data, algo)["accuracy"]["greedy"]["values"], _row(data, "em-pg")["accuracy"]["greedy"]["values"]
+        mine, ref = (
+            _row(data, algo)["accuracy"]["greedy"]["values"],
+            _row(data, "em-pg")["accuracy"]["greedy"]["values"],
+        )
         expected = stats.paired_t(mine, ref)
         assert test["delta"] == pytest.approx(expected.delta) and test["p"] == pytest.approx(expected.p)
         assert test["seed_list"] == [1, 2, 3] and test["n"] == 3
@@ -113,8 +124,9 @@ def test_problem_level_delta_is_descriptive_and_paired_over_seeds_and_problems(c
     assert data["tasks"][0]["reference"] == "em-pg" and _row(data, "em-pg")["problem_delta"] is None
 
     def correct(algo: str, seed: int) -> list[float]:
-        rows = (comparison / "runs" / f"{algo}-s{seed}" / "eval_records.jsonl").read_text().splitlines()
-        return [float(json.loads(r)["greedy"]["reason"] == "correct") for r in rows]
+        return [
+            float(r["greedy"]["reason"] == "correct") for r in final_records(comparison / "runs" / f"{algo}-s{seed}")
+        ]
 
     d = _row(data, "ppo")["problem_delta"]["greedy"]
     expected = statistics.fmean(a - b for s in (1, 2, 3) for a, b in zip(correct("ppo", s), correct("em-pg", s)))
@@ -124,7 +136,8 @@ def test_problem_level_delta_is_descriptive_and_paired_over_seeds_and_problems(c
     assert d["lo"] <= d["delta"] <= d["hi"]
 
 
-def test_older_records_without_correct_flag_use_the_reason(comparison):
+def test_older_records_without_correct_flag_use_the_reason(tmp_path):
+    comparison = make_comparison(tmp_path / "old", SKILL, legacy=True)  # before every evaluation kept its records
     before = _row(_report(comparison), "grpo")["problem_delta"]
     for run in (comparison / "runs").iterdir():
         path = run / "eval_records.jsonl"
@@ -133,7 +146,8 @@ def test_older_records_without_correct_flag_use_the_reason(comparison):
             for item in [row["greedy"], *row["samples"]]:
                 del item["correct"]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert _row(_report(comparison), "grpo")["problem_delta"] == before
+    data = _report(comparison)
+    assert _row(data, "grpo")["problem_delta"] == before and data["tasks"][0]["audit"]["matched"]
 
 
 def test_identical_algorithm_scores_delta_zero_and_p_one(tmp_path):
@@ -181,6 +195,7 @@ def _tamper_prompt(comparison: Path, run: str, step: int) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     rows[step - 1]["prompt_ids_hash"] = "tampered"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seal(path.parent)  # re-hashed, as a careful forger would: the prompt stream itself must give it away
 
 
 def test_the_report_recomputes_the_audit_and_leaves_flagged_runs_out(comparison):
@@ -302,10 +317,10 @@ def test_broken_jsonl_line_is_named(comparison):
 
 
 def test_record_without_id_is_named(comparison):
-    path = comparison / "runs" / "grpo-s1" / "eval_records.jsonl"
-    rows = [json.loads(r) for r in path.read_text().splitlines()]
+    path = record_points(comparison / "runs" / "grpo-s1")[3]  # the final evaluation's
+    rows = read_records(path)
     del rows[4]["id"]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_records(path, rows)
     _one_error_line(_cli(str(comparison)), f"{path}:5", "field 'id' missing")
 
 
@@ -318,6 +333,7 @@ def test_torn_last_line_is_forgiven(comparison):
     path = comparison / "runs" / "ppo-s2" / "metrics.jsonl"
     with path.open("a") as handle:
         handle.write('{"step": 7, "usa')  # a writer killed mid-line
+    seal(path.parent)  # there when the run finished: a later edit is the audit's to name
     data = _report(comparison)
     assert _row(data, "ppo")["complete"] == 3
 
@@ -344,14 +360,20 @@ def test_load_errors_are_report_input_errors(tmp_path):
 
 
 def test_runs_that_did_not_beat_their_start_are_named(comparison):
-    path = comparison / "runs" / "ppo-s3" / "eval.jsonl"
+    run = comparison / "runs" / "ppo-s3"
+    path = run / "eval.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    rows[0]["greedy"]["accuracy"] = 0.99
+    final = final_records(run)  # a run whose evaluation before training already answered as its final one does
+    write_records(record_points(run)[0], [dict(r, point=0, step=0) for r in final])
+    rows[0].update({k: v for k, v in rows[-1].items() if k not in ("point", "step", "usage")})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seal(run)
     data = _report(comparison)
     assert data["tasks"][0]["not_above_start"] == ["ppo-s3"]
-    assert "**Learning**: 1 completed run(s) did not end above their evaluation before training on greedy: ppo-s3" in \
-        render_markdown(data)
+    assert (
+        "**Learning**: 1 completed run(s) did not end above their evaluation before training on greedy: ppo-s3"
+        in render_markdown(data)
+    )
 
 
 def test_report_never_overwrites_files_rlbench_did_not_write(written, tmp_path):

@@ -1,4 +1,5 @@
 """The report page in a real browser: benchmarks/check_report_html.py drives headless Chromium over DevTools."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_helpers import arith, make_comparison, rollout, seal
 
-from report_helpers import make_comparison
 from rlbench.report.build import write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,8 +27,13 @@ def _check(page: Path, *extra: str) -> tuple[int, dict]:
     return done.returncode, json.loads(done.stdout)
 
 
-SECTIONS = ("Greedy accuracy during training", "Training curve: policy entropy", "Training curve: rollout length",
-            "Example completions", "Runs")
+SECTIONS = (
+    "Greedy accuracy during training",
+    "Training curve: policy entropy",
+    "Training curve: rollout length",
+    "Example completions",
+    "Runs",
+)
 
 
 def test_report_page_loads_cleanly_in_chromium(tmp_path):
@@ -35,9 +41,16 @@ def test_report_page_loads_cleanly_in_chromium(tmp_path):
     for run in (comparison / "runs").iterdir():  # a training quantity that changes, and logged rollouts
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         (run / "metrics.jsonl").write_text("".join(json.dumps({**r, "entropy": 1 / r["step"]}) + "\n" for r in rows))
-        (run / "samples.jsonl").write_text("".join(json.dumps(
-            {"step": 6, "id": f"p{i}", "prompt": "<i>3+4?</i>", "completion": " 3+4=7 #### 7" if i else "</td>8",
-             "reward": float(i > 0), "reason": "correct" if i else "wrong"}) + "\n" for i in range(3)))
+        (run / "samples.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    dict(rollout(6, arith().load("train")[i], i > 0, None if i else "</td>"), prompt="<i>3+4?</i>")
+                )
+                + "\n"
+                for i in range(3)
+            )
+        )
+        seal(run)  # as the run logged them
     write_report([comparison], comparison)
     shot = tmp_path / "shot.png"
     expect = [arg for section in SECTIONS for arg in ("--expect", section)]
@@ -46,7 +59,9 @@ def test_report_page_loads_cleanly_in_chromium(tmp_path):
     # accuracy, run scores, Δ, two training curves, time split; every figure has coloured data in it
     assert (result["images"], result["broken"], result["tables"], result["scripts"]) == (6, 0, 4, 0)
     assert [i["alt"] for i in result["colour"] if i["alt"].startswith("Training curve")] == [
-        "Training curve: policy entropy (nats/token)", "Training curve: rollout length (tokens)"]
+        "Training curve: policy entropy (nats/token)",
+        "Training curve: rollout length (tokens)",
+    ]
     assert all(i["colour"] > 0.001 and i["width"] == 1200 for i in result["colour"])
     assert "Reasoning behaviours per 100 responses" not in result["headings"]  # all 0: left out
     assert result["title"] == "RL leaderboard: arith"
@@ -71,17 +86,21 @@ def test_checker_reports_a_blank_figure(tmp_path):
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     page = tmp_path / "blank.html"
-    page.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>b</title>'
-                    f'</head><body><img alt="empty" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-                    "</body></html>")
+    page.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>b</title>'
+        f'</head><body><img alt="empty" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+        "</body></html>"
+    )
     rc, result = _check(page)
     assert rc == 1 and len(result["problems"]) == 1 and result["problems"][0].startswith("blank image: 'empty'")
 
 
 def test_checker_reports_console_errors_and_broken_images(tmp_path):
     page = tmp_path / "bad.html"
-    page.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>bad</title>'
-                    '</head><body><script>console.error("boom"); notDefined();</script><img src="missing.png"></body></html>')
+    page.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>bad</title>'
+        '</head><body><script>console.error("boom"); notDefined();</script><img src="missing.png"></body></html>'
+    )
     rc, result = _check(page)
     assert rc == 1 and not result["ok"]
     text = "\n".join(result["problems"])

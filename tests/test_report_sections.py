@@ -1,4 +1,5 @@
 """The report's reading aids: training-curve panels, accuracy small multiples, hidden empty sections, examples."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from report_helpers import arith, make_comparison, rollout, seal
 
-from report_helpers import make_comparison
 from rlbench.report import curves
 from rlbench.report.build import build_report, write_report
 from rlbench.report.html import render_html
@@ -34,12 +35,14 @@ def _edit_metrics(path: Path, change) -> None:
         for row in rows:
             change(algo, int(seed), row)
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        seal(run)  # as the run logged it
 
 
 def _write_samples(path: Path, rows_for) -> None:
     for run in sorted((path / "runs").iterdir()):
         algo, _, seed = run.name.rpartition("-s")
         (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_for(algo, int(seed))))
+        seal(run)  # as the run logged it
 
 
 @pytest.fixture()
@@ -71,7 +74,9 @@ def test_curves_are_drawn_only_for_quantities_some_run_logged_and_changed(compar
     assert curves.plotted_quantities(rows) == ["entropy", "length_mean"]
     titles = [p.title for p in task_plots(data["tasks"][0], data)]
     assert [t for t in titles if t.startswith("Training curve")] == [
-        "Training curve: policy entropy (nats/token)", "Training curve: rollout length (tokens)"]
+        "Training curve: policy entropy (nats/token)",
+        "Training curve: rollout length (tokens)",
+    ]
     page = render_html(data)
     assert page.count('alt="Training curve: ') == 2 and "gradient norm" not in page
 
@@ -104,8 +109,7 @@ def test_behaviour_section_is_left_out_when_every_count_is_zero(comparison, tmp_
     data = _report(comparison)
     assert _row(data, "grpo")["behaviours"]["greedy"]["decomposition"]["per_100"] == 0.0  # kept in report.json
     assert "Reasoning behaviours" not in render_markdown(data) and "Reasoning behaviours" not in render_html(data)
-    shown = make_comparison(tmp_path / "shown", SKILL, seeds=(1, 2), problems=8,
-                            texts={"grpo": "First 3+4=7. #### 7"})
+    shown = make_comparison(tmp_path / "shown", SKILL, seeds=(1, 2), problems=8, texts={"grpo": "First 3+4=7. #### 7"})
     data = _report(shown)
     assert "### Reasoning behaviours per 100 responses" in render_markdown(data)
     assert "<h3>Reasoning behaviours per 100 responses</h3>" in render_html(data)
@@ -114,14 +118,20 @@ def test_behaviour_section_is_left_out_when_every_count_is_zero(comparison, tmp_
 # ------------------------------------------------------------------------------------------------ examples
 
 
+def _problem(step: int, i: int):
+    return arith().load("train")[3 * step + i]
+
+
 def _samples(algo: str, seed: int) -> list[dict]:
-    rows = []
-    for step in (5, 6):
-        for i, ok in enumerate((True, False, True)):
-            rows.append({"step": step, "id": f"p{step}-{i}", "prompt": "<b>What is 3+4?</b> & say",
-                         "completion": f"<script>alert({step})</script> `x` | {'7' if ok else '8'}",
-                         "reward": 1.0 if ok else 0.0, "reason": "correct" if ok else "wrong"})
-    return rows
+    """Rollouts whose completions (graded as the trainer would) and prompt need escaping."""
+    return [
+        dict(
+            rollout(step, _problem(step, i), ok, f"<script>alert({step})</script> `x` |"),
+            prompt="<b>What is 3+4?</b> & say",
+        )
+        for step in (5, 6)
+        for i, ok in enumerate((True, False, True))
+    ]
 
 
 def test_examples_come_from_the_latest_step_and_are_escaped(comparison):
@@ -129,13 +139,18 @@ def test_examples_come_from_the_latest_step_and_are_escaped(comparison):
     write_report([comparison], comparison)
     data = json.loads((comparison / "report.json").read_text())
     examples = _row(data, "em-pg")["examples"]
-    assert [(e["step"], e["correct"], e["seed"]) for e in examples] == [(6, True, 1), (6, True, 1), (6, False, 1),
-                                                                        (6, False, 2)]
+    assert [(e["step"], e["correct"], e["seed"]) for e in examples] == [
+        (6, True, 1),
+        (6, True, 1),
+        (6, False, 1),
+        (6, False, 2),
+    ]
     assert examples[0]["prompt"] == "<b>What is 3+4?</b> & say" and examples[0]["reward"] == 1.0
     page = (comparison / "index.html").read_text()
-    section = page[page.index("<h3>Example completions</h3>"):page.index("<h3>Runs</h3>")]
+    section = page[page.index("<h3>Example completions</h3>") : page.index("<h3>Runs</h3>")]
     assert "<th>prompt</th>" in section and "<th>reward</th>" in section
-    assert '<td class="pre">&lt;script&gt;alert(6)&lt;/script&gt; `x` | 7</td>' in section
+    answer = _problem(6, 0).answer
+    assert f'<td class="pre">&lt;script&gt;alert(6)&lt;/script&gt; `x` | #### {answer}</td>' in section
     assert '<td class="pre">&lt;b&gt;What is 3+4?&lt;/b&gt; &amp; say</td>' in section
     assert "<script" not in page and "<b>" not in page
     md = (comparison / "leaderboard.md").read_text()
@@ -143,15 +158,19 @@ def test_examples_come_from_the_latest_step_and_are_escaped(comparison):
     markdown_it = pytest.importorskip("markdown_it")
     html = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
     assert not re.search(r"<(script|b)\b", html)
-    table = md[md.index("### Example completions"):md.index("### Runs")]
+    table = md[md.index("### Example completions") : md.index("### Runs")]
     rows = [line for line in table.splitlines() if line.startswith("| em-pg")]
     assert rows and all(line.count(" | ") == 7 for line in rows)  # 8 cells: the completion's pipe is escaped
 
 
 def test_older_samples_show_what_they_hold(comparison):
     # the trainer's earlier samples.jsonl rows: no prompt, no reward
-    _write_samples(comparison, lambda algo, seed: [{k: v for k, v in r.items() if k not in ("prompt", "reward")}
-                                                   for r in _samples(algo, seed)])
+    _write_samples(
+        comparison,
+        lambda algo, seed: [
+            {k: v for k, v in r.items() if k not in ("prompt", "reward")} for r in _samples(algo, seed)
+        ],
+    )
     data = _report(comparison)
     assert _row(data, "grpo")["examples"][0]["prompt"] is None
     md = render_markdown(data)
@@ -169,10 +188,10 @@ def test_without_samples_the_final_evaluation_gives_the_examples(comparison):
 
 def test_long_texts_are_cut_in_the_middle(comparison):
     long = "A" * 500 + "B" * 500
-    _write_samples(comparison, lambda algo, seed: [{"step": 1, "id": "x", "prompt": "p", "completion": long,
-                                                    "reward": 1.0, "reason": "correct"}])
+    _write_samples(comparison, lambda algo, seed: [rollout(1, _problem(1, 0), True, long)])
     text = _row(_report(comparison), "grpo")["examples"][0]["completion"]
-    assert len(text) < 700 and text.startswith("AAA") and text.endswith("BBB") and " … " in text
+    assert len(text) < 700 and text.startswith("AAA") and text.endswith(f"BBB #### {_problem(1, 0).answer}")
+    assert " … " in text
 
 
 # ------------------------------------------------------------------------------------------------ critic, confounds
@@ -181,8 +200,10 @@ def test_long_texts_are_cut_in_the_middle(comparison):
 def test_critic_fit_shows_each_runs_explained_variance_and_the_prompt_only_ceiling(tmp_path):
     comparison = make_comparison(tmp_path / "arith", SKILL, seeds=(1, 2), problems=8, samples=2, steps=25)
     assert "Critic fit" not in render_markdown(_report(comparison))  # no run has a critic: no section
-    _edit_metrics(comparison, lambda algo, seed, row: row.update(value_explained_var=row["step"] / 100)
-                  if algo == "grpo" else None)
+    _edit_metrics(
+        comparison,
+        lambda algo, seed, row: row.update(value_explained_var=row["step"] / 100) if algo == "grpo" else None,
+    )
     data = _report(comparison)
     fit = {r["name"]: r["critic"] for r in data["tasks"][0]["runs"]}
     assert fit["em-pg-s1"] is None
@@ -215,10 +236,14 @@ def test_options_the_rows_share_by_name_but_set_apart_are_named():
     def row(label, **options):
         return {"label": label, "algo": label, "control": False, "options": options}
 
-    line = differing_options([row("em-pg", loss_agg="seq-mean-token-mean", baseline="code"),
-                              row("grpo", loss_agg="token-mean", epochs=1),
-                              row("ppo", loss_agg="token-mean", epochs=1),
-                              {**row("em-pg (A/A)", loss_agg="token-sum"), "control": True}])
+    line = differing_options(
+        [
+            row("em-pg", loss_agg="seq-mean-token-mean", baseline="code"),
+            row("grpo", loss_agg="token-mean", epochs=1),
+            row("ppo", loss_agg="token-mean", epochs=1),
+            {**row("em-pg (A/A)", loss_agg="token-sum"), "control": True},
+        ]
+    )
     assert line.startswith("loss_agg (seq-mean-token-mean: em-pg; token-mean: grpo, ppo). ")
     assert "baseline" not in line and "epochs" not in line and "token-sum" not in line
     assert differing_options([row("grpo", epochs=1), row("ppo", epochs=1)]).startswith("none")

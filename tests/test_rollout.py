@@ -1,8 +1,8 @@
 import torch
 
-from rlbench.engine.policy import Policy, load_model
 from rlbench.engine.decoder import Decoder, sample_next
 from rlbench.engine.generation import encode_prompt
+from rlbench.engine.policy import Policy, load_model
 
 
 def _policy(path) -> Policy:
@@ -66,8 +66,14 @@ def test_logprobs_match_generation_distribution(tiny_qwen_dir):
     policy = _policy(tiny_qwen_dir)
     prompts = [encode_prompt(policy.tokenizer, "Q: 5+5=? A:"), encode_prompt(policy.tokenizer, "Q: 12-3+4=? A:")]
     gen = Decoder(policy).generate(prompts, greedy=True, temperature=1.0, top_p=1.0, max_new_tokens=5)
-    batch = RolloutBatch(gen.input_ids, gen.attention_mask, gen.response_mask, gen.prompt_len,
-                         rewards=torch.zeros(2), group_ids=torch.arange(2))
+    batch = RolloutBatch(
+        gen.input_ids,
+        gen.attention_mask,
+        gen.response_mask,
+        gen.prompt_len,
+        rewards=torch.zeros(2),
+        group_ids=torch.arange(2),
+    )
     out = policy.forward(batch, with_entropy=True)
     # Greedy tokens are each row's argmax, so recomputing the full forward row by row must agree.
     for i, p in enumerate(prompts):

@@ -1,5 +1,6 @@
 """FSDP: 2 processes (accelerate launch --use_fsdp, gloo on CPU) holding half the model each reproduce the 1-process
 run, write their files once, and resume exactly."""
+
 from __future__ import annotations
 
 import json
@@ -32,17 +33,45 @@ if os.environ.get("RLBENCH_TEST_STOP_AT_STEP"):
 
 # gradients on a random model that earns no reward: the entropy bonus (and em-pg's KL, so the reference is sharded
 # too); PPO's policy from its first step (its critic, with a backbone of its own, is sharded as well)
-EXTRA = {"em-pg": ("algo.entropy_coef=0.01", "algo.kl_loss_coef=0.1"),
-         "ppo": ("algo.entropy_coef=0.01", "algo.critic_warmup=0")}
+EXTRA = {
+    "em-pg": ("algo.entropy_coef=0.01", "algo.kl_loss_coef=0.1"),
+    "ppo": ("algo.entropy_coef=0.01", "algo.critic_warmup=0"),
+}
 
 
 def _train(model: Path, out: Path, algo: str, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "rlbench.cli", "train", "--model", str(model), "--algo", algo, "--task", "arith",
-            "--out", str(out), "--quiet", *flags]
-    for item in ("task.train_size=40", "task.test_size=8", "rollout.batch_size=8", "rollout.samples_per_prompt=2",
-                 "rollout.seed_rows=true", "sampling.max_new_tokens=12", "budget.steps=3", "eval.limit=4",
-                 "eval.samples=0", "eval.every=2", "threads=1", "checkpoint_every=2", "keep_checkpoints=1",
-                 *EXTRA[algo]):
+    args = [
+        sys.executable,
+        "-m",
+        "rlbench.cli",
+        "train",
+        "--model",
+        str(model),
+        "--algo",
+        algo,
+        "--task",
+        "arith",
+        "--out",
+        str(out),
+        "--quiet",
+        *flags,
+    ]
+    for item in (
+        "task.train_size=40",
+        "task.test_size=8",
+        "rollout.batch_size=8",
+        "rollout.samples_per_prompt=2",
+        "rollout.seed_rows=true",
+        "sampling.max_new_tokens=12",
+        "budget.steps=3",
+        "eval.limit=4",
+        "eval.samples=0",
+        "eval.every=2",
+        "threads=1",
+        "checkpoint_every=2",
+        "keep_checkpoints=1",
+        *EXTRA[algo],
+    ):
         args += ["--set", item]
     return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
 
@@ -97,8 +126,11 @@ def test_fsdp_resume_continues_like_the_uninterrupted_run(runs, tiny_qwen_dir, t
     stopper = tmp_path / "stopper"
     stopper.mkdir()
     (stopper / "sitecustomize.py").write_text(STOPPER)  # every rank imports it at start-up
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(stopper), os.environ.get("PYTHONPATH")])),
-           "RLBENCH_TEST_STOP_AT_STEP": "2"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(stopper), os.environ.get("PYTHONPATH")])),
+        "RLBENCH_TEST_STOP_AT_STEP": "2",
+    }
     out, flags = tmp_path / "broken", ("--processes", "2", "--fsdp")
     stopped = _train(tiny_qwen_dir, out, "ppo", *flags, env=env)
     assert stopped.returncode != 0
@@ -137,3 +169,24 @@ def test_lora_with_fsdp_is_refused_before_anything_starts(tmp_path):
 def test_fsdp_needs_processes(tmp_path):
     done = _refused("--out", str(tmp_path / "run"), "--fsdp")
     assert done.exit_code == 2 and "--processes N" in done.output
+
+
+def test_8bit_adamw_with_fsdp_is_refused_before_anything_starts(tmp_path):
+    done = _refused(
+        "--out",
+        str(tmp_path / "run"),
+        "--processes",
+        "2",
+        "--fsdp",
+        "--set",
+        "optim.name=adamw-8bit",
+        "--set",
+        "rollout.seed_rows=true",
+    )
+    assert done.exit_code == 2
+    assert (
+        done.output.strip()
+        .splitlines()[-1]
+        .startswith("rlbench: error: optim.name=adamw-8bit: bitsandbytes' 8-bit AdamW cannot update FSDP's sharded")
+    )
+    assert not (tmp_path / "run").exists()

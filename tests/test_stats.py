@@ -1,4 +1,5 @@
 """rlbench.report.stats against textbook values and known cases (identical algorithms, a clear winner, determinism)."""
+
 from __future__ import annotations
 
 import doctest
@@ -176,7 +177,9 @@ def test_paired_t_edge_cases():
 
 def test_min_detectable_difference_known_value_and_monotonicity():
     # (t_{.975, 4} + t_{.80, 4}) · sd / √5 = (2.776445 + 0.940965) · 0.04 / √5
-    assert stats.min_detectable_difference(0.04, 5) == pytest.approx((2.776445105 + 0.940964840) * 0.04 / math.sqrt(5))
+    # exact noncentral t: 1.68200 sd at 5 seeds (the shortcut (t.975 + t.8) / sqrt(5) = 1.66254 is optimistic)
+    assert stats.min_detectable_difference(0.04, 5) == pytest.approx(0.04 * 1.681997, rel=1e-5)
+    assert stats.min_detectable_difference(0.04, 5) > (2.776445105 + 0.940964840) * 0.04 / math.sqrt(5)
     assert stats.min_detectable_difference(0.04, 1) is None
     assert stats.min_detectable_difference(0.0, 5) == 0.0
     mdd = [stats.min_detectable_difference(0.05, n) for n in range(2, 40)]
@@ -186,6 +189,7 @@ def test_min_detectable_difference_known_value_and_monotonicity():
     assert stats.min_detectable_difference(0.05, 5, alpha=0.01) > stats.min_detectable_difference(0.05, 5)
     # large n: (1.96 + 0.8416) · sd / √n
     assert stats.min_detectable_difference(1.0, 10_000) == pytest.approx((1.959964 + 0.841621) / 100, rel=1e-3)
+    assert stats.paired_t_power(stats.min_detectable_difference(0.03, 7), 0.03, 7) == pytest.approx(0.8, abs=1e-9)
     with pytest.raises(ValueError):
         stats.min_detectable_difference(-0.1, 5)
     with pytest.raises(ValueError):

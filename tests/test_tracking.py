@@ -1,4 +1,5 @@
 """Experiment tracking (report_to): what a tracker is sent, read back offline; and trackers never make a run another."""
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,38 @@ from rlbench.tracking import TensorBoardTracker, Tracker, run_identity, scalars
 
 REPO = Path(__file__).resolve().parents[1]
 TREE = {
-    "algo": {"name": "reinforce"}, "rollout": {"batch_size": 4, "samples_per_prompt": 2},
-    "sampling": {"max_new_tokens": 6}, "task": {"name": "arith", "train_size": 20, "test_size": 4},
-    "budget": {"steps": 3}, "eval": {"limit": 4, "every": 2}, "checkpoint_every": 0,
+    "algo": {"name": "reinforce"},
+    "rollout": {"batch_size": 4, "samples_per_prompt": 2},
+    "sampling": {"max_new_tokens": 6},
+    "task": {"name": "arith", "train_size": 20, "test_size": 4},
+    "budget": {"steps": 3},
+    "eval": {"limit": 4, "every": 2},
+    "checkpoint_every": 0,
 }
-SETS = ["--algo", "reinforce", "--task", "arith", "--set", "rollout.batch_size=4", "--set", "rollout.samples_per_prompt=2",
-        "--set", "sampling.max_new_tokens=6", "--set", "task.train_size=20", "--set", "task.test_size=4",
-        "--set", "budget.steps=3", "--set", "eval.limit=4", "--set", "eval.every=2", "--set", "checkpoint_every=0"]
+SETS = [
+    "--algo",
+    "reinforce",
+    "--task",
+    "arith",
+    "--set",
+    "rollout.batch_size=4",
+    "--set",
+    "rollout.samples_per_prompt=2",
+    "--set",
+    "sampling.max_new_tokens=6",
+    "--set",
+    "task.train_size=20",
+    "--set",
+    "task.test_size=4",
+    "--set",
+    "budget.steps=3",
+    "--set",
+    "eval.limit=4",
+    "--set",
+    "eval.every=2",
+    "--set",
+    "checkpoint_every=0",
+]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -56,7 +82,9 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"report_to=\['wandb'\]: wandb is not installed; pip install 'rlbench\[wandb\]'"):
+    with pytest.raises(
+        ConfigError, match=r"report_to=\['wandb'\]: wandb is not installed; pip install 'rlbench\[wandb\]'"
+    ):
         build_run_config({"report_to": ["wandb"]})
     result = CliRunner().invoke(main, ["train", "--report-to", "wandb", "--out", "unused"])
     assert result.exit_code == 2 and "rlbench[wandb]" in result.output and len(result.output.strip().splitlines()) == 1
@@ -72,7 +100,8 @@ def test_trackers_do_not_make_a_saved_run_different(tmp_path):
 
 
 def test_the_audit_ignores_trackers(tmp_path):
-    from report_helpers import make_comparison
+    from report_helpers import make_comparison, seal
+
     from rlbench.report.audit import audit_comparison
     from rlbench.report.inputs import load_comparison
 
@@ -80,6 +109,7 @@ def test_the_audit_ignores_trackers(tmp_path):
     config_file = path / "runs" / "grpo-s2" / "config.yaml"
     config = yaml.safe_load(config_file.read_text())
     config_file.write_text(yaml.safe_dump({**config, "report_to": ["tensorboard"]}))
+    seal(config_file.parent)  # the run was launched so
     audit = audit_comparison(load_comparison(path))
     assert audit["matched"], audit["problems"]
 
@@ -93,15 +123,35 @@ def test_run_identity_groups_by_comparison(tmp_path):
 
 
 def test_rows_become_flat_numbers_at_their_step():
-    step = {"step": 3, "reward_mean": 0.5, "usage": {"tokens": 40, "seconds": 1.5}, "time": {"generate": 0.2},
-            "prompt_ids_hash": "ab12", "flag": True}
-    assert scalars("step", step) == (3, {"reward_mean": 0.5, "usage/tokens": 40, "usage/seconds": 1.5,
-                                         "time/generate": 0.2})
-    ev = {"point": 1, "step": 2, "greedy": {"accuracy": 0.25, "reasons": {"correct": 1}},
-          "sampled": {"accuracy": 0.5, "pass@4": 0.75, "length_mean": 7.0}}
-    assert scalars("eval", ev) == (2, {"eval/point": 1, "eval/greedy/accuracy": 0.25,
-                                       "eval/greedy/reasons/correct": 1, "eval/sampled/accuracy": 0.5,
-                                       "eval/sampled/pass@4": 0.75, "eval/sampled/length_mean": 7.0})
+    step = {
+        "step": 3,
+        "reward_mean": 0.5,
+        "usage": {"tokens": 40, "seconds": 1.5},
+        "time": {"generate": 0.2},
+        "prompt_ids_hash": "ab12",
+        "flag": True,
+    }
+    assert scalars("step", step) == (
+        3,
+        {"reward_mean": 0.5, "usage/tokens": 40, "usage/seconds": 1.5, "time/generate": 0.2},
+    )
+    ev = {
+        "point": 1,
+        "step": 2,
+        "greedy": {"accuracy": 0.25, "reasons": {"correct": 1}},
+        "sampled": {"accuracy": 0.5, "pass@4": 0.75, "length_mean": 7.0},
+    }
+    assert scalars("eval", ev) == (
+        2,
+        {
+            "eval/point": 1,
+            "eval/greedy/accuracy": 0.25,
+            "eval/greedy/reasons/correct": 1,
+            "eval/sampled/accuracy": 0.5,
+            "eval/sampled/pass@4": 0.75,
+            "eval/sampled/length_mean": 7.0,
+        },
+    )
     assert scalars("other", ev) is None
 
 
@@ -177,8 +227,20 @@ def test_tensorboard_run_logs_every_step_and_evaluation(tiny_qwen_dir, tmp_path)
 
 def _cli_train(model: Path, out: Path, trackers: str, env: dict[str, str | None]) -> subprocess.CompletedProcess:
     """``rlbench train --report-to TRACKERS`` in a process of its own (trackers read their settings at import)."""
-    cmd = [sys.executable, "-m", "rlbench.cli", "train", "--model", str(model), "--out", str(out), "--quiet",
-           "--report-to", trackers, *SETS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlbench.cli",
+        "train",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--quiet",
+        "--report-to",
+        trackers,
+        *SETS,
+    ]
     full = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=full)
 
@@ -192,11 +254,14 @@ def test_trackio_logs_locally_grouped_by_comparison(tiny_qwen_dir, tmp_path):
     done = _cli_train(tiny_qwen_dir, out, "trackio", env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["status"] == "completed"  # trackio's chatter went to stderr
-    read = ("import json, sys; from trackio.sqlite_storage import SQLiteStorage as S; "
-            "print(json.dumps({'runs': S.get_runs('cmp'), 'logs': S.get_logs('cmp', 'reinforce-s0'), "
-            "'config': S.get_run_config('cmp', 'reinforce-s0')}, default=str))")
-    back = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    read = (
+        "import json, sys; from trackio.sqlite_storage import SQLiteStorage as S; "
+        "print(json.dumps({'runs': S.get_runs('cmp'), 'logs': S.get_logs('cmp', 'reinforce-s0'), "
+        "'config': S.get_run_config('cmp', 'reinforce-s0')}, default=str))"
+    )
+    back = subprocess.run(
+        [sys.executable, "-c", read], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
     assert back.returncode == 0, back.stderr[-3000:]
     data = json.loads(back.stdout.strip().splitlines()[-1])
     assert data["runs"] == ["reinforce-s0"]
@@ -205,19 +270,44 @@ def test_trackio_logs_locally_grouped_by_comparison(tiny_qwen_dir, tmp_path):
     for log in data["logs"]:
         steps.setdefault(log["step"], {}).update(log)
     assert [steps[r["step"]]["reward_mean"] for r in metrics] == pytest.approx([r["reward_mean"] for r in metrics])
-    assert [steps[e["step"]]["eval/greedy/accuracy"] for e in evals] == pytest.approx([e["greedy"]["accuracy"]
-                                                                                       for e in evals])
+    assert [steps[e["step"]]["eval/greedy/accuracy"] for e in evals] == pytest.approx(
+        [e["greedy"]["accuracy"] for e in evals]
+    )
     assert "usage/tokens" in steps[3] and "eval/sampled/accuracy" in steps[0]
     assert data["config"]["optim"]["lr"] == pytest.approx(1e-4) and data["config"]["seed"] == 0
 
 
-def test_wandb_runs_offline_into_the_run_folder(tiny_qwen_dir, tmp_path):
+def test_wandb_runs_offline_into_the_run_folder_when_wandb_mode_says_so(tiny_qwen_dir, tmp_path):
     pytest.importorskip("wandb")
     out = tmp_path / "run"
-    # no WANDB_MODE, no login, no server: rlbench picks offline
-    env = {"WANDB_MODE": None, "WANDB_API_KEY": None, "WANDB_DIR": None, "WANDB_SILENT": "true", "HOME": str(tmp_path)}
+    # offline because WANDB_MODE says so: rlbench no longer forces it (a logged-in user's runs go online)
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_API_KEY": None,
+        "WANDB_DIR": None,
+        "WANDB_SILENT": "true",
+        "HOME": str(tmp_path),
+    }
     done = _cli_train(tiny_qwen_dir, out, "wandb", env)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert (out / "wandb" / "rlbench-run-id").read_text().strip() in runs[0].name
+
+
+def test_wandb_mode_is_left_to_wandb(tmp_path, monkeypatch):
+    """No mode is forced: wandb.init gets none, so WANDB_MODE, `wandb login` and `wandb offline` decide."""
+    import types
+
+    from rlbench.tracking import WandbTracker
+
+    calls = []
+    fake = types.SimpleNamespace(
+        init=lambda project=None, group=None, name=None, id=None, resume=None, dir=None, config=None, mode=None, reinit=None: (
+            calls.append(mode) or types.SimpleNamespace()
+        )
+    )
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    WandbTracker(tmp_path / "run", {}).open(resumed=False, first_step=0)
+    assert calls == [None]

@@ -1,27 +1,58 @@
 """End to end through the CLI: any local HF model, config errors, interruption."""
+
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from click.testing import CliRunner
 
 from rlbench.cli import main
+from rlbench.engine.file_hashes import file_hashes
+from rlbench.eval.metrics import summarize
+from rlbench.results import read_records, records_path
 
 SMALL = [
-    "--set", "rollout.batch_size=8", "--set", "rollout.samples_per_prompt=2", "--set", "sampling.max_new_tokens=8",
-    "--set", "eval.limit=4", "--set", "task.train_size=50", "--set", "task.test_size=10", "--set", "optim.lr=1e-3",
+    "--set",
+    "rollout.batch_size=8",
+    "--set",
+    "rollout.samples_per_prompt=2",
+    "--set",
+    "sampling.max_new_tokens=8",
+    "--set",
+    "eval.limit=4",
+    "--set",
+    "task.train_size=50",
+    "--set",
+    "task.test_size=10",
+    "--set",
+    "optim.lr=1e-3",
 ]
 
 
 def test_train_two_steps_on_a_local_qwen2(tiny_qwen_dir, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(
-        main, ["train", "--model", str(tiny_qwen_dir), "--task", "arith", "--algo", "reinforce", "--out", str(out),
-               "--set", "budget.steps=2", "--set", "eval.every=1", "--quiet", *SMALL],
+        main,
+        [
+            "train",
+            "--model",
+            str(tiny_qwen_dir),
+            "--task",
+            "arith",
+            "--algo",
+            "reinforce",
+            "--out",
+            str(out),
+            "--set",
+            "budget.steps=2",
+            "--set",
+            "eval.every=1",
+            "--quiet",
+            *SMALL,
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -29,8 +60,17 @@ def test_train_two_steps_on_a_local_qwen2(tiny_qwen_dir, tmp_path):
     assert summary["usage"]["steps"] == 2 and summary["usage"]["samples"] == 16
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    for key in ("reward_mean", "accuracy", "zero_spread_groups", "length_mean", "truncated_frac", "entropy",
-                "grad_norm", "gen_tokens_per_s", "train_tokens_per_s"):
+    for key in (
+        "reward_mean",
+        "accuracy",
+        "zero_spread_groups",
+        "length_mean",
+        "truncated_frac",
+        "entropy",
+        "grad_norm",
+        "gen_tokens_per_s",
+        "train_tokens_per_s",
+    ):
         assert key in rows[0], key
     assert set(rows[0]["time"]) >= {"generate", "grade", "update", "sync"}
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
@@ -38,6 +78,15 @@ def test_train_two_steps_on_a_local_qwen2(tiny_qwen_dir, tmp_path):
     assert [e["step"] for e in evals] == [0, 1, 2] and [e["point"] for e in evals] == [0, 1, 2]
     assert evals[0]["problems"] == 4
     assert (out / "checkpoint" / "config.json").exists()
+    # every evaluation kept its per-problem records, tagged with its point and step, and they give its numbers
+    for e in evals:
+        records = read_records(records_path(out, e["point"]))
+        assert len(records) == 4 and {(r["point"], r["step"]) for r in records} == {(e["point"], e["step"])}
+        again = summarize(records, ks=range(1, e["sampled"]["k"] + 1), temperature=1.0, top_p=1.0)
+        assert all(again[m]["accuracy"] == e[m]["accuracy"] for m in ("greedy", "sampled"))
+    # the summary hashed every other file of the finished run (the model's too)
+    assert summary["files"] == file_hashes(out)
+    assert {"eval.jsonl", "eval_records/point-0002.jsonl.gz", "checkpoint/config.json"} <= set(summary["files"])
 
 
 def test_training_changes_the_weights(tiny_qwen_dir, tmp_path):
@@ -46,8 +95,20 @@ def test_training_changes_the_weights(tiny_qwen_dir, tmp_path):
 
     out = tmp_path / "run"
     result = CliRunner().invoke(
-        main, ["train", "--model", str(tiny_qwen_dir), "--out", str(out), "--set", "budget.samples=16", "--quiet",
-               "--set", "algo.baseline=none", *SMALL],
+        main,
+        [
+            "train",
+            "--model",
+            str(tiny_qwen_dir),
+            "--out",
+            str(out),
+            "--set",
+            "budget.samples=16",
+            "--quiet",
+            "--set",
+            "algo.baseline=none",
+            *SMALL,
+        ],
     )
     assert result.exit_code == 0, result.output
     before = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir).state_dict()
@@ -78,12 +139,29 @@ def test_list_shows_algorithms_and_tasks():
 
 def test_ctrl_c_leaves_valid_metrics_and_an_interrupted_summary(tiny_qwen_dir, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rlbench.cli", "train", "--model", str(tiny_qwen_dir), "--out", str(out), "--quiet",
-           "--set", "budget.steps=100000", *SMALL]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlbench.cli",
+        "train",
+        "--model",
+        str(tiny_qwen_dir),
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "budget.steps=100000",
+        *SMALL,
+    ]
     # Ctrl-C as a terminal sends it: with SIGINT's default action in the run (a shell's background job inherits it
     # ignored, and Python then never installs its KeyboardInterrupt handler)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):

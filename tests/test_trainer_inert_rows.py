@@ -5,6 +5,7 @@ including a step where every row is inert and AdamW still moves on its momentum.
 Gradients, not weights, are compared: a gradient that is mathematically 0 (a key bias's, softmax being blind to a
 shift shared by every key) holds float round-off that differs with the rows in the pass, and Adam turns any
 round-off into a full learning-rate step."""
+
 import pytest
 import torch
 
@@ -17,12 +18,19 @@ AGREE = torch.ones(8)
 
 
 def _trainer(tiny_qwen_dir, tmp_path, algo: dict, name: str) -> Trainer:
-    config = build_run_config({
-        "model": str(tiny_qwen_dir), "algo": algo, "out": str(tmp_path / name),
-        "rollout": {"batch_size": 8, "samples_per_prompt": 2},
-        "sampling": {"max_new_tokens": 10}, "task": {"name": "arith", "train_size": 40, "test_size": 8},
-        "budget": {"steps": 2}, "eval": {"limit": 2}, "optim": {"lr": 1e-2},
-    })
+    config = build_run_config(
+        {
+            "model": str(tiny_qwen_dir),
+            "algo": algo,
+            "out": str(tmp_path / name),
+            "rollout": {"batch_size": 8, "samples_per_prompt": 2},
+            "sampling": {"max_new_tokens": 10},
+            "task": {"name": "arith", "train_size": 40, "test_size": 8},
+            "budget": {"steps": 2},
+            "eval": {"limit": 2},
+            "optim": {"lr": 1e-2},
+        }
+    )
     return build_trainer(config, progress=False)
 
 
@@ -46,13 +54,16 @@ def _every_row_update(trainer: Trainer, batch) -> None:
     trainer.scheduler.step()
 
 
-@pytest.mark.parametrize("algo,inert_first", [
-    ({"name": "grpo", "loss_agg": "token-mean"}, 6 / 8),
-    ({"name": "reinforce", "baseline": "rloo"}, 6 / 8),
-    ({"name": "em-pg", "baseline": "group", "loss_agg": "seq-mean-token-sum-norm"}, 6 / 8),
-    ({"name": "grpo", "kl_loss_coef": 0.1}, 0.0),  # the KL term keeps every row live
-    ({"name": "reinforce", "baseline": "mean"}, 0.0),
-])
+@pytest.mark.parametrize(
+    "algo,inert_first",
+    [
+        ({"name": "grpo", "loss_agg": "token-mean"}, 6 / 8),
+        ({"name": "reinforce", "baseline": "rloo"}, 6 / 8),
+        ({"name": "em-pg", "baseline": "group", "loss_agg": "seq-mean-token-sum-norm"}, 6 / 8),
+        ({"name": "grpo", "kl_loss_coef": 0.1}, 0.0),  # the KL term keeps every row live
+        ({"name": "reinforce", "baseline": "mean"}, 0.0),
+    ],
+)
 def test_leaving_inert_rows_out_gives_the_same_weights(algo, inert_first, tiny_qwen_dir, tmp_path):
     skipping = _trainer(tiny_qwen_dir, tmp_path, algo, "skip")
     every = _trainer(tiny_qwen_dir, tmp_path, algo, "every")

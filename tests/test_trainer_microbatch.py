@@ -1,4 +1,5 @@
 """Splitting a minibatch into micro-batches (to save memory) must not change the gradient."""
+
 import pytest
 import torch
 
@@ -7,12 +8,18 @@ from rlbench.training import build_trainer
 
 
 def _grads(tiny_qwen_dir, tmp_path, algo: dict, micro: int | None) -> list[torch.Tensor]:
-    config = build_run_config({
-        "model": str(tiny_qwen_dir), "algo": algo, "out": str(tmp_path / f"run-{micro}"),
-        "rollout": {"batch_size": 8, "samples_per_prompt": 2, "micro_batch_size": micro},
-        "sampling": {"max_new_tokens": 10}, "task": {"name": "arith", "train_size": 40, "test_size": 8},
-        "budget": {"steps": 1}, "eval": {"limit": 2},
-    })
+    config = build_run_config(
+        {
+            "model": str(tiny_qwen_dir),
+            "algo": algo,
+            "out": str(tmp_path / f"run-{micro}"),
+            "rollout": {"batch_size": 8, "samples_per_prompt": 2, "micro_batch_size": micro},
+            "sampling": {"max_new_tokens": 10},
+            "task": {"name": "arith", "train_size": 40, "test_size": 8},
+            "budget": {"steps": 1},
+            "eval": {"limit": 2},
+        }
+    )
     trainer = build_trainer(config, progress=False)
     times: dict[str, float] = {}
     batch, _, _ = trainer.rollout(0, times)
@@ -29,11 +36,14 @@ def _grads(tiny_qwen_dir, tmp_path, algo: dict, micro: int | None) -> list[torch
     return [p.grad.clone() for p in trainer.policy.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("algo", [
-    {"name": "grpo", "loss_agg": "token-mean"},
-    {"name": "reinforce", "loss_agg": "seq-mean-token-mean"},
-    {"name": "em-pg", "loss_agg": "seq-mean-token-sum-norm"},
-])
+@pytest.mark.parametrize(
+    "algo",
+    [
+        {"name": "grpo", "loss_agg": "token-mean"},
+        {"name": "reinforce", "loss_agg": "seq-mean-token-mean"},
+        {"name": "em-pg", "loss_agg": "seq-mean-token-sum-norm"},
+    ],
+)
 def test_micro_batches_give_the_whole_batch_gradient(algo, tiny_qwen_dir, tmp_path):
     whole = _grads(tiny_qwen_dir, tmp_path, algo, None)
     split = _grads(tiny_qwen_dir, tmp_path, algo, 3)

@@ -1,5 +1,5 @@
 """A step's accounting and its log line are written together: an interrupt in between waits for the block to end."""
-import os
+
 import signal
 
 import pytest

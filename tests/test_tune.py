@@ -1,25 +1,43 @@
 """rlbench tune: equal trials per algorithm on the validation split, a tuned.yaml that compare applies and the
 leaderboard states, and an audit that holds each row to its own tuned settings."""
+
 import json
-import sys
 import subprocess
-from pathlib import Path
+import sys
 
 import pytest
 import yaml
+from rlbench.tasks.arith import Arith, ArithConfig
 
 from rlbench.compare import Comparison
 from rlbench.config import ConfigError
 from rlbench.report.audit import audit_comparison
 from rlbench.report.inputs import load_comparison
-from rlbench.tasks.arith import Arith, ArithConfig
+from rlbench.results import read_records, record_points
 from rlbench.tune import choose, load_tuned, parse_grid, trial_rows
 from rlbench.variants import parse_rows
 
 SETTINGS = [
-    "--set", "rollout.batch_size=8", "--set", "rollout.samples_per_prompt=2", "--set", "sampling.max_new_tokens=8",
-    "--set", "eval.limit=6", "--set", "eval.every=1", "--set", "eval.samples=0", "--set", "eval.final_mean_of=2",
-    "--set", "task.train_size=60", "--set", "task.validation_size=12", "--set", "task.test_size=12",
+    "--set",
+    "rollout.batch_size=8",
+    "--set",
+    "rollout.samples_per_prompt=2",
+    "--set",
+    "sampling.max_new_tokens=8",
+    "--set",
+    "eval.limit=6",
+    "--set",
+    "eval.every=1",
+    "--set",
+    "eval.samples=0",
+    "--set",
+    "eval.final_mean_of=2",
+    "--set",
+    "task.train_size=60",
+    "--set",
+    "task.validation_size=12",
+    "--set",
+    "task.test_size=12",
 ]
 
 
@@ -29,21 +47,32 @@ def _rlbench(*args: str) -> subprocess.CompletedProcess:
 
 def test_grid_parsing_and_trial_rows():
     assert parse_grid(["optim.lr=1e-3,2e-3", "optim.warmup_steps=0,5"]) == {
-        "optim.lr": ["1e-3", "2e-3"], "optim.warmup_steps": [0, 5]}
+        "optim.lr": ["1e-3", "2e-3"],
+        "optim.warmup_steps": [0, 5],
+    }
     for bad in (["lr=1e-3"], ["optim.lr"], ["optim.lr="], ["optim.lr=1,1"], ["optim.lr=1", "optim.lr=2"], []):
         with pytest.raises(ConfigError, match="--grid"):
             parse_grid(bad)
     rows = trial_rows("em-pg,grpo", parse_grid(["optim.lr=1e-3,2e-3"]))
-    assert [r.label for r in rows] == ["em-pg[optim.lr=1e-3]", "em-pg[optim.lr=2e-3]",
-                                       "grpo[optim.lr=1e-3]", "grpo[optim.lr=2e-3]"]
+    assert [r.label for r in rows] == [
+        "em-pg[optim.lr=1e-3]",
+        "em-pg[optim.lr=2e-3]",
+        "grpo[optim.lr=1e-3]",
+        "grpo[optim.lr=2e-3]",
+    ]
     assert rows[0].settings == {"optim.lr": "1e-3"} and rows[0].algo_options == {}
     with pytest.raises(ConfigError, match="plain algorithms"):
         trial_rows("em-pg[baseline=mean]", {"optim.lr": [1]})
 
 
 def test_choice_is_the_best_mean_and_the_first_among_equals():
-    trials = {"a": [{"settings": {"x": 1}, "mean": 0.5}, {"settings": {"x": 2}, "mean": 0.6},
-                    {"settings": {"x": 3}, "mean": 0.6}]}
+    trials = {
+        "a": [
+            {"settings": {"x": 1}, "mean": 0.5},
+            {"settings": {"x": 2}, "mean": 0.6},
+            {"settings": {"x": 3}, "mean": 0.6},
+        ]
+    }
     assert choose(trials) == {"a": {"x": 2}}
     with pytest.raises(ConfigError, match="did not complete"):
         choose({"a": [{"settings": {"x": 1}, "mean": None}, {"settings": {"x": 2}, "mean": 0.1}]})
@@ -76,8 +105,20 @@ def test_a_row_may_not_change_what_makes_runs_matched(tmp_path):
 @pytest.mark.slow
 def test_tune_then_compare_with_the_tuned_settings(tiny_qwen_dir, tmp_path):
     tuning, cmp = tmp_path / "tuning", tmp_path / "cmp"
-    common = ["--model", str(tiny_qwen_dir), "--task", "arith", "--algos", "reinforce,em-pg", "--budget", "steps=2",
-              "--jobs", "1", "--quiet", *SETTINGS]
+    common = [
+        "--model",
+        str(tiny_qwen_dir),
+        "--task",
+        "arith",
+        "--algos",
+        "reinforce,em-pg",
+        "--budget",
+        "steps=2",
+        "--jobs",
+        "1",
+        "--quiet",
+        *SETTINGS,
+    ]
     done = _rlbench("tune", *common, "--grid", "optim.lr=1e-3,3e-3", "--seeds", "1,2", "--out", str(tuning))
     assert done.returncode == 0, done.stderr
     document = yaml.safe_load((tuning / "tuned.yaml").read_text())
@@ -91,7 +132,7 @@ def test_tune_then_compare_with_the_tuned_settings(tiny_qwen_dir, tmp_path):
     task = Arith(ArithConfig(train_size=60, validation_size=12, test_size=12))
     validation, test = ({e.id for e in task.load(split)} for split in ("validation", "test"))
     for run in (tuning / "runs").iterdir():  # every trial evaluated on validation problems, never on test ones
-        ids = {json.loads(line)["id"] for line in (run / "eval_records.jsonl").read_text().splitlines()}
+        ids = {row["id"] for path in record_points(run).values() for row in read_records(path)}
         assert ids and ids <= validation and not ids & test, run.name
 
     done = _rlbench("compare", *common, "--seeds", "1", "--tuned", str(tuning / "tuned.yaml"), "--out", str(cmp))
@@ -105,8 +146,10 @@ def test_tune_then_compare_with_the_tuned_settings(tiny_qwen_dir, tmp_path):
     # the audit holds each row to its own tuned setting: a run trained at another lr is blamed
     run = cmp / "runs" / "em-pg-s1"
     wrong = 123.0
-    for name, edit in (("config.yaml", lambda d: d["optim"].update(lr=wrong)),
-                       ("fingerprint.json", lambda d: d["config"]["optim"].update(lr=wrong))):
+    for name, edit in (
+        ("config.yaml", lambda d: d["optim"].update(lr=wrong)),
+        ("fingerprint.json", lambda d: d["config"]["optim"].update(lr=wrong)),
+    ):
         path = run / name
         data = yaml.safe_load(path.read_text()) if name.endswith("yaml") else json.loads(path.read_text())
         edit(data)

@@ -1,5 +1,6 @@
 """Issue 14: every task has a validation split, disjoint from test and never trained on, and what selects (the tiny
 lab's SFT stop rule, tuning through ``eval.split``) reads it instead of test."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from rlbench.tasks.arith import Arith, ArithConfig
+from rlbench.tasks.data import carve_validation, text_key
 
 from rlbench.config import ConfigError, SamplingConfig, TinyConfig, resolve
 from rlbench.registry import get_task
-from rlbench.tasks.arith import Arith, ArithConfig
-from rlbench.tasks.data import carve_validation, text_key
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -98,7 +99,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def gsm_rows(n: int, offset: int = 0) -> list[dict]:
-    return [{"question": f"What is {i} plus 1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"} for i in range(offset, offset + n)]
+    return [
+        {"question": f"What is {i} plus 1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"}
+        for i in range(offset, offset + n)
+    ]
 
 
 def test_gsm8k_carves_validation_from_train_and_a_file_overrides(tmp_path: Path) -> None:
@@ -167,11 +171,14 @@ def test_real_gsm8k_splits() -> None:
     assert [e.id for e in again.load("train")] == [e.id for e in splits["train"]]
 
 
-@pytest.mark.parametrize("preset, folder, sizes", [
-    ("paper", "math", [8388, 500, 500]),
-    ("lvl5", "math", [1804, 500, 1324]),
-    ("lvl5", "math_hard", [1804, 500, 1324]),
-])
+@pytest.mark.parametrize(
+    "preset, folder, sizes",
+    [
+        ("paper", "math", [8388, 500, 500]),
+        ("lvl5", "math", [1804, 500, 1324]),
+        ("lvl5", "math_hard", [1804, 500, 1324]),
+    ],
+)
 def test_real_math_hard_splits(preset: str, folder: str, sizes: list[int]) -> None:
     task = real("math-hard", data=str(DATA / folder), preset=preset)
     splits = assert_disjoint(task)
@@ -186,7 +193,9 @@ def test_real_math_hard_splits(preset: str, folder: str, sizes: list[int]) -> No
 # ------------------------------------------------------------------------------------------------ what selects
 
 
-def test_warmstart_stop_rule_reads_validation_and_reports_test_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_warmstart_curve_reads_validation_and_reports_test_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import rlbench.tiny.warmstart as ws
 
     task = Arith(ArithConfig(train_size=100, validation_size=30, test_size=20))
@@ -198,7 +207,17 @@ def test_warmstart_stop_rule_reads_validation_and_reports_test_once(monkeypatch:
         return real_evaluate(generator, task_, examples, **kwargs)
 
     monkeypatch.setattr(ws, "evaluate", spy)
-    tiny = TinyConfig(layers=1, hidden=32, heads=2, mlp=64, max_steps=6, check_every=3, sft_batch=8)
+    tiny = TinyConfig(
+        layers=1,
+        hidden=32,
+        heads=2,
+        mlp=64,
+        sft_steps=6,
+        sft_horizon=None,
+        check_every=3,
+        sft_batch=8,
+        warmstart="build",
+    )
     report = ws.run_sft(tiny, task, SamplingConfig(max_new_tokens=8), tmp_path / "out", progress=False)
     validation, test = {e.id for e in task.load("validation")}, {e.id for e in task.load("test")}
     assert len(seen) == 3  # steps 3 and 6, then the report-only test measurement
@@ -210,7 +229,7 @@ def test_warmstart_stop_rule_reads_validation_and_reports_test_once(monkeypatch:
 def test_warmstart_cache_key_has_a_new_version(monkeypatch: pytest.MonkeyPatch) -> None:
     import rlbench.tiny.warmstart as ws
 
-    assert ws.FORMAT_VERSION >= 2  # 1 stopped on test; its cached warm-starts must never be reused
+    assert ws.FORMAT_VERSION >= 3  # 1 stopped on test, 2 on a noisy validation check: never reuse their builds
     task, tiny, sampling = Arith(), TinyConfig(), SamplingConfig()
     key = ws.cache_key(tiny, task, sampling)
     monkeypatch.setattr(ws, "FORMAT_VERSION", 1)
@@ -232,9 +251,30 @@ def test_cli_eval_split_validation(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     before = torch.get_num_threads()
     try:
         out, recs = tmp_path / "eval.json", tmp_path / "recs.jsonl"
-        result = CliRunner().invoke(eval_, ["--model", str(tiny_qwen_dir), "--task", "arith", "--split", "validation",
-                                            "--max-new-tokens", "6", "--set", "threads=1", "--quiet", "--limit", "4",
-                                            "--k", "0", "--out", str(out), "--records", str(recs)])
+        result = CliRunner().invoke(
+            eval_,
+            [
+                "--model",
+                str(tiny_qwen_dir),
+                "--task",
+                "arith",
+                "--split",
+                "validation",
+                "--max-new-tokens",
+                "6",
+                "--set",
+                "threads=1",
+                "--quiet",
+                "--limit",
+                "4",
+                "--k",
+                "0",
+                "--out",
+                str(out),
+                "--records",
+                str(recs),
+            ],
+        )
     finally:
         torch.set_num_threads(before)
     assert result.exit_code == 0, result.output

@@ -1,10 +1,11 @@
 """Grouped ranks, Holm across rows, the power statement, and variant-row parsing."""
+
 from __future__ import annotations
 
 import pytest
 
-from rlbench.report import stats, verdicts
 from rlbench.config import ConfigError
+from rlbench.report import stats, verdicts
 from rlbench.variants import control_of, parse_rows
 
 SEEDS = range(1, 7)
@@ -34,8 +35,12 @@ def test_a_second_group_starts_after_the_first():
 
 
 def test_verdicts_holm_adjust_the_tests_against_the_reference_and_say_so():
-    scores = {"ref": _scores(0.5, NOISE), "x": _scores(0.505, NOISE[::-1]), "y": _scores(0.3, NOISE),
-              "ref (A/A control)": _scores(0.5, NOISE[::-1])}
+    scores = {
+        "ref": _scores(0.5, NOISE),
+        "x": _scores(0.505, NOISE[::-1]),
+        "y": _scores(0.3, NOISE),
+        "ref (A/A control)": _scores(0.5, NOISE[::-1]),
+    }
     out = verdicts.verdicts(scores, ["x", "ref", "y"], "ref", {"ref (A/A control)": "ref"})
     tests = out["vs_reference"]
     raw = [stats.paired_t(list(scores[r].values()), list(scores["ref"].values())).p for r in ("x", "y")]
@@ -61,24 +66,35 @@ def test_nothing_significant_is_said_in_words_with_the_detectable_difference():
 
 def test_variant_rows_parse_into_labels_options_and_folder_names():
     rows = parse_rows("em-pg, em-pg[baseline=mean],grpo[loss_agg=seq-mean-token-sum-norm,clip_low=0.3],ppo")
-    assert [r.label for r in rows] == ["em-pg", "em-pg[baseline=mean]",
-                                      "grpo[loss_agg=seq-mean-token-sum-norm,clip_low=0.3]", "ppo"]
+    assert [r.label for r in rows] == [
+        "em-pg",
+        "em-pg[baseline=mean]",
+        "grpo[loss_agg=seq-mean-token-sum-norm,clip_low=0.3]",
+        "ppo",
+    ]
     assert [r.algo for r in rows] == ["em-pg", "em-pg", "grpo", "ppo"]
     assert rows[2].options == {"loss_agg": "seq-mean-token-sum-norm", "clip_low": 0.3}
-    assert [r.slug for r in rows] == ["em-pg", "em-pg.baseline-mean", "grpo.loss_agg-seq-mean-token-sum-norm.clip_low-0.3",
-                                      "ppo"]
+    assert [r.slug for r in rows] == [
+        "em-pg",
+        "em-pg.baseline-mean",
+        "grpo.loss_agg-seq-mean-token-sum-norm.clip_low-0.3",
+        "ppo",
+    ]
     control = control_of(rows[1])
     assert control.control and control.options == {"baseline": "mean"} and control.slug == "em-pg.baseline-mean.control"
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("em-pg,em-pg", "'em-pg' names two rows"),
-    ("em-pg[baseline=mean", "'[' without ']'"),
-    ("em-pg]", "']' without '['"),
-    ("em-pg[baseline]", "'baseline' is not key=value"),
-    ("em pg", "is not an algorithm name"),
-    (" , ", "name at least one algorithm"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("em-pg,em-pg", "'em-pg' names two rows"),
+        ("em-pg[baseline=mean", "'[' without ']'"),
+        ("em-pg]", "']' without '['"),
+        ("em-pg[baseline]", "'baseline' is not key=value"),
+        ("em pg", "is not an algorithm name"),
+        (" , ", "name at least one algorithm"),
+    ],
+)
 def test_bad_rows_name_the_bad_entry(text, fragment):
     with pytest.raises(ConfigError, match=None) as err:
         parse_rows(text)

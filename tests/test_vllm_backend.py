@@ -5,6 +5,7 @@ layout it assembles, the sampling settings and seeds it passes, the sleep / wake
 against a stand-in for ``vllm.LLM``. On a CUDA machine with vLLM installed: its greedy completions equal the ``hf``
 backend's up to bf16 near-ties, and its sampling log-probs match the trainer's recomputation after ``sync_weights``.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,13 +15,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from click.testing import CliRunner
+from rlbench.tasks.arith import Arith
 
 from rlbench.config import ConfigError
 from rlbench.engine import vllm_backend
 from rlbench.engine.generation import encode_prompt, make_generator, stop_ids, token_logprobs
 from rlbench.engine.policy import Policy, load_model, position_ids_from_mask
 from rlbench.engine.seeding import derive_seed
-from rlbench.tasks.arith import Arith
 
 CPU = torch.device("cpu")
 
@@ -49,17 +50,75 @@ def test_missing_vllm_on_a_cuda_policy_gets_one_clear_error(tiny_qwen_dir, monke
         make_generator("vllm", Policy(model, tok, torch.device("cuda")))
     assert "rollout.backend=vllm" in str(caught.value) and "import vllm failed" in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no chained traceback from vllm
-    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(__version__="0.8.5"))
-    with pytest.raises(ConfigError, match=r"found vllm 0\.8\.5, need >= 0\.10\.2"):
-        make_generator("vllm", Policy(model, tok, torch.device("cuda")))
+    for outside in ("0.8.5", "0.27.1", "0.34.0"):
+        monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(__version__=outside))
+        with pytest.raises(ConfigError, match=rf"found vllm {outside}, need >= 0\.28, < 0\.34"):
+            make_generator("vllm", Policy(model, tok, torch.device("cuda")))
+
+
+def test_the_version_window_is_the_extra_of_pyproject():
+    import re
+    from pathlib import Path
+
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (spec,) = [d for d in extras["vllm"] if d.startswith("vllm")]
+    low, high = re.fullmatch(r"vllm>=([\d.]+),<([\d.]+)", spec).groups()
+    assert (low, high) == tuple(".".join(map(str, v)) for v in vllm_backend.VLLM_RANGE)
+
+
+def test_vllm_beyond_one_process_is_refused_before_launch(tmp_path, monkeypatch):
+    from rlbench.cli import main, train
+
+    launched = []
+    monkeypatch.setattr(train, "launch", lambda *a, **k: launched.append(a) or 0)
+    for flags in (["--processes", "2"], ["--processes", "2", "--fsdp"]):
+        result = CliRunner().invoke(
+            main,
+            [
+                "train",
+                "--task",
+                "arith",
+                *flags,
+                "--out",
+                str(tmp_path / "r"),
+                "--set",
+                "rollout.seed_rows=true",
+                "--set",
+                "rollout.backend=vllm",
+            ],
+        )
+        assert result.exit_code == 2 and not launched, result.output
+        assert (
+            result.output.strip()
+            .splitlines()[-1]
+            .startswith("rlbench: error: rollout.backend=vllm: the vLLM engine runs on one GPU")
+        )
 
 
 def test_the_command_line_reports_it_in_one_line(tiny_qwen_dir, tmp_path):
     from rlbench.cli import main
 
-    result = CliRunner().invoke(main, [
-        "train", "--model", str(tiny_qwen_dir), "--out", str(tmp_path / "run"), "--quiet", "--set", "device=cpu",
-        "--set", "rollout.backend=vllm", "--set", "budget.steps=1"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--model",
+            str(tiny_qwen_dir),
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+            "--set",
+            "device=cpu",
+            "--set",
+            "rollout.backend=vllm",
+            "--set",
+            "budget.steps=1",
+        ],
+    )
     assert result.exit_code == 2, result.output
     # (the output also holds transformers' "Loading weights" progress bar)
     errors = [line.split("rlbench: error: ")[-1] for line in result.output.splitlines() if "rlbench: error: " in line]
@@ -114,18 +173,54 @@ class FakeLLM:
 
 @pytest.fixture()
 def fake_vllm(monkeypatch):
-    fake = SimpleNamespace(__version__="0.11.0", LLM=FakeLLM, SamplingParams=lambda **kw: SimpleNamespace(
-        **{"logprobs": None, "seed": None, "top_p": 1.0, **kw}))
+    fake = SimpleNamespace(
+        __version__="0.11.0",
+        LLM=FakeLLM,
+        SamplingParams=lambda **kw: SimpleNamespace(**{"logprobs": None, "seed": None, "top_p": 1.0, **kw}),
+    )
     monkeypatch.setattr(vllm_backend, "import_vllm", lambda device: fake)
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     return fake
 
 
+def test_engine_settings_come_from_the_rollout_config(tiny_qwen_dir, fake_vllm):
+    from rlbench.config import build_run_config
+    from rlbench.engine.build import build_generator
+
+    model, tok = load_model(str(tiny_qwen_dir), "fp32", CPU)
+    config = build_run_config(
+        {
+            "rollout": {
+                "backend": "vllm",
+                "gpu_memory_utilization": 0.5,
+                "max_model_len": 2048,
+                "enforce_eager": True,
+                "generation_batch_size": 16,
+            }
+        }
+    )
+    gen = build_generator(config, Policy(model, tok, CPU, "bf16"), str(tiny_qwen_dir))
+    gen.generate(_prompts(tok, 2), temperature=1.0, top_p=1.0, max_new_tokens=3, seed=0)
+    kwargs = gen._llm.kwargs
+    assert (kwargs["gpu_memory_utilization"], kwargs["max_model_len"], kwargs["enforce_eager"]) == (0.5, 2048, True)
+    assert (
+        "max_model_len"
+        not in build_generator(
+            build_run_config({"rollout": {"backend": "vllm"}}), Policy(model, tok, CPU, "bf16"), str(tiny_qwen_dir)
+        )
+        ._engine()
+        .kwargs
+    )
+    with pytest.raises(ConfigError, match="rollout.max_model_len=0"):
+        build_run_config({"rollout": {"max_model_len": 0}})
+
+
 def test_layout_settings_and_seeds(tiny_qwen_dir, fake_vllm):
     model, tok = load_model(str(tiny_qwen_dir), "fp32", CPU)
     policy = Policy(model, tok, CPU, "bf16")
-    gen = make_generator("vllm", policy, batch_size=32, model_path=str(tiny_qwen_dir),
-                         options={"gpu_memory_utilization": 0.3})
+    gen = make_generator(
+        "vllm", policy, batch_size=32, model_path=str(tiny_qwen_dir), options={"gpu_memory_utilization": 0.3}
+    )
     prompts = _prompts(tok, 5)
     out = gen.generate(prompts, temperature=0.7, top_p=0.9, max_new_tokens=4, seed=3)
     llm = gen._llm
@@ -147,7 +242,7 @@ def test_layout_settings_and_seeds(tiny_qwen_dir, fake_vllm):
     assert out.finish_reasons == ["stop", "length", "stop", "length", "stop"]
     assert out.input_ids.shape == (5, out.prompt_len + 4) and out.prompt_len == max(len(p) for p in prompts)
     assert out.logprobs[0].tolist() == [-0.5, 0, 0, 0] and out.logprobs[1].tolist() == [-0.5, -1.5, -2.5, -3.5]
-    assert bool((out.input_ids[:, out.prompt_len:][out.response_mask == 0] == tok.pad_token_id).all())
+    assert bool((out.input_ids[:, out.prompt_len :][out.response_mask == 0] == tok.pad_token_id).all())
     greedy = gen.generate(prompts, temperature=0.7, top_p=0.9, max_new_tokens=4, greedy=True)
     assert greedy.logprobs is None and all(p.temperature == 0.0 and p.logprobs is None for p in llm.params)
 
@@ -180,9 +275,14 @@ def test_sleep_wake_and_weight_push_follow_the_trainer(tiny_qwen_dir, fake_vllm)
 def test_a_short_row_without_a_stop_token_is_an_error(tiny_qwen_dir, fake_vllm, monkeypatch):
     model, tok = load_model(str(tiny_qwen_dir), "fp32", CPU)
     gen = make_generator("vllm", Policy(model, tok, CPU), model_path=str(tiny_qwen_dir))
-    monkeypatch.setattr(FakeLLM, "generate", lambda self, prompts, params, use_tqdm=True: [
-        SimpleNamespace(outputs=[SimpleNamespace(token_ids=[11, 12], logprobs=None, finish_reason="length")])
-        for _ in prompts])
+    monkeypatch.setattr(
+        FakeLLM,
+        "generate",
+        lambda self, prompts, params, use_tqdm=True: [
+            SimpleNamespace(outputs=[SimpleNamespace(token_ids=[11, 12], logprobs=None, finish_reason="length")])
+            for _ in prompts
+        ],
+    )
     with pytest.raises(RuntimeError, match="max_model_len"):
         gen.generate(_prompts(tok, 2), temperature=1.0, top_p=1.0, max_new_tokens=5, greedy=True)
 
@@ -206,9 +306,18 @@ def gpu_pair(tmp_path_factory):
     tok = build_char_tokenizer()
     # initializer_range 0.05: in bf16 on a CPU, 61 of 64 greedy completions of rlbench and hf agreed (0.2: 26)
     config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.05,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.05,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     path = tmp_path_factory.mktemp("vllm-qwen2")
     Qwen2ForCausalLM(config).save_pretrained(path)
@@ -222,8 +331,11 @@ def gpu_pair(tmp_path_factory):
 @torch.no_grad()
 def _trainer_logprobs(policy: Policy, gen, temperature: float) -> torch.Tensor:
     """What the trainer recomputes: the policy's forward over prompt + completion, at the sampling temperature."""
-    logits = policy.model(input_ids=gen.input_ids, attention_mask=gen.attention_mask,
-                          position_ids=position_ids_from_mask(gen.attention_mask)).logits
+    logits = policy.model(
+        input_ids=gen.input_ids,
+        attention_mask=gen.attention_mask,
+        position_ids=position_ids_from_mask(gen.attention_mask),
+    ).logits
     P, T = gen.prompt_len, gen.response_mask.shape[1]
     steps = logits[:, P - 1 : P + T - 1]
     tokens = gen.input_ids[:, P:]

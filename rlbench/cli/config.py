@@ -3,13 +3,15 @@
 The help is the comment written beside (or just above) each field in ``rlbench/config.py`` and in the algorithm's and
 task's option dataclasses, so the listing cannot drift from the code.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import re
 import typing
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import click
 
@@ -58,10 +60,13 @@ def rows(cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> Iterator[tu
         yield f"{prefix}{f.name}", _type_name(hints[f.name]), repr(value), helps.get(f.name, "")
 
 
-@click.command("config", epilog="""\b
+@click.command(
+    "config",
+    epilog="""\b
 Examples:
   rlbench config
-  rlbench config --algo grpo --task gsm8k""")
+  rlbench config --algo grpo --task gsm8k""",
+)
 @click.option("--algo", help="Also list this algorithm's options (algo.*).")
 @click.option("--task", help="Also list this task's options (task.*).")
 def config_keys(algo: str | None, task: str | None) -> None:

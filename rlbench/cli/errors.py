@@ -2,6 +2,7 @@
 
 One line naming the bad flag, key or file, so that a script (or a person) sees what to fix without a traceback.
 """
+
 from __future__ import annotations
 
 import sys

@@ -7,6 +7,7 @@ The rlbench harness decodes greedily once (pass@1) and samples k completions per
 maj@k), with a progress bar over problems. Bad input exits with code 2 and one line naming the option or file,
 before the model is loaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ import click
 from rlbench import registry
 from rlbench.cli.errors import fail
 from rlbench.config import ConfigError, RunConfig, merge_overrides, resolve
+from rlbench.provenance import package_versions
 from rlbench.tasks.base import Example, Task
 
 if TYPE_CHECKING:
@@ -30,21 +32,36 @@ DEFAULT_BATCH = 64
 SET_KEYS = ("task", "sampling", "tiny", "precision", "threads")
 
 
-def build_config(model: str, task: str, data: str | None, overrides: tuple[str, ...], max_new_tokens: int | None,
-                 device: str, seed: int) -> RunConfig:
+def build_config(
+    model: str,
+    task: str,
+    data: str | None,
+    overrides: tuple[str, ...],
+    max_new_tokens: int | None,
+    device: str,
+    seed: int,
+) -> RunConfig:
     """A RunConfig, so ``--model tiny`` finds the same warm-start a training run with these settings uses."""
     tree = merge_overrides({}, list(overrides))
     for key in tree:
         if key not in SET_KEYS:
-            raise ConfigError(f"--set {key}...: eval accepts only {', '.join(k + ('.*' if k in ('task', 'sampling', 'tiny') else '') for k in SET_KEYS)}")
+            raise ConfigError(
+                f"--set {key}...: eval accepts only {', '.join(k + ('.*' if k in ('task', 'sampling', 'tiny') else '') for k in SET_KEYS)}"
+            )
     if isinstance(tree.get("task"), dict) and "name" in tree["task"]:
         raise ConfigError("--set task.name: use --task to choose the task")
     try:
         registry.get_task(task)
     except registry.UnknownNameError as exc:
         raise ConfigError(f"--task: {exc}") from None
-    shorthands = {"model": model, "task": task, "task.data": data, "sampling.max_new_tokens": max_new_tokens,
-                  "device": device, "seed": seed}
+    shorthands = {
+        "model": model,
+        "task": task,
+        "task.data": data,
+        "sampling.max_new_tokens": max_new_tokens,
+        "device": device,
+        "seed": seed,
+    }
     return resolve(None, list(overrides), shorthands)
 
 
@@ -100,42 +117,50 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("rlbench", "torch", "transformers", "lm_eval"):
-        try:
-            out[name] = version(name.replace("_", "-"))
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def format_table(result: dict[str, Any]) -> str:
     """A few lines a person reads; the JSON file has everything."""
     s = result["settings"]
-    lines = [f"{result['task']}/{result['split']}: {result['problems']} problems, model {result['model']}, "
-             f"max_new_tokens {s['max_new_tokens']}, seed {s['seed']}"]
+    lines = [
+        f"{result['task']}/{result['split']}: {result['problems']} problems, model {result['model']}, "
+        f"max_new_tokens {s['max_new_tokens']}, seed {s['seed']}"
+    ]
     greedy, sampled = result.get("greedy"), result.get("sampled")
     if greedy:
-        lines.append(f"  greedy pass@1   {greedy['accuracy']:.4f}   length {greedy['length_mean']}   "
-                     f"truncated {greedy['truncated_frac']}")
+        lines.append(
+            f"  greedy pass@1   {greedy['accuracy']:.4f}   length {greedy['length_mean']}   "
+            f"truncated {greedy['truncated_frac']}"
+        )
     if sampled:
         k = sampled["k"]
-        lines.append(f"  mean@{k:<10} {sampled['accuracy']:.4f}   length {sampled['length_mean']}   "
-                     f"truncated {sampled['truncated_frac']}   (T={sampled['temperature']}, top_p={sampled['top_p']})")
-        passes = "  ".join(f"pass@{j} {sampled[f'pass@{j}']:.4f}" for j in result["settings"]["ks"] if f"pass@{j}" in sampled)
+        lines.append(
+            f"  mean@{k:<10} {sampled['accuracy']:.4f}   length {sampled['length_mean']}   "
+            f"truncated {sampled['truncated_frac']}   (T={sampled['temperature']}, top_p={sampled['top_p']})"
+        )
+        passes = "  ".join(
+            f"pass@{j} {sampled[f'pass@{j}']:.4f}" for j in result["settings"]["ks"] if f"pass@{j}" in sampled
+        )
         lines.append(f"  {passes}")
         if f"maj@{k}" in sampled:
             lines.append(f"  maj@{k:<11} {sampled[f'maj@{k}']:.4f}")
-    lines.append(f"  {result['tokens_total']} tokens in {result['elapsed_seconds']} s: {result['tokens_per_second']} tokens/s "
-                 f"end to end")
+    lines.append(
+        f"  {result['tokens_total']} tokens in {result['elapsed_seconds']} s: {result['tokens_per_second']} tokens/s "
+        f"end to end"
+    )
     return "\n".join(lines)
 
 
-def run_rlbench(config: RunConfig, task: Task, examples: list[Example], *, split: str, k: int, batch_size: int,
-                chunk_size: int, limit: int | None, progress: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_rlbench(
+    config: RunConfig,
+    task: Task,
+    examples: list[Example],
+    *,
+    split: str,
+    k: int,
+    batch_size: int,
+    chunk_size: int,
+    limit: int | None,
+    progress: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     import torch
 
     from rlbench.engine.build import build_generator
@@ -147,9 +172,18 @@ def run_rlbench(config: RunConfig, task: Task, examples: list[Example], *, split
     ks = list(range(1, k + 1))
     torch.manual_seed(config.seed)
     metrics = evaluate(
-        build_generator(config, policy, path, batch_size), task, examples, chunk_size=chunk_size,
-        max_new_tokens=config.sampling.max_new_tokens, temperature=config.sampling.temperature,
-        top_p=config.sampling.top_p, greedy=True, samples=k, ks=ks, seed=config.seed, progress=progress,
+        build_generator(config, policy, path, batch_size),
+        task,
+        examples,
+        chunk_size=chunk_size,
+        max_new_tokens=config.sampling.max_new_tokens,
+        temperature=config.sampling.temperature,
+        top_p=config.sampling.top_p,
+        greedy=True,
+        samples=k,
+        ks=ks,
+        seed=config.seed,
+        progress=progress,
         keep_records=True,
     )
     records = metrics.pop("records")
@@ -164,10 +198,18 @@ def run_rlbench(config: RunConfig, task: Task, examples: list[Example], *, split
         "split": split,
         "problems": len(examples),
         "settings": {
-            "k": k, "ks": ks, "temperature": config.sampling.temperature, "top_p": config.sampling.top_p,
-            "max_new_tokens": config.sampling.max_new_tokens, "seed": config.seed, "limit": limit,
-            "batch_size": batch_size, "chunk_size": chunk_size, "device": str(policy.device),
-            "precision": config.precision, "threads": torch.get_num_threads(),
+            "k": k,
+            "ks": ks,
+            "temperature": config.sampling.temperature,
+            "top_p": config.sampling.top_p,
+            "max_new_tokens": config.sampling.max_new_tokens,
+            "seed": config.seed,
+            "limit": limit,
+            "batch_size": batch_size,
+            "chunk_size": chunk_size,
+            "device": str(policy.device),
+            "precision": config.precision,
+            "threads": torch.get_num_threads(),
         },
         "greedy": metrics.get("greedy"),
         **({"sampled": metrics["sampled"]} if "sampled" in metrics else {}),
@@ -178,13 +220,22 @@ def run_rlbench(config: RunConfig, task: Task, examples: list[Example], *, split
         "elapsed_seconds": round(elapsed, 2),
         "tokens_per_second": round(tokens / elapsed, 1) if elapsed > 0 else None,
         "load_seconds": round(loaded - start, 2),
-        "versions": versions(),
+        "versions": package_versions(),
     }
     return result, records
 
 
-def run_lm_eval_harness(config: RunConfig, task: Task, examples: list[Example], *, split: str, batch_size: int,
-                        chunk_size: int, limit: int | None, progress: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_lm_eval_harness(
+    config: RunConfig,
+    task: Task,
+    examples: list[Example],
+    *,
+    split: str,
+    batch_size: int,
+    chunk_size: int,
+    limit: int | None,
+    progress: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from rlbench.engine.build import build_generator
     from rlbench.engine.generation import encode_prompt
     from rlbench.eval import lm_eval_bridge as bridge
@@ -200,16 +251,33 @@ def run_lm_eval_harness(config: RunConfig, task: Task, examples: list[Example], 
     args = bridge.model_args(path, config.precision, add_bos, longest + max_new)
     start = time.perf_counter()
     greedy = evaluate(
-        build_generator(config, policy, path, batch_size), task, examples, chunk_size=chunk_size,
-        max_new_tokens=max_new, greedy=True, samples=0, ks=(), seed=config.seed, progress=progress, keep_records=True,
+        build_generator(config, policy, path, batch_size),
+        task,
+        examples,
+        chunk_size=chunk_size,
+        max_new_tokens=max_new,
+        greedy=True,
+        samples=0,
+        ks=(),
+        seed=config.seed,
+        progress=progress,
+        keep_records=True,
     )
     records = greedy.pop("records")
     rlbench_seconds = time.perf_counter() - start
     policy_device = policy.device
     del policy  # lm-eval loads its own copy of the saved model
     start = time.perf_counter()
-    output = bridge.run_lm_eval("hf", args, path=path_data, split=split, limit=len(examples), max_new_tokens=max_new,
-                                batch_size=batch_size, device=str(policy_device))
+    output = bridge.run_lm_eval(
+        "hf",
+        args,
+        path=path_data,
+        split=split,
+        limit=len(examples),
+        max_new_tokens=max_new,
+        batch_size=batch_size,
+        device=str(policy_device),
+    )
     lm_eval_seconds = time.perf_counter() - start
     summary, per_problem = bridge.compare(bridge.lm_eval_rows(output), examples, task, records)  # type: ignore[arg-type]
     result = {
@@ -220,58 +288,104 @@ def run_lm_eval_harness(config: RunConfig, task: Task, examples: list[Example], 
         "data": str(path_data),
         "split": split,
         "problems": len(examples),
-        "settings": {"max_new_tokens": max_new, "limit": limit, "batch_size": batch_size, "seed": config.seed,
-                     "precision": config.precision, "lm_eval_task": bridge.task_config(path_data, split, max_new),
-                     "lm_eval_model_args": args},
+        "settings": {
+            "max_new_tokens": max_new,
+            "limit": limit,
+            "batch_size": batch_size,
+            "seed": config.seed,
+            "precision": config.precision,
+            "lm_eval_task": bridge.task_config(path_data, split, max_new),
+            "lm_eval_model_args": args,
+        },
         **summary,
         "lm_eval_results": output["results"][bridge.TASK_NAME],
         "rlbench_greedy": greedy["greedy"],
         "seconds": {"rlbench_greedy": round(rlbench_seconds, 2), "lm_eval": round(lm_eval_seconds, 2)},
-        "versions": versions(),
+        "versions": package_versions(),
     }
     return result, per_problem
 
 
 def format_lm_eval(result: dict[str, Any]) -> str:
     em, ours, agree = result["lm_eval_exact_match"], result["rlbench_on_lm_eval_completions"], result["agreement"]
-    lines = [f"{result['task']}/{result['split']}: {result['problems']} problems, model {result['model']}, "
-             f"max_new_tokens {result['settings']['max_new_tokens']}, greedy",
-             f"  {'':<10} {'lm-eval exact_match':>20} {'rlbench grader':>15} {'agree':>7}   (same lm-eval completions)"]
+    lines = [
+        f"{result['task']}/{result['split']}: {result['problems']} problems, model {result['model']}, "
+        f"max_new_tokens {result['settings']['max_new_tokens']}, greedy",
+        f"  {'':<10} {'lm-eval exact_match':>20} {'rlbench grader':>15} {'agree':>7}   (same lm-eval completions)",
+    ]
     for mode in ("strict", "flexible"):
         lines.append(f"  {mode:<10} {em[mode]:>20.4f} {ours[mode]:>15.4f} {agree[mode]:>7.3f}")
-    lines.append(f"  rlbench greedy pass@1 {result['rlbench_greedy']['accuracy']:.4f}; same prompt "
-                 f"{result['same_prompt']:.3f}, same completion {result['same_completion']:.3f} of problems")
+    lines.append(
+        f"  rlbench greedy pass@1 {result['rlbench_greedy']['accuracy']:.4f}; same prompt "
+        f"{result['same_prompt']:.3f}, same completion {result['same_completion']:.3f} of problems"
+    )
     return "\n".join(lines)
 
 
-@click.command("eval", epilog="""\b
+@click.command(
+    "eval",
+    epilog="""\b
 Examples:
   rlbench eval --model tiny --task arith --split validation --out /tmp/eval.json
   rlbench eval --model runs/em-pg-s1/checkpoint --task arith --k 8 --out /tmp/ck.json
-  rlbench eval --model Qwen/Qwen2.5-1.5B-Instruct --task gsm8k --data data/gsm8k --out gsm8k.json""")
+  rlbench eval --model Qwen/Qwen2.5-1.5B-Instruct --task gsm8k --data data/gsm8k --out gsm8k.json""",
+)
 @click.option("--model", required=True, help="'tiny' (the tiny lab's warm-start), a hub id, or a local model directory")
 @click.option("--task", "task_name", required=True, help="registered task name, e.g. gsm8k, math-hard, arith")
 @click.option("--data", default=None, help="task data (sets task.data): a local file or directory, or a hub id")
-@click.option("--split", default="test", show_default=True, help="train, validation or test (validation: what tuning reads)")
-@click.option("--k", "k", type=int, default=None, help=f"sampled completions per problem (default {DEFAULT_K}; 0 = greedy only)")
+@click.option(
+    "--split", default="test", show_default=True, help="train, validation or test (validation: what tuning reads)"
+)
+@click.option(
+    "--k", "k", type=int, default=None, help=f"sampled completions per problem (default {DEFAULT_K}; 0 = greedy only)"
+)
 @click.option("--limit", type=int, default=None, help="first N problems of the split (default: all)")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="task.*, sampling.* (temperature, top_p, max_new_tokens), tiny.*, precision, threads; repeatable")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="task.*, sampling.* (temperature, top_p, max_new_tokens), tiny.*, precision, threads; repeatable",
+)
 @click.option("--max-new-tokens", type=int, default=None, help="completion length cap (sets sampling.max_new_tokens)")
 @click.option("--batch-size", type=int, default=DEFAULT_BATCH, show_default=True, help="rows decoded at once")
-@click.option("--chunk-size", type=int, default=None,
-              help="problems per progress step (default: --batch-size, so greedy decoding fills a batch); "
-                   "each chunk samples from its own seed")
+@click.option(
+    "--chunk-size",
+    type=int,
+    default=None,
+    help="problems per progress step (default: --batch-size, so greedy decoding fills a batch); "
+    "each chunk samples from its own seed",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--harness", type=click.Choice(["rlbench", "lm-eval"]), default="rlbench", show_default=True,
-              help="lm-eval: run lm-evaluation-harness's GSM8K-style task on the same data and model, and compare")
+@click.option(
+    "--harness",
+    type=click.Choice(["rlbench", "lm-eval"]),
+    default="rlbench",
+    show_default=True,
+    help="lm-eval: run lm-evaluation-harness's GSM8K-style task on the same data and model, and compare",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="result JSON file")
 @click.option("--records", type=click.Path(path_type=Path), default=None, help="per-problem JSONL file")
 @click.option("--quiet", is_flag=True, help="no progress bar, no table")
-def eval_(model: str, task_name: str, data: str | None, split: str, k: int | None, limit: int | None,
-          overrides: tuple[str, ...], max_new_tokens: int | None, batch_size: int, chunk_size: int | None, device: str,
-          seed: int, harness: str, out: Path, records: Path | None, quiet: bool) -> None:
+def eval_(
+    model: str,
+    task_name: str,
+    data: str | None,
+    split: str,
+    k: int | None,
+    limit: int | None,
+    overrides: tuple[str, ...],
+    max_new_tokens: int | None,
+    batch_size: int,
+    chunk_size: int | None,
+    device: str,
+    seed: int,
+    harness: str,
+    out: Path,
+    records: Path | None,
+    quiet: bool,
+) -> None:
     """Evaluate a model: greedy pass@1, and k samples per problem for mean@k, pass@1..k and maj@k."""
     try:
         if k is not None and k < 0:
@@ -311,12 +425,28 @@ def eval_(model: str, task_name: str, data: str | None, split: str, k: int | Non
         if records is not None:
             check_writable(records, "--records")
         if harness == "lm-eval":
-            result, per_problem = run_lm_eval_harness(config, task, examples, split=split, batch_size=batch_size,
-                                                      chunk_size=chunk_size, limit=limit, progress=not quiet)
+            result, per_problem = run_lm_eval_harness(
+                config,
+                task,
+                examples,
+                split=split,
+                batch_size=batch_size,
+                chunk_size=chunk_size,
+                limit=limit,
+                progress=not quiet,
+            )
         else:
-            result, per_problem = run_rlbench(config, task, examples, split=split, k=DEFAULT_K if k is None else k,
-                                              batch_size=batch_size, chunk_size=chunk_size, limit=limit,
-                                              progress=not quiet)
+            result, per_problem = run_rlbench(
+                config,
+                task,
+                examples,
+                split=split,
+                k=DEFAULT_K if k is None else k,
+                batch_size=batch_size,
+                chunk_size=chunk_size,
+                limit=limit,
+                progress=not quiet,
+            )
     except ConfigError as exc:
         fail(str(exc))
     from rlbench.results import write_json

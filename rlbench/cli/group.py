@@ -1,4 +1,5 @@
 """The ``rlbench`` command group: every command, and how an error that escapes one becomes a line and an exit code."""
+
 from __future__ import annotations
 
 import sys
@@ -6,6 +7,7 @@ from typing import Any
 
 import click
 
+from rlbench import __version__
 from rlbench.cli.compare import compare
 from rlbench.cli.config import config_keys
 from rlbench.cli.errors import BAD_INPUT, INTERRUPTED, fail
@@ -13,10 +15,10 @@ from rlbench.cli.eval import eval_
 from rlbench.cli.grade import grade
 from rlbench.cli.plan import plan
 from rlbench.cli.report import report
+from rlbench.cli.reproduce import reproduce
 from rlbench.cli.status import status
 from rlbench.cli.train import list_, train, warmstart
 from rlbench.cli.tune import tune
-from rlbench import __version__
 from rlbench.config import ConfigError
 from rlbench.results import RunFileError
 
@@ -53,5 +55,5 @@ def main() -> None:
     """
 
 
-for _command in (train, list_, warmstart, compare, tune, grade, eval_, report, plan, status, config_keys):
+for _command in (train, list_, warmstart, compare, tune, grade, eval_, report, reproduce, plan, status, config_keys):
     main.add_command(_command)

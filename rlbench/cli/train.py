@@ -1,11 +1,11 @@
 """``rlbench train``, ``warmstart`` and ``list``: one run, the tiny lab's warm-start, and what can be run."""
+
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -14,8 +14,10 @@ from rlbench.config import resolve
 
 CONFIG_HELP = "YAML config file (RunConfig keys); --set and the shorthand flags override it."
 SET_HELP = "Override any config key, e.g. --set optim.lr=1e-4 --set algo.baseline=rloo (repeatable)."
-REPORT_TO_HELP = ("Also log to experiment trackers: comma-separated tensorboard, wandb, trackio ('none' for none); "
-                  "the config key report_to.")
+REPORT_TO_HELP = (
+    "Also log to experiment trackers: comma-separated tensorboard, wandb, trackio ('none' for none); "
+    "the config key report_to."
+)
 
 
 def report_to_overrides(report_to: str | None) -> list[str]:
@@ -42,25 +44,48 @@ def run_options(func: Any) -> Any:
     return func
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
   rlbench train --algo em-pg --task arith --out runs/em-pg-s1
   rlbench train --config tiny-arith --algo grpo --seed 2 --set optim.lr=2e-4 --out runs/grpo-s2
   rlbench train --resume --out runs/grpo-s2
   rlbench train --config configs/gsm8k-qwen2.5-1.5b.yaml --set lora.rank=16 --out runs/gsm8k-lora
-  rlbench train --processes 2 --set rollout.seed_rows=true --algo grpo --task arith --out runs/dp""")
+  rlbench train --processes 2 --set rollout.seed_rows=true --algo grpo --task arith --out runs/dp"""
+)
 @run_options
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (a finished run is kept).")
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (a finished run is kept)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Train data-parallel in N processes (one per GPU; gloo on CPU) through `accelerate launch`.")
-@click.option("--fsdp", is_flag=True,
-              help="With --processes N: shard the model, gradients and optimiser N ways (FSDP) instead of a whole "
-                   "copy per process; what configs/accelerate/fsdp.yaml does.")
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train data-parallel in N processes (one per GPU; gloo on CPU) through `accelerate launch`.",
+)
+@click.option(
+    "--fsdp",
+    is_flag=True,
+    help="With --processes N: shard the model, gradients and optimiser N ways (FSDP) instead of a whole "
+    "copy per process; what configs/accelerate/fsdp.yaml does.",
+)
 @click.option("--report-to", "report_to", metavar="TRACKERS", help=REPORT_TO_HELP)
-def train(config_file: str | None, algo: str | None, task: str | None, model: str | None, seed: int | None,
-          out: str | None, overrides: tuple[str, ...], resume: bool, quiet: bool, processes: int, fsdp: bool,
-          report_to: str | None) -> None:
+def train(
+    config_file: str | None,
+    algo: str | None,
+    task: str | None,
+    model: str | None,
+    seed: int | None,
+    out: str | None,
+    overrides: tuple[str, ...],
+    resume: bool,
+    quiet: bool,
+    processes: int,
+    fsdp: bool,
+    report_to: str | None,
+) -> None:
     """Train one model with one algorithm on one task until the budget is spent.
 
     A run whose loss, gradient norm or weights stop being finite ends with status "diverged" in summary.json, keeps
@@ -70,21 +95,30 @@ def train(config_file: str | None, algo: str | None, task: str | None, model: st
     from rlbench.lifeline import follow_parent
 
     overrides = (*overrides, *report_to_overrides(report_to))  # a --set, so a relaunch below carries it too
-    config = resolve(config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out})
+    config = resolve(
+        config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out}
+    )
     if fsdp and processes < 2 and launched_world() == 1:
         fail("--fsdp shards the model across processes: give --processes N (N >= 2)")
     if processes > 1 and launched_world() == 1:
-        from rlbench.engine.build import check_lora
+        from rlbench.engine.build import check_launch
         from rlbench.engine.distributed import Ranks
         from rlbench.training import check_processes
 
         # one line here, not one per process and a launcher trace
-        check_lora(config, sharded=fsdp)
+        check_launch(config, processes, sharded=fsdp)
         check_processes(config, Ranks(world=processes))
-        named = {"--config": config_file, "--algo": algo, "--task": task, "--model": model, "--seed": seed, "--out": out}
+        named = {
+            "--config": config_file,
+            "--algo": algo,
+            "--task": task,
+            "--model": model,
+            "--seed": seed,
+            "--out": out,
+        }
         args = [a for k, v in named.items() if v is not None for a in (k, str(v))]
         args += [a for o in overrides for a in ("--set", o)] + ["--resume"] * resume + ["--quiet"] * quiet
-        sys.exit(launch(processes, ["train", *args], fsdp=fsdp))
+        launch(processes, ["train", *args], fsdp=fsdp)
     follow_parent()  # a run started by `compare` must not outlive it
     from rlbench.training import train as run_training
 
@@ -93,26 +127,52 @@ def train(config_file: str | None, algo: str | None, task: str | None, model: st
         return  # rank 0 reports for the run
     if summary["status"] == "diverged":
         fail(f"run diverged at {summary['stop_reason']}", DIVERGED)
-    click.echo(json.dumps({k: summary[k] for k in ("status", "stop_reason", "initial", "final", "score", "usage", "wall_seconds")}, indent=2))
+    click.echo(
+        json.dumps(
+            {k: summary[k] for k in ("status", "stop_reason", "initial", "final", "score", "usage", "wall_seconds")},
+            indent=2,
+        )
+    )
 
 
-def launch(processes: int, args: list[str], fsdp: bool = False) -> int:
-    """``accelerate launch`` the rlbench command ``args`` in ``processes`` processes; their exit code.
+def launch(processes: int, args: list[str], fsdp: bool = False) -> NoReturn:
+    """Become ``accelerate launch`` of the rlbench command ``args`` in ``processes`` processes (its exit code is this
+    command's); the launcher and its processes still end when a ``compare`` that started this one does.
 
     ``--multi_gpu`` is accelerate's name for "several processes": on a machine without GPUs they join a gloo group.
     ``--use_fsdp`` launches them the same way and exports ``ACCELERATE_USE_FSDP=true``, which shards the model
     (rlbench.engine.sharding does the sharding itself; accelerate's other FSDP settings are not read).
     """
     mode = ["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlbench.cli", *args]
-    return subprocess.call(command)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *mode,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "rlbench.cli",
+        *args,
+    ]
+    from rlbench.lifeline import exec_launcher
+
+    exec_launcher(command)
 
 
-@click.command("list", epilog="""\b
+@click.command(
+    "list",
+    epilog="""\b
 Examples:
   rlbench list
-  rlbench config --algo ppo   # every key with its type, default and help""")
+  rlbench config --algo ppo   # every key with its type, default and help""",
+)
 def list_() -> None:
     """Registered algorithms and tasks, with their options and defaults."""
     from rlbench import registry
@@ -126,20 +186,52 @@ def list_() -> None:
                 click.echo(f"  {'':<12}   options: {opts}")
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
-  rlbench warmstart
-  rlbench warmstart --config tiny-arith""")
+  rlbench warmstart                      # the pinned reference: where it is, its sha256 and accuracy
+  rlbench warmstart --rebuild            # SFT a new one with the recipe (about 5 minutes on one core)
+  rlbench warmstart --set tiny.warmstart=build --set tiny.sft_steps=600"""
+)
 @run_options
-def warmstart(config_file: str | None, algo: str | None, task: str | None, model: str | None, seed: int | None,
-              out: str | None, overrides: tuple[str, ...]) -> None:
-    """Build (or find in the cache) the tiny lab's SFT warm-start and print where it is."""
-    config = resolve(config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out})
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Run the SFT recipe now (replacing any cached build of these settings) "
+    "and say how the result compares with the pinned reference.",
+)
+def warmstart(
+    config_file: str | None,
+    algo: str | None,
+    task: str | None,
+    model: str | None,
+    seed: int | None,
+    out: str | None,
+    overrides: tuple[str, ...],
+    rebuild: bool,
+) -> None:
+    """Print the tiny lab's starting model (the pinned reference, or the cached build with tiny.warmstart=build)."""
+    config = resolve(
+        config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out}
+    )
     from rlbench import registry
-    from rlbench.tiny.warmstart import ensure_warmstart
+    from rlbench.tiny.warmstart import REFERENCE_DIR, REFERENCE_SHA256, REPORT_FILE, ensure_warmstart
 
     task_obj = registry.get_task(config.task_name).from_options({k: v for k, v in config.task.items() if k != "name"})
-    path = ensure_warmstart(config.tiny, task_obj, config.sampling)
-    report = json.loads((path / "warmstart.json").read_text())
+    path = ensure_warmstart(config.tiny, task_obj, config.sampling, rebuild=rebuild)
+    report = json.loads((path / REPORT_FILE).read_text())
     report.pop("history", None)
     click.echo(json.dumps({"path": str(path), **report}, indent=2))
+    if rebuild:
+        ref = json.loads((REFERENCE_DIR / REPORT_FILE).read_text())
+        same = report["sha256"] == REFERENCE_SHA256
+        click.echo(
+            f"rebuild: {'the same bits as' if same else 'differs from'} the pinned reference "
+            f"(validation greedy {report['greedy_accuracy']:.3f} vs {ref['greedy_accuracy']:.3f}, sampled "
+            f"{report['sampled_accuracy']:.4f} vs {ref['sampled_accuracy']:.4f})"
+        )
+        if not same:
+            click.echo(
+                f"to pin it: copy {path}/* into {REFERENCE_DIR}/ and set REFERENCE_SHA256 = "
+                f'"{report["sha256"]}" in rlbench/tiny/warmstart.py; then rerun the tuning and the main job'
+            )

@@ -4,6 +4,7 @@ Layout (as in verl): ``input_ids`` is ``[B, P + T]`` with prompts left-padded to
 ``T``. Every per-token tensor (``response_mask``, log-probs, values, advantages) is ``[B, T]`` over completion
 positions only, so algorithm code never sees prompt tokens.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,7 @@ class RolloutBatch:
     def response_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_len :]
 
-    def select(self, index: torch.Tensor) -> "RolloutBatch":
+    def select(self, index: torch.Tensor) -> RolloutBatch:
         """Rows ``index`` of every tensor field (minibatching); ``info`` is not carried."""
         out = {}
         for f in dataclasses.fields(self):
@@ -51,7 +52,7 @@ class RolloutBatch:
         out["info"] = {}
         return RolloutBatch(**out)
 
-    def to(self, device: torch.device | str) -> "RolloutBatch":
+    def to(self, device: torch.device | str) -> RolloutBatch:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for k, v in out.items():
             if isinstance(v, torch.Tensor):

@@ -1,4 +1,5 @@
 """The budget meter: what a run has consumed, and whether it may take another step."""
+
 from __future__ import annotations
 
 import time
@@ -17,6 +18,17 @@ class Usage:
     tokens: int = 0  # generated completion tokens
     steps: int = 0  # optimiser steps
     seconds: float = 0.0  # training-loop wall time, evaluation excluded
+
+
+def planned_steps(budget: BudgetConfig, samples_per_step: int) -> int | None:
+    """The number of optimiser steps a run will take, when only ``samples`` and ``steps`` limit it; None when
+    ``tokens`` or ``seconds`` may stop it sooner (they cannot be known in advance)."""
+    if budget.tokens is not None or budget.seconds is not None:
+        return None
+    limits = [budget.steps] if budget.steps is not None else []
+    if budget.samples is not None:
+        limits.append(budget.samples // samples_per_step)
+    return min(limits) if limits else None
 
 
 class BudgetMeter:

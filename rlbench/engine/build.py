@@ -1,5 +1,6 @@
 """Everything a run trains with, built from its config: model (and its LoRA adapters), tokenizer, policy, reference,
 generator, optimiser."""
+
 from __future__ import annotations
 
 import copy
@@ -35,19 +36,25 @@ class Parts:
     sharding: Sharding | None = None  # FSDP (rlbench.engine.sharding): the mesh and the generator's rollout copy
 
 
-def build_parts(config: RunConfig, model_path: str, algorithm: Algorithm, device: str | None = None,
-                ranks: Ranks = Ranks()) -> Parts:
+def build_parts(
+    config: RunConfig, model_path: str, algorithm: Algorithm, device: str | None = None, ranks: Ranks = Ranks()
+) -> Parts:
     """``device`` overrides ``config.device`` (each data-parallel rank trains on its own GPU). Under FSDP
     (:func:`rlbench.engine.sharding.fsdp_requested`) the model loads on the CPU and is sharded across ``ranks``."""
     device = pick_device(device or config.device)
     check_optimizer(config.optim.name, device)  # before the model loads: a missing library fails in a second
     sharded = fsdp_requested() and ranks.world > 1
-    check_lora(config, sharded)
+    check_launch(config, ranks.world, sharded)
     a = config.model_args
     try:
-        model, tokenizer = load_model(model_path, config.precision, torch.device("cpu") if sharded else device,
-                                      revision=a.revision,
-                                      attn_implementation=a.attn_implementation, trust_remote_code=a.trust_remote_code)
+        model, tokenizer = load_model(
+            model_path,
+            config.precision,
+            torch.device("cpu") if sharded else device,
+            revision=a.revision,
+            attn_implementation=a.attn_implementation,
+            trust_remote_code=a.trust_remote_code,
+        )
     except FileNotFoundError as exc:  # load_model's own message already names --model
         raise ConfigError(str(exc)) from None
     except Exception as exc:  # a truncated or corrupt checkpoint, an unknown hub id: one line, not a traceback
@@ -78,15 +85,29 @@ def build_parts(config: RunConfig, model_path: str, algorithm: Algorithm, device
     # layer. Checkpointing is for memory, the fast path for speed; decoding (no gradient) keeps its fast path.
     # FSDP: every rank must run the same forward calls through the model's own modules (see rlbench.engine.sharding)
     plain = checkpointing or sharded
-    policy = Policy(model, tokenizer, device, config.precision, value_head, value_model=critic_backbone is not None,
-                    share_prompts=not plain, fast=not plain)
+    policy = Policy(
+        model,
+        tokenizer,
+        device,
+        config.precision,
+        value_head,
+        value_model=critic_backbone is not None,
+        share_prompts=not plain,
+        fast=not plain,
+    )
     reference = None
     if algorithm.needs_reference:
         if config.lora.rank:  # the base model is the peft model with its adapters off: no second copy
             reference = Policy(model, tokenizer, device, config.precision, adapters_off=True)
         else:
-            reference = Policy(copy.deepcopy(model).eval().requires_grad_(False), tokenizer, device, config.precision,
-                               share_prompts=not sharded, fast=not sharded)
+            reference = Policy(
+                copy.deepcopy(model).eval().requires_grad_(False),
+                tokenizer,
+                device,
+                config.precision,
+                share_prompts=not sharded,
+                fast=not sharded,
+            )
     sharding = shard_policy(policy, reference, ranks) if sharded else None
     generator = build_generator(config, sharding.rollout if sharding else policy, model_path)
     if sharding:
@@ -94,19 +115,47 @@ def build_parts(config: RunConfig, model_path: str, algorithm: Algorithm, device
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_optimizer(config.optim, param_groups(policy, algorithm), device)
     scheduler = make_scheduler(config.optim, optimizer, algorithm)
-    return Parts(policy, reference, generator, optimizer, scheduler, init_weights,
-                 trainable_parameters=sum(p.numel() for p in trainable),
-                 total_parameters=sum(p.numel() for p in policy.parameters()), sharding=sharding)
+    return Parts(
+        policy,
+        reference,
+        generator,
+        optimizer,
+        scheduler,
+        init_weights,
+        trainable_parameters=sum(p.numel() for p in trainable),
+        total_parameters=sum(p.numel() for p in policy.parameters()),
+        sharding=sharding,
+    )
+
+
+def check_launch(config: RunConfig, processes: int, sharded: bool) -> None:
+    """What ``processes`` (``--processes N``, ``sharded``: ``--fsdp``) cannot do with this config, refused before
+    any model loads or any process starts: LoRA's combinations, vLLM beyond one GPU, 8-bit AdamW over FSDP."""
+    check_lora(config, sharded)
+    if processes > 1 and config.rollout.backend == "vllm":
+        raise ConfigError(
+            f"rollout.backend=vllm: the vLLM engine runs on one GPU, in one process; with "
+            f"{processes} processes use rollout.backend=rlbench (each rank decodes its share)"
+        )
+    if sharded and config.optim.name == "adamw-8bit":
+        raise ConfigError(
+            "optim.name=adamw-8bit: bitsandbytes' 8-bit AdamW cannot update FSDP's sharded "
+            "(DTensor) parameters; use optim.name=adamw (FSDP already splits its states N ways)"
+        )
 
 
 def check_lora(config: RunConfig, sharded: bool) -> None:
     """LoRA's combinations rlbench does not support, refused before any model loads (or any process starts)."""
     if sharded and config.lora.rank:
-        raise ConfigError(f"lora.rank={config.lora.rank}: LoRA with FSDP is not supported yet; LoRA's trainable "
-                          f"weights are small, so train data-parallel without FSDP (drop --fsdp), or set lora.rank=0")
+        raise ConfigError(
+            f"lora.rank={config.lora.rank}: LoRA with FSDP is not supported yet; LoRA's trainable "
+            f"weights are small, so train data-parallel without FSDP (drop --fsdp), or set lora.rank=0"
+        )
     if config.lora.rank and config.rollout.backend == "vllm":
-        raise ConfigError("lora.rank: LoRA with rollout.backend=vllm is not supported yet (the engine would need the "
-                          "adapters merged after every step); use rollout.backend=rlbench or hf")
+        raise ConfigError(
+            "lora.rank: LoRA with rollout.backend=vllm is not supported yet (the engine would need the "
+            "adapters merged after every step); use rollout.backend=rlbench or hf"
+        )
 
 
 def check_optimizer(name: str, device: torch.device) -> None:
@@ -114,13 +163,17 @@ def check_optimizer(name: str, device: torch.device) -> None:
     if name != "adamw-8bit":
         return
     if device.type != "cuda":
-        raise ConfigError(f"optim.name=adamw-8bit: bitsandbytes' 8-bit AdamW runs on CUDA GPUs only, and this run's "
-                          f"device is {device.type}; use optim.name=adamw")
+        raise ConfigError(
+            f"optim.name=adamw-8bit: bitsandbytes' 8-bit AdamW runs on CUDA GPUs only, and this run's "
+            f"device is {device.type}; use optim.name=adamw"
+        )
     try:
         importlib.import_module("bitsandbytes")
     except ImportError:
-        raise ConfigError("optim.name=adamw-8bit: needs bitsandbytes, which is not installed (pip install "
-                          "bitsandbytes); or use optim.name=adamw") from None
+        raise ConfigError(
+            "optim.name=adamw-8bit: needs bitsandbytes, which is not installed (pip install "
+            "bitsandbytes); or use optim.name=adamw"
+        ) from None
 
 
 def param_groups(policy: Policy, algorithm: Algorithm) -> list[dict[str, Any]]:
@@ -130,16 +183,22 @@ def param_groups(policy: Policy, algorithm: Algorithm) -> list[dict[str, Any]]:
     critic = {id(p) for p in policy.value_head.parameters()} if policy.value_head is not None else set()
     groups = [{"params": [p for p in policy.parameters() if p.requires_grad and id(p) not in critic], "lr_scale": 1.0}]
     if critic:
-        groups.append({"params": [p for p in policy.value_head.parameters() if p.requires_grad],
-                       "lr_scale": float(algorithm.critic_lr_scale)})
+        groups.append(
+            {
+                "params": [p for p in policy.value_head.parameters() if p.requires_grad],
+                "lr_scale": float(algorithm.critic_lr_scale),
+            }
+        )
     return groups
 
 
-def make_scheduler(o: OptimConfig, optimizer: torch.optim.Optimizer,
-                   algorithm: Algorithm) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    o: OptimConfig, optimizer: torch.optim.Optimizer, algorithm: Algorithm
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``optim.warmup_steps``, then constant, for every group. During the algorithm's
     ``critic_warmup`` steps the policy's group (the first) stays at lr 0, so only the critic trains, and its own
     warm-up starts after them (verl's ``critic_warmup``); the trainer drops the gradients of a group at lr 0."""
+
     def ramp(s: int) -> float:
         return min(1.0, (s + 1) / o.warmup_steps) if o.warmup_steps else 1.0
 
@@ -148,8 +207,9 @@ def make_scheduler(o: OptimConfig, optimizer: torch.optim.Optimizer,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
-def make_optimizer(o: OptimConfig, params: list[torch.nn.Parameter] | list[dict[str, Any]],
-                   device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(
+    o: OptimConfig, params: list[torch.nn.Parameter] | list[dict[str, Any]], device: torch.device
+) -> torch.optim.Optimizer:
     """AdamW over ``params`` (the trainable ones, or :func:`param_groups`, each at its ``lr_scale`` x ``optim.lr``),
     torch's or bitsandbytes' 8-bit one (``optim.name``)."""
     check_optimizer(o.name, device)
@@ -185,10 +245,17 @@ def add_lora(model: torch.nn.Module, lora: LoraConfig, device: torch.device) -> 
     try:
         import peft
     except ImportError:
-        raise ConfigError(f"lora.rank={lora.rank}: LoRA needs peft, which is not installed "
-                          f"(pip install 'rlbench[lora]')") from None
-    spec = peft.LoraConfig(r=lora.rank, lora_alpha=lora.scale_alpha, lora_dropout=lora.dropout,
-                           target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+        raise ConfigError(
+            f"lora.rank={lora.rank}: LoRA needs peft, which is not installed (pip install 'rlbench[lora]')"
+        ) from None
+    spec = peft.LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.scale_alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     with torch.random.fork_rng(devices=[] if device.type != "cuda" else None), warnings.catch_warnings():
         # peft asks transformers 5 a question under its old name; the answer is right, the warning is noise
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -203,6 +270,15 @@ def add_lora(model: torch.nn.Module, lora: LoraConfig, device: torch.device) -> 
 def build_generator(config: RunConfig, policy: Policy, model_path: str, batch_size: int | None = None) -> Generator:
     """The run's rollout backend (``rollout.backend``) on ``policy``; ``batch_size`` overrides the config's."""
     r = config.rollout
-    options = {"gpu_memory_utilization": r.gpu_memory_utilization} if r.backend == "vllm" else None
-    return make_generator(r.backend, policy, batch_size=batch_size or r.generation_batch_size, model_path=model_path,
-                          options=options)
+    options = (
+        {
+            "gpu_memory_utilization": r.gpu_memory_utilization,
+            "max_model_len": r.max_model_len,
+            "enforce_eager": r.enforce_eager,
+        }
+        if r.backend == "vllm"
+        else None
+    )
+    return make_generator(
+        r.backend, policy, batch_size=batch_size or r.generation_batch_size, model_path=model_path, options=options
+    )

@@ -3,6 +3,7 @@
 The resumable state holds only tensors, plain containers and numbers, so a resume loads it with
 ``torch.load(weights_only=True)``; both are written to a temporary folder and swapped in whole.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,14 +18,30 @@ from rlbench.engine.distributed import Ranks
 from rlbench.engine.export import save_hf
 from rlbench.engine.policy import Policy
 from rlbench.engine.run_state import torch_save
-from rlbench.engine.sharding import full_optimizer_state, full_state_dict, load_full_optimizer_state, load_full_state_dict
+from rlbench.engine.sharding import (
+    full_optimizer_state,
+    full_state_dict,
+    load_full_optimizer_state,
+    load_full_state_dict,
+)
 from rlbench.results import (
-    CHECKPOINT, EVAL_RECORDS, EVALS, METRICS, SAMPLES, RunFileError, read_jsonl, truncate_jsonl, write_dir_atomic,
+    CHECKPOINT,
+    EVAL_RECORDS,
+    EVALS,
+    METRICS,
+    RECORDS_DIR,
+    SAMPLES,
+    RunFileError,
+    read_jsonl,
+    record_points,
+    truncate_jsonl,
+    write_dir_atomic,
 )
 
 
 def save_model(path: Path, policy: Policy) -> Path:
     """The model, loadable with ``from_pretrained`` like any hub model (LoRA merged), and a PPO value head beside it."""
+
     def write(folder: Path) -> None:
         save_hf(policy.model, policy.tokenizer, folder)
         if policy.value_head is not None:
@@ -36,8 +53,11 @@ def save_model(path: Path, policy: Policy) -> Path:
 
 def periodic_checkpoints(out: Path) -> list[Path]:
     """The run's ``checkpoint-N/`` folders, oldest step first."""
-    found = [(int(p.name.rpartition("-")[2]), p) for p in out.glob(f"{CHECKPOINT}-*")
-             if p.is_dir() and p.name.rpartition("-")[2].isdigit()]
+    found = [
+        (int(p.name.rpartition("-")[2]), p)
+        for p in out.glob(f"{CHECKPOINT}-*")
+        if p.is_dir() and p.name.rpartition("-")[2].isdigit()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -46,8 +66,16 @@ def prune_checkpoints(out: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def training_state(policy: Policy, optimizer: torch.optim.Optimizer, scheduler: Any, usage: Usage, evals_done: int,
-                   wall_seconds: float, sharded: bool = False, main: bool = True) -> dict[str, Any]:
+def training_state(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    usage: Usage,
+    evals_done: int,
+    wall_seconds: float,
+    sharded: bool = False,
+    main: bool = True,
+) -> dict[str, Any]:
     """The resumable state. ``sharded`` (FSDP): every rank calls this, the shards are gathered one tensor at a time
     and rank 0 (``main``) gets the state in a one-process run's format (a state resumes under either layout)."""
     if sharded:
@@ -69,8 +97,14 @@ def training_state(policy: Policy, optimizer: torch.optim.Optimizer, scheduler: 
     }
 
 
-def restore_state(state: dict[str, Any], policy: Policy, optimizer: torch.optim.Optimizer, scheduler: Any,
-                  file: Path, ranks: Ranks | None = None) -> tuple[Usage, float, int]:
+def restore_state(
+    state: dict[str, Any],
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    file: Path,
+    ranks: Ranks | None = None,
+) -> tuple[Usage, float, int]:
     """Load ``state`` into the live objects; (usage, wall seconds so far, evaluations done). A state of another model,
     or a dict missing keys, raises :class:`RunFileError` naming ``file`` before anything is changed on disk.
 
@@ -89,8 +123,9 @@ def restore_state(state: dict[str, Any], policy: Policy, optimizer: torch.optim.
         raise RunFileError(f"{file}: not a state of this run ({first})") from None
 
 
-def _restore_sharded(state: dict[str, Any], policy: Policy, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     file: Path, ranks: Ranks) -> tuple[Usage, float, int]:
+def _restore_sharded(
+    state: dict[str, Any], policy: Policy, optimizer: torch.optim.Optimizer, scheduler: Any, file: Path, ranks: Ranks
+) -> tuple[Usage, float, int]:
     problem = None
     if ranks.main:  # the checks first, on rank 0, so that no rank is left waiting in a collective
         try:
@@ -120,11 +155,15 @@ def drop_logs(out: Path) -> None:
     """A resumed run with no state starts over: its log files go."""
     for name in (METRICS, SAMPLES, EVALS, EVAL_RECORDS):
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / RECORDS_DIR, ignore_errors=True)
 
 
 def truncate_logs(out: Path, steps: int, evals_done: int) -> None:
-    """Drop every log row written after the state a run resumes from."""
+    """Drop every log row (and evaluation's records) written after the state a run resumes from."""
     for name in (METRICS, SAMPLES):
         truncate_jsonl(out / name, [r for r in read_jsonl(out / name) if r["step"] <= steps])
     truncate_jsonl(out / EVALS, [r for r in read_jsonl(out / EVALS) if r["point"] < evals_done])
     (out / EVAL_RECORDS).unlink(missing_ok=True)
+    for point, path in record_points(out).items():
+        if point >= evals_done:
+            path.unlink()

@@ -4,9 +4,11 @@ Algorithms (``algorithms/``, built on :class:`rlbench.algorithms.base.Algorithm`
 evaluation (``rlbench.eval``) sit above the engine and satisfy these protocols; the composition happens in
 ``rlbench.training``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -25,7 +27,7 @@ class Task(Protocol):
 
     def load(self, split: str) -> list[Any]: ...
 
-    def prompt(self, example: Any) -> "str | list[dict[str, str]]": ...
+    def prompt(self, example: Any) -> str | list[dict[str, str]]: ...
 
     def grade_many(self, completions: Sequence[str], examples: Sequence[Any]) -> Sequence[Grade]: ...
 
@@ -57,5 +59,7 @@ class Evaluator(Protocol):
 
     examples: Sequence[Any]
 
-    def __call__(self, generator: Generator, *, keep_records: bool) -> dict[str, Any]:
-        """Aggregate metrics (``greedy``/``sampled``), plus ``records`` (one per problem) when ``keep_records``."""
+    def __call__(self, generator: Generator, *, step: int) -> dict[str, Any]:
+        """The evaluation at optimiser step ``step``: aggregate metrics (``greedy``/``sampled``) and ``records`` (one
+        per problem). An evaluation that enters the run's score uses all of ``examples``; the others only draw the
+        learning curve and may be smaller."""

@@ -5,22 +5,29 @@ a pre-allocated KV cache and a minimal forward, checked against the model's own 
 model (or ``fast=False``) decodes through ``model(...)`` with a ``DynamicCache``. Weights are always in sync: there is
 no copy to push to.
 """
+
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import DynamicCache
 
 from rlbench.engine import fastpath
 from rlbench.engine.fastpath import StaticKVDecoder
-from rlbench.engine.generation import Generation, assemble, concat, left_pad, stop_ids, token_logprobs
+from rlbench.engine.generation import Generation, PolicyBackend, assemble, concat, left_pad, stop_ids, token_logprobs
 from rlbench.engine.policy import Policy, _cache_kwarg, distinct_rows, position_ids_from_mask
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
-                u: torch.Tensor | None = None) -> torch.Tensor:
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    u: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One token per row from ``softmax(logits / temperature)`` restricted to the top-p nucleus.
 
     Inverse-CDF sampling: one uniform number per row (``torch.multinomial`` draws one per vocabulary entry), and no
@@ -51,31 +58,32 @@ CHECK_EVERY = 2
 SHRINK_AT = 0.85
 
 
-class Decoder:
+class Decoder(PolicyBackend):
     """The default backend (``rollout.backend: rlbench``); see the module docstring."""
 
-    def __init__(self, policy: Policy, batch_size: int | None = None, model_path: str | None = None,
-                 fast: bool = True) -> None:
-        self.policy = policy
-        self.batch_size = batch_size
+    seeds_rows = True
+
+    def __init__(
+        self, policy: Policy, batch_size: int | None = None, model_path: str | None = None, fast: bool = True
+    ) -> None:
+        super().__init__(policy, batch_size)
         self.fast = fast
         self._fast_ok: dict[int, bool] = {}  # id(model) -> the fast path matched the model's own forward
 
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self.policy.tokenizer
-
     def sync_weights(self, policy: Policy) -> None:
-        if policy.model is not self.policy.model:
+        if policy.model is not self.policy.model:  # another model: its fast path is checked again on first use
             self._fast_ok.clear()
-        self.policy = policy
-
-    def sleep(self) -> None:
-        pass
+        super().sync_weights(policy)
 
     def generate(
-        self, prompt_ids: Sequence[list[int]], *, temperature: float, top_p: float, max_new_tokens: int,
-        greedy: bool = False, seed: int | Sequence[int] | None = None,
+        self,
+        prompt_ids: Sequence[list[int]],
+        *,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        greedy: bool = False,
+        seed: int | Sequence[int] | None = None,
     ) -> Generation:
         """``seed``: one stream for the whole call, or one seed per row (each row's draws then depend on its seed
         alone, not on which other rows share its batch: what data-parallel ranks need)."""
@@ -89,8 +97,9 @@ class Decoder:
         parts = []
         for i in range(0, len(prompt_ids), chunk):
             uniforms = None if row_seeds is None else _row_uniforms(row_seeds[i : i + chunk], max_new_tokens)
-            parts.append(self._generate(prompt_ids[i : i + chunk], temperature, top_p, max_new_tokens, greedy, rng,
-                                        uniforms))
+            parts.append(
+                self._generate(prompt_ids[i : i + chunk], temperature, top_p, max_new_tokens, greedy, rng, uniforms)
+            )
         return concat(parts, self.policy.tokenizer.pad_token_id)
 
     def _generate(self, prompt_ids, temperature, top_p, max_new_tokens, greedy, rng, uniforms) -> Generation:
@@ -105,8 +114,15 @@ class Decoder:
             with torch.inference_mode(), policy.autocast():
                 decoder = self._fast_decoder(ids, mask, positions, max_new_tokens)
                 run, first = (_decode_fast, decoder) if decoder is not None else (_decode_hf, model)
-                sampling = Sampling(greedy, temperature, top_p, rng, torch.tensor(stops, device=device), pad,
-                                    None if uniforms is None else uniforms.to(device))
+                sampling = Sampling(
+                    greedy,
+                    temperature,
+                    top_p,
+                    rng,
+                    torch.tensor(stops, device=device),
+                    pad,
+                    None if uniforms is None else uniforms.to(device),
+                )
                 out, logprobs, steps = run(first, ids, mask, positions, max_new_tokens, sampling)
         finally:
             model.train(was_training)
@@ -115,7 +131,7 @@ class Decoder:
         lps = None if greedy else logprobs[:steps].t().clone()
         return assemble(ids, mask, tokens, stops, pad, tok, lps)
 
-    def _fast_decoder(self, ids, mask, positions, max_new_tokens) -> "StaticKVDecoder | None":
+    def _fast_decoder(self, ids, mask, positions, max_new_tokens) -> StaticKVDecoder | None:
         """The fast path's decoder for this batch, or None (unsupported model, or it disagreed with the model)."""
         model = self.policy.model
         key = id(model)
@@ -140,8 +156,12 @@ class Decoder:
                 why = f"{type(exc).__name__}: {exc}"
             ok = why is None
             if not ok:
-                warnings.warn(f"{type(model).__name__}: the fast decoding path disagrees with the model's forward "
-                              f"({why}); decoding through model(...) instead", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"{type(model).__name__}: the fast decoding path disagrees with the model's forward "
+                    f"({why}); decoding through model(...) instead",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             self._fast_ok[key] = ok
             if not ok:
                 return None
@@ -233,8 +253,12 @@ def _decode_hf(model, ids, mask, positions, N, s: Sampling):
     steps = N
     for t in range(N):
         logits = model(
-            input_ids=step_ids, attention_mask=full_mask[:, : P + t], position_ids=step_pos,
-            use_cache=True, logits_to_keep=1, **{cache_kw: cache},
+            input_ids=step_ids,
+            attention_mask=full_mask[:, : P + t],
+            position_ids=step_pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_kw: cache},
         ).logits[:, -1]
         nxt, lp = s.pick(logits, t, None)
         nxt = torch.where(alive, nxt, s.pad)

@@ -6,25 +6,33 @@ exact layout one process would have built), advantages are computed on it identi
 on its share of every minibatch with the loss weighted by that share of the *global* minibatch, and gradients are
 summed across ranks before the optimiser step. So the global batch and every normaliser are those of one process;
 only rank 0 writes files.
+
+Every collective runs on the process group's device (:attr:`Ranks.device`, from
+:func:`rlbench.engine.process_group.group_device`): the rank's GPU under NCCL, which refuses CPU tensors, and the CPU
+under gloo. Results come back on the caller's device.
 """
+
 from __future__ import annotations
 
 import os
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from rlbench.engine import process_group
 from rlbench.engine.generation import Generation, assemble, left_pad, stop_ids
-from rlbench.engine.policy import Policy
+from rlbench.engine.policy import Policy, pick_device
 
 
 @dataclass(frozen=True)
 class Ranks:
     rank: int = 0
     world: int = 1
+    device: torch.device = torch.device("cpu")  # where the collectives' tensors go: the process group's device
 
     @property
     def main(self) -> bool:
@@ -47,14 +55,15 @@ class Ranks:
         """Concatenate every rank's equally shaped ``tensor`` along dim 0, in rank order."""
         if self.world == 1:
             return tensor
-        parts = [torch.empty_like(tensor) for _ in range(self.world)]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
+        mine = tensor.contiguous().to(self.device)
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(parts, mine)
+        return torch.cat(parts).to(tensor.device)
 
     def sum_floats(self, values: list[float]) -> list[float]:
         if self.world == 1:
             return values
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.tolist()
 
@@ -68,14 +77,19 @@ class Ranks:
         params = [p for p in params if not isinstance(p, DTensor)]
         if not params:
             return
-        touched = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+        touched = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=self.device)
         dist.all_reduce(touched)
         for p, n in zip(params, touched.tolist()):
             if n == 0:
                 continue
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
+            if p.grad.device == self.device:
+                dist.all_reduce(p.grad)
+            else:  # gradients on another device than the group's (never under NCCL, where both are the rank's GPU)
+                summed = p.grad.to(self.device)
+                dist.all_reduce(summed)
+                p.grad.copy_(summed.to(p.grad.device))
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (decisions that must agree, such as whether the budget is spent)."""
@@ -104,13 +118,16 @@ def launched_world() -> int:
 
 
 def init_ranks(device: str) -> Ranks:
-    """Join the launcher's process group (gloo on CPU, NCCL on CUDA) through accelerate; one process: no group."""
-    if launched_world() == 1:
+    """Join the launcher's process group (NCCL on GPUs, gloo on the CPU; :mod:`rlbench.engine.process_group`);
+    one process: no group. DeepSpeed and multi-machine launches are refused here, before anything loads."""
+    process_group.refuse_unsupported_launch()
+    world = launched_world()
+    if world == 1:
         return Ranks()
-    from accelerate import PartialState
-
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
-    return Ranks(state.process_index, state.num_processes)
+    rank = int(os.environ.get("RANK", "0"))
+    own = pick_device(rank_device(device, Ranks(rank, world)))
+    rank, world = process_group.join(own)
+    return Ranks(rank, world, process_group.group_device(own))
 
 
 def rank_device(device: str, ranks: Ranks) -> str:
@@ -120,13 +137,16 @@ def rank_device(device: str, ranks: Ranks) -> str:
     return f"cuda:{os.environ.get('LOCAL_RANK', ranks.rank)}"
 
 
-def gather_generation(gen: Generation, grades: list[Any], prompt_ids: list[list[int]], policy: Policy,
-                      ranks: Ranks) -> tuple[Generation, list[Any]]:
+def gather_generation(
+    gen: Generation, grades: list[Any], prompt_ids: list[list[int]], policy: Policy, ranks: Ranks
+) -> tuple[Generation, list[Any]]:
     """Every rank's completions and grades joined into the layout one process would have built for ``prompt_ids``."""
     P = gen.prompt_len
     lengths = gen.response_mask.sum(1).long().tolist()
-    rows = [(gen.input_ids[i, P : P + n].tolist(), None if gen.logprobs is None else gen.logprobs[i, :n].tolist())
-            for i, n in enumerate(lengths)]
+    rows = [
+        (gen.input_ids[i, P : P + n].tolist(), None if gen.logprobs is None else gen.logprobs[i, :n].tolist())
+        for i, n in enumerate(lengths)
+    ]
     parts = ranks.gather_objects((rows, grades))
     rows = [row for part, _ in parts for row in part]
     grades = [g for _, part in parts for g in part]

@@ -1,4 +1,5 @@
 """A run whose loss, gradient norm or weights stop being finite stops as ``diverged``, saving no state after it."""
+
 from __future__ import annotations
 
 import math

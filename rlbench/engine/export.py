@@ -1,5 +1,6 @@
 """The model as a Hugging Face folder that ``from_pretrained`` loads like any hub model: the final ``checkpoint/`` and
 the periodic ``checkpoint-N/``. A LoRA model is saved merged (``W + scale * B A``), not as a peft adapter."""
+
 from __future__ import annotations
 
 from pathlib import Path

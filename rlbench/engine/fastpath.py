@@ -32,6 +32,7 @@ Supported (:func:`supports`): the Llama layout (``model.model.layers[i].self_att
 ``model.lm_head``, ``model.model.rotary_emb``) of Llama, Mistral (no sliding window in reach), Qwen2 (q/k/v biases)
 and Qwen3 (q/k norms), with a rope type whose tables do not depend on the sequence length and no attention dropout.
 """
+
 from __future__ import annotations
 
 import torch
@@ -89,8 +90,12 @@ def supports(model: nn.Module, max_len: int) -> bool:
             return False
         if not all(isinstance(getattr(mlp, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")):
             return False
-        for norm in (layer.input_layernorm, layer.post_attention_layernorm, getattr(attn, "q_norm", None),
-                     getattr(attn, "k_norm", None)):
+        for norm in (
+            layer.input_layernorm,
+            layer.post_attention_layernorm,
+            getattr(attn, "q_norm", None),
+            getattr(attn, "k_norm", None),
+        ):
             if norm is not None and not type(norm).__name__.endswith("RMSNorm"):
                 return False
         window = _sliding_window(config, attn)
@@ -150,8 +155,25 @@ def _bias(linear: nn.Linear) -> torch.Tensor:
 
 
 class _Layer:
-    __slots__ = ("eps1", "w_qkv", "b_qkv", "w_v", "b_v", "q_norm", "k_norm", "w_o", "b_o", "eps2", "w_g", "b_g",
-                 "w_u", "b_u", "w_down", "b_down", "act")
+    __slots__ = (
+        "eps1",
+        "w_qkv",
+        "b_qkv",
+        "w_v",
+        "b_v",
+        "q_norm",
+        "k_norm",
+        "w_o",
+        "b_o",
+        "eps2",
+        "w_g",
+        "b_g",
+        "w_u",
+        "b_u",
+        "w_down",
+        "b_down",
+        "act",
+    )
 
 
 class FusedWeights:
@@ -167,7 +189,7 @@ class FusedWeights:
         self.n_kv = getattr(config, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.groups = self.n_heads // self.n_kv
-        scale = self.head_dim ** -0.5
+        scale = self.head_dim**-0.5
         self.embed = body.embed_tokens.weight
         # the padding row gets no gradient, as in nn.Embedding(padding_idx=...)
         self.padding_idx = getattr(body.embed_tokens, "padding_idx", None)
@@ -189,12 +211,17 @@ class FusedWeights:
             # the softmax scale folds into W_q (RoPE is linear) unless a q-norm sits between the projection and RoPE
             q_scale = scale if q_norm is None else 1.0
             self.post_scale = 1.0 if q_norm is None else scale
-            L.w_qkv = torch.cat([_permute_heads(attn.q_proj.weight, D, perm) * q_scale,
-                                 _permute_heads(attn.k_proj.weight, D, perm)]) * ln1
+            L.w_qkv = (
+                torch.cat(
+                    [_permute_heads(attn.q_proj.weight, D, perm) * q_scale, _permute_heads(attn.k_proj.weight, D, perm)]
+                )
+                * ln1
+            )
             L.b_qkv = None
             if attn.q_proj.bias is not None or attn.k_proj.bias is not None:
-                L.b_qkv = torch.cat([_permute_heads(_bias(attn.q_proj), D, perm) * q_scale,
-                                     _permute_heads(_bias(attn.k_proj), D, perm)])
+                L.b_qkv = torch.cat(
+                    [_permute_heads(_bias(attn.q_proj), D, perm) * q_scale, _permute_heads(_bias(attn.k_proj), D, perm)]
+                )
             L.w_v, L.b_v = attn.v_proj.weight * ln1, attn.v_proj.bias
             L.w_o, L.b_o = attn.o_proj.weight, attn.o_proj.bias
             # gate and up stay two products: fused, the backward of the split costs a copy of both gradients and
@@ -367,8 +394,13 @@ def _prefix_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def packed_logits(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, prompt_len: int,
-    firsts: torch.Tensor, rows: torch.Tensor,
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    prompt_len: int,
+    firsts: torch.Tensor,
+    rows: torch.Tensor,
 ) -> torch.Tensor:
     """Logits ``[B, T, V]``: position ``t`` is the distribution of completion token ``t`` (zeros where the response
     mask is 0), for a batch laid out as in ``RolloutBatch`` (prompts left-padded to ``P``, completions right-padded).
@@ -398,8 +430,9 @@ def packed_logits(
     dtype = w.embed.dtype if not torch.is_autocast_enabled(device.type) else torch.get_autocast_dtype(device.type)
     head_bias = _additive(_prefix_mask(head_mask)[:, None], dtype)  # [U, 1, P, P]
     causal = torch.ones(Tq, Tq, dtype=torch.bool, device=device).tril()
-    tail_bias = _additive(torch.cat([head_mask[rows][:, None, :].expand(B, Tq, P), causal[None].expand(B, Tq, Tq)],
-                                    dim=2)[:, None], dtype)  # [B, 1, Tq, P + Tq]
+    tail_bias = _additive(
+        torch.cat([head_mask[rows][:, None, :].expand(B, Tq, P), causal[None].expand(B, Tq, Tq)], dim=2)[:, None], dtype
+    )  # [B, 1, Tq, P + Tq]
 
     def unpack(t: torch.Tensor, idx: torch.Tensor, n: int, length: int) -> torch.Tensor:
         """Packed ``[N, H, D]`` -> ``[n, H, length, D]`` with zeros where there is no token."""
@@ -430,7 +463,10 @@ def packed_logits(
     # the last prompt position (P - 1, never padding) predicts completion token 0; tail position t predicts t + 1
     head_last = head_mask.sum(1).cumsum(0) - 1
     logits = w.logits(torch.cat([x[head_last], x[n_head:]]))  # [U + N_tail, V]
-    dest = torch.cat([torch.arange(B, device=device) * T, (tail_idx // Tq) * T + tail_idx % Tq + 1]) if Tq > 0 \
+    dest = (
+        torch.cat([torch.arange(B, device=device) * T, (tail_idx // Tq) * T + tail_idx % Tq + 1])
+        if Tq > 0
         else torch.arange(B, device=device) * T
+    )
     source = torch.cat([logits[:U][rows], logits[U:]])
     return logits.new_zeros((B * T, logits.shape[-1])).index_copy(0, dest, source).view(B, T, -1)

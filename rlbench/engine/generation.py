@@ -8,11 +8,13 @@ prompts left-padded to ``P``, completions right-padded to ``T``, each completion
 - ``hf``: :class:`rlbench.engine.hf_generate.HFGenerate`, ``model.generate`` on the training model (the reference);
 - ``vllm``: :class:`rlbench.engine.vllm_backend.VLLMGenerator`, a colocated vLLM engine (GPU only).
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -51,10 +53,17 @@ class Generator(Protocol):
     """A rollout backend. ``prompt_ids`` are token ids (a task's prompt encoded by :func:`encode_prompt`)."""
 
     tokenizer: PreTrainedTokenizerBase  # the one that encodes prompts and decodes completions
+    seeds_rows: bool  # generate() accepts one seed per row (False: it raises on a list of seeds)
 
     def generate(
-        self, prompt_ids: Sequence[list[int]], *, temperature: float, top_p: float, max_new_tokens: int,
-        greedy: bool = False, seed: int | Sequence[int] | None = None,
+        self,
+        prompt_ids: Sequence[list[int]],
+        *,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        greedy: bool = False,
+        seed: int | Sequence[int] | None = None,
     ) -> Generation:
         """One completion per prompt (argmax with ``greedy``); the same ``seed`` and inputs give the same samples.
 
@@ -69,8 +78,33 @@ class Generator(Protocol):
         """Called before an update: release generation memory (a no-op for backends that decode on the policy)."""
 
 
+class PolicyBackend:
+    """What the backends that decode on the training model itself share (``rlbench``, ``hf``): the tokenizer is the
+    policy's, a weight sync only points at the policy given, and there is no generation memory to release."""
+
+    seeds_rows: bool  # each backend's own (see Generator)
+
+    def __init__(self, policy: Policy, batch_size: int | None = None, model_path: str | None = None) -> None:
+        self.policy = policy
+        self.batch_size = batch_size  # prompts per forward batch; None: all of a call's prompts at once
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.policy.tokenizer
+
+    def sync_weights(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def sleep(self) -> None:
+        pass
+
+
 def make_generator(
-    backend: str, policy: Policy, *, batch_size: int | None = None, model_path: str | None = None,
+    backend: str,
+    policy: Policy,
+    *,
+    batch_size: int | None = None,
+    model_path: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> Generator:
     """The one place a generator is built: the trainer, evaluation, the tiny lab's warm-start and ``rlbench eval``."""
@@ -90,20 +124,24 @@ def stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None =
     ids: list[int] = []
     config = getattr(model, "generation_config", None)
     for value in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
-        for i in (value if isinstance(value, (list, tuple)) else [value]):
+        for i in value if isinstance(value, (list, tuple)) else [value]:
             if i is not None and int(i) not in ids:
                 ids.append(int(i))
     if not ids:
-        raise ValueError("the tokenizer and the model's generation_config name no EOS token: a completion could not end")
+        raise ValueError(
+            "the tokenizer and the model's generation_config name no EOS token: a completion could not end"
+        )
     return tuple(ids)
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: "str | list[dict[str, str]]") -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> list[int]:
     """Plain text as the tokenizer encodes it; chat messages through the tokenizer's chat template."""
     if isinstance(prompt, str):
         return list(tokenizer(prompt).input_ids)
     if tokenizer.chat_template is None:
-        raise ValueError("this task builds chat prompts but the tokenizer has no chat template; pick a plain-text prompt style")
+        raise ValueError(
+            "this task builds chat prompts but the tokenizer has no chat template; pick a plain-text prompt style"
+        )
     ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
@@ -129,8 +167,13 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
 
 
 def assemble(
-    ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor, stops: Sequence[int], pad: int,
-    tokenizer: PreTrainedTokenizerBase, logprobs: torch.Tensor | None = None,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    tokens: torch.Tensor,
+    stops: Sequence[int],
+    pad: int,
+    tokenizer: PreTrainedTokenizerBase,
+    logprobs: torch.Tensor | None = None,
 ) -> Generation:
     """The layout from left-padded prompts ``ids``/``mask`` ``[B, P]`` and decoded ``tokens`` ``[B, S]``.
 
@@ -148,7 +191,9 @@ def assemble(
     tokens = torch.where(response_mask.bool(), tokens, torch.full_like(tokens, pad))
     if logprobs is not None:
         logprobs = torch.where(response_mask.bool(), logprobs[:, :T].float(), torch.zeros_like(response_mask))
-    texts = tokenizer.batch_decode([row[: int(n)].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(
+        [row[: int(n)].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True
+    )
     return Generation(
         input_ids=torch.cat([ids, tokens], dim=1),
         attention_mask=torch.cat([mask, response_mask.long()], dim=1),
@@ -181,7 +226,11 @@ def concat(parts: list[Generation], pad: int) -> Generation:
         if g.logprobs is not None:
             lps.append(torch.cat([g.logprobs, zeros_t.float()], dim=1))
     return Generation(
-        input_ids=torch.cat(ids), attention_mask=torch.cat(masks), response_mask=torch.cat(rmasks), prompt_len=P,
-        truncated=torch.cat([g.truncated for g in parts]), texts=[t for g in parts for t in g.texts],
+        input_ids=torch.cat(ids),
+        attention_mask=torch.cat(masks),
+        response_mask=torch.cat(rmasks),
+        prompt_len=P,
+        truncated=torch.cat([g.truncated for g in parts]),
+        texts=[t for g in parts for t in g.texts],
         logprobs=torch.cat(lps) if len(lps) == len(parts) else None,
     )

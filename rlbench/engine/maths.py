@@ -4,6 +4,7 @@ All per-token tensors are ``[B, T]`` over completion positions, with ``mask`` 1.
 The reductions select with ``torch.where`` rather than multiply, so a non-finite value in a padded position can never
 turn a sum into NaN. ``tests/test_algo_base.py`` runs the docstrings' examples as doctests.
 """
+
 from __future__ import annotations
 
 from typing import Literal

@@ -3,14 +3,15 @@
 One code path serves every model: the tiny lab is saved as an ordinary Hugging Face checkpoint and loaded like a 7B
 model would be.
 """
+
 from __future__ import annotations
 
 import contextlib
 import inspect
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -44,8 +45,13 @@ class ModelNotFound(FileNotFoundError):
 
 
 def load_model(
-    name_or_path: str, precision: str, device: torch.device, *, revision: str | None = None,
-    attn_implementation: str | None = None, trust_remote_code: bool = False,
+    name_or_path: str,
+    precision: str,
+    device: torch.device,
+    *,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A hub id or a local directory; weights in bf16 only for ``precision='bf16-pure'`` (``bf16`` keeps fp32 masters
     and runs under autocast).
@@ -87,9 +93,11 @@ def _hub_problem(exc: BaseException, name: str, revision: str | None) -> str | N
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)):
-            return (f"not a local folder, and the Hugging Face hub cannot be reached (offline or HF_HUB_OFFLINE=1) "
-                    f"with no cached copy; pass a local path (--model /path/to/model), or download it first "
-                    f"(hf download {name})")
+            return (
+                f"not a local folder, and the Hugging Face hub cannot be reached (offline or HF_HUB_OFFLINE=1) "
+                f"with no cached copy; pass a local path (--model /path/to/model), or download it first "
+                f"(hf download {name})"
+            )
         if isinstance(seen, errors.RevisionNotFoundError):
             return f"revision {revision!r} not found on the hub (model_args.revision)"
         if isinstance(seen, errors.GatedRepoError):
@@ -124,8 +132,12 @@ class ValueModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:
         """Values ``[B, T]``: V(s_t) for the state before completion token t (the hidden state one position back)."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
         T = response_len
         return self.head(out.last_hidden_state[:, -(T + 1) : -1])
 
@@ -165,11 +177,7 @@ class Policy:
             yield from self.value_head.parameters()
 
     def forward(
-        self,
-        batch: RolloutBatch,
-        temperature: float = 1.0,
-        with_entropy: bool = False,
-        with_values: bool = False,
+        self, batch: RolloutBatch, temperature: float = 1.0, with_entropy: bool = False, with_values: bool = False
     ) -> PolicyOutput:
         """Log-probs ``[B, T]`` of the completion tokens (and optionally entropy and values).
 
@@ -223,8 +231,14 @@ class Policy:
     def _packed(self, batch: RolloutBatch, shared) -> torch.Tensor:
         if shared is None:
             shared = (torch.arange(batch.size, device=batch.input_ids.device),) * 2
-        return fastpath.packed_logits(self.model, batch.input_ids, batch.attention_mask,
-                                      position_ids_from_mask(batch.attention_mask), batch.prompt_len, *shared)
+        return fastpath.packed_logits(
+            self.model,
+            batch.input_ids,
+            batch.attention_mask,
+            position_ids_from_mask(batch.attention_mask),
+            batch.prompt_len,
+            *shared,
+        )
 
     def _use_fast(self, batch: RolloutBatch, shared) -> bool:
         key = id(self.model)
@@ -251,8 +265,12 @@ class Policy:
                 why = fastpath.disagreement(mine[mask], theirs[mask], self.precision)
             ok = mine is not None and why is None
             if not ok:
-                warnings.warn(f"{type(self.model).__name__}: the packed forward disagrees with the model's own "
-                              f"({why}); using the model's forward instead", RuntimeWarning, stacklevel=4)
+                warnings.warn(
+                    f"{type(self.model).__name__}: the packed forward disagrees with the model's own "
+                    f"({why}); using the model's forward instead",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
             self._fast_ok[key] = ok
         return self._fast_ok[key]
 
@@ -286,13 +304,22 @@ class Policy:
         cache = DynamicCache()
         kw = _cache_kwarg(self.model)
         head = self.model(
-            input_ids=batch.input_ids[firsts, :P], attention_mask=mask[firsts, :P], position_ids=positions[firsts, :P],
-            use_cache=True, logits_to_keep=1, output_hidden_states=with_values, **{kw: cache},
+            input_ids=batch.input_ids[firsts, :P],
+            attention_mask=mask[firsts, :P],
+            position_ids=positions[firsts, :P],
+            use_cache=True,
+            logits_to_keep=1,
+            output_hidden_states=with_values,
+            **{kw: cache},
         )
         cache.batch_select_indices(rows)
         tail = self.model(
-            input_ids=batch.input_ids[:, P:], attention_mask=mask, position_ids=positions[:, P:],
-            use_cache=True, output_hidden_states=with_values, **{kw: cache},
+            input_ids=batch.input_ids[:, P:],
+            attention_mask=mask,
+            position_ids=positions[:, P:],
+            use_cache=True,
+            output_hidden_states=with_values,
+            **{kw: cache},
         )
         logits = torch.cat([head.logits[rows], tail.logits[:, :-1]], dim=1)
         hidden = None

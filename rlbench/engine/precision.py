@@ -7,11 +7,12 @@ refuses ``bf16-pure`` when its learning rate is too small to change bf16 weights
 - ``bf16-pure``: bf16 weights, updated in place by AdamW (half the weight memory; an update smaller than half a bf16
   spacing rounds away, so small learning rates do not train: see :func:`bf16_step_check`).
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
@@ -40,7 +41,7 @@ def smallest_bf16_step(abs_weight: float) -> float:
     >>> smallest_bf16_step(0.02)  # a typical LLM weight: 1e-6 is 39 times too small to move it
     3.90625e-05
     """
-    return abs_weight * 2.0 ** -9
+    return abs_weight * 2.0**-9
 
 
 @dataclass
@@ -97,7 +98,9 @@ def movable_share(abs_weights: torch.Tensor, step: float) -> torch.Tensor:
 
 def stuck_message(check: StepCheck) -> str:
     """One line: why ``bf16-pure`` was refused, and the two ways on."""
-    return (f"precision=bf16-pure: optim.lr={check.lr:g} is too small to change bf16 weights of this model (median "
-            f"|w| = {check.median_abs:.3g}, which moves only for steps above {smallest_bf16_step(check.median_abs):.2g}; "
-            f"an lr-sized step could move {check.movable:.1%} of the weights); use precision: bf16 (fp32 master "
-            f"weights under bf16 autocast), or set allow_stuck_bf16: true to run anyway")
+    return (
+        f"precision=bf16-pure: optim.lr={check.lr:g} is too small to change bf16 weights of this model (median "
+        f"|w| = {check.median_abs:.3g}, which moves only for steps above {smallest_bf16_step(check.median_abs):.2g}; "
+        f"an lr-sized step could move {check.movable:.1%} of the weights); use precision: bf16 (fp32 master "
+        f"weights under bf16 autocast), or set allow_stuck_bf16: true to run anyway"
+    )

@@ -1,5 +1,6 @@
 """A run folder's durable state: the resumable training state, the fingerprint, and the checks that keep a run's
 files from ever being overwritten by a different run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,12 +10,14 @@ import json
 import platform
 import re
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from rlbench.config import TRACKING_KEYS, ConfigError, RunConfig, saved_config_mismatch
+from rlbench.config import EXECUTION_KEYS, ConfigError, RunConfig, saved_config_mismatch
+from rlbench.provenance import code_version, package_versions
 from rlbench.results import CONFIG, EVALS, METRICS, SUMMARY, RunFileError, token_hash, write_dir_atomic, write_json
 
 STATE_FILE = "trainer.pt"  # in the run's state/ folder
@@ -39,8 +42,10 @@ def record_fingerprint(path: Path, fingerprint: dict[str, Any]) -> None:
             raise ConfigError(f"{path}: unreadable ({exc}); the run cannot be proven to be the same run") from None
         for key in sorted(set(before) | set(fingerprint)):
             if before.get(key) != fingerprint.get(key):
-                raise ConfigError(f"{path}: {key} differs from the run being resumed ({before.get(key)!r} there, "
-                                  f"{fingerprint.get(key)!r} now)")
+                raise ConfigError(
+                    f"{path}: {key} differs from the run being resumed ({before.get(key)!r} there, "
+                    f"{fingerprint.get(key)!r} now)"
+                )
         return
     write_json(path, fingerprint)
 
@@ -51,7 +56,9 @@ def check_run_dir(out: Path, config: RunConfig, resume: bool) -> None:
     if not saved.exists() or not any((out / name).exists() for name in (METRICS, EVALS, SUMMARY)):
         return
     if not resume:
-        raise ConfigError(f"out={str(out)!r}: the run directory already holds a run; pass --resume or choose another --out")
+        raise ConfigError(
+            f"out={str(out)!r}: the run directory already holds a run; pass --resume or choose another --out"
+        )
     mismatch = saved_config_mismatch(saved, config)
     if mismatch:
         raise ConfigError(f"{saved}: the run being resumed differs: {mismatch}")
@@ -81,7 +88,9 @@ def load_state_dir(path: Path) -> dict[str, Any] | None:
 def _unloadable(file: Path, exc: Exception) -> RunFileError:
     hostile = re.search(r"unsupported GLOBAL (\S+)", str(exc))
     if hostile:  # weights_only refused a pickled global: a file rlbench never writes
-        why = f"refused: it holds {hostile.group(1)}, not only tensors and plain values, and loading that could run code"
+        why = (
+            f"refused: it holds {hostile.group(1)}, not only tensors and plain values, and loading that could run code"
+        )
     elif isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
         why = f"cannot read ({exc.strerror})"
     else:
@@ -124,29 +133,45 @@ def torch_save(obj: Any, file: Path) -> None:
         raise error from None
 
 
-def run_fingerprint(config: RunConfig, init_weights: str, eval_examples: Sequence[Any],
-                    eval_prompts: list[list[int]]) -> dict[str, Any]:
+def run_fingerprint(
+    config: RunConfig, init_weights: str, eval_examples: Sequence[Any], eval_prompts: list[list[int]]
+) -> dict[str, Any]:
     """What makes a run comparable with another: its settings, initial weights and evaluation set."""
     c = config.to_dict()
     return {
-        "config": {k: v for k, v in c.items() if k not in ("algo", "seed", "out", *TRACKING_KEYS)},  # trackers: not the run
+        "config": {
+            k: v for k, v in c.items() if k not in ("algo", "seed", "out", *EXECUTION_KEYS)
+        },  # trackers: not the run
         "algo": c["algo"],
         "seed": c["seed"],
         "init_weights": init_weights,
-        "eval_set": {"count": len(eval_examples), "ids_sha256": token_hash([str(e.id) for e in eval_examples], 64),
-                     "prompts_sha256": token_hash(eval_prompts, 64)},
+        "eval_set": {
+            "count": len(eval_examples),
+            "ids_sha256": token_hash([str(e.id) for e in eval_examples], 64),
+            "prompts_sha256": token_hash(eval_prompts, 64),
+        },
     }
 
 
-def run_summary(config: RunConfig, model_path: str, status: str, stop_reason: str | None, evals: list[dict], *,
-                usage: dict[str, Any], wall: float, eval_problems: int) -> dict[str, Any]:
+def run_summary(
+    config: RunConfig,
+    model_path: str,
+    status: str,
+    stop_reason: str | None,
+    evals: list[dict],
+    *,
+    usage: dict[str, Any],
+    wall: float,
+    eval_problems: int,
+) -> dict[str, Any]:
     """``summary.json``: how the run ended, what it used, and its score (the mean of its last K evaluations)."""
+
     def acc(row: dict | None, kind: str) -> float | None:
         return row[kind]["accuracy"] if row and kind in row else None
 
     first = evals[0] if evals else None
     last = evals[-1] if status == "completed" else None
-    scored = evals[1:][-config.eval.final_mean_of:] if status == "completed" else []
+    scored = evals[1:][-config.eval.final_mean_of :] if status == "completed" else []
     return {
         "status": status,
         "stop_reason": stop_reason,
@@ -168,6 +193,9 @@ def run_summary(config: RunConfig, model_path: str, status: str, stop_reason: st
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        # the exact code and packages this run ran with: a reproduction or a pooled report compares them
+        "code_version": code_version(),
+        "packages": package_versions(),
     }
 
 

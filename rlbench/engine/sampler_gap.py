@@ -11,6 +11,7 @@ sampling (``rollout.tis_cap``, as verl and TRL apply to vLLM rollouts) weighs ea
 ``min(exp(l_t - s_t), cap)``: the gradient is then that of samples from the trainer's policy, with the weight's
 variance bounded by the cap.
 """
+
 from __future__ import annotations
 
 import torch
@@ -54,5 +55,7 @@ def tis_weights(trainer: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor
 
 def tis_metrics(weights: torch.Tensor, cap: float, mask: torch.Tensor) -> dict[str, float]:
     """The mean weight and the share of tokens whose weight the cap truncated."""
-    return {"tis_weight_mean": float(masked_mean(weights, mask)),
-            "tis_capped_frac": float(masked_mean((weights >= cap).float(), mask))}
+    return {
+        "tis_weight_mean": float(masked_mean(weights, mask)),
+        "tis_capped_frac": float(masked_mean((weights >= cap).float(), mask)),
+    }

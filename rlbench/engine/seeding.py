@@ -1,4 +1,5 @@
 """Every random choice of a run, derived from its seed: the same on every machine, process and rank."""
+
 from __future__ import annotations
 
 import functools

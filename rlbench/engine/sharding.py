@@ -18,18 +18,22 @@ same format as a one-process run's (so a state saved under FSDP resumes in one p
   model cannot decode on one rank alone. Each rank keeps a plain full-weight *rollout copy* for its generator (as a
   colocated vLLM engine holds its own weights), refreshed after every optimiser step from the shards, one tensor at
   a time (:class:`RolloutCopy`). On GPUs the copy sleeps in CPU memory while the model trains (as vLLM's sleep mode
-  releases its weights) and wakes onto the GPU to generate. Evaluation runs on rank 0, on that copy, with no
+  releases its weights) and wakes onto the GPU when the weights are synced, so the gather writes on the GPU and the
+  step's generation finds it there: one move each way per step (two more on a step that evaluates). Host memory:
+  one full copy per rank, as ``rlbench plan --fsdp`` counts it. Evaluation runs on rank 0, on that copy, with no
   collective.
 - Every rank must make the same forward and backward calls: the training forward is the model's own (the packed fast
   path calls submodules directly, past FSDP's hooks; shared-prompt forwards depend on the rows), and a rank with
   fewer micro-batches pads with weight-0 ones (:func:`padded_micro_batches`).
 """
+
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -38,6 +42,7 @@ from torch import nn
 from rlbench.engine.distributed import Ranks, launched_world
 from rlbench.engine.generation import Generation, Generator
 from rlbench.engine.policy import Policy
+from rlbench.engine.process_group import group_device
 
 FSDP_ENV = "ACCELERATE_USE_FSDP"  # what `accelerate launch --use_fsdp` (or distributed_type: FSDP) exports
 
@@ -109,8 +114,13 @@ class Sharding:
         gathered into its copy. A collective: every rank calls it."""
         if self.value_head_copy is not None and policy.value_head is not None:
             load_full(self.value_head_copy, policy.value_head)
-        return Policy(self.rollout.model, self.rollout.tokenizer, self.rollout.device, self.rollout.precision,
-                      self.value_head_copy)
+        return Policy(
+            self.rollout.model,
+            self.rollout.tokenizer,
+            self.rollout.device,
+            self.rollout.precision,
+            self.value_head_copy,
+        )
 
 
 def shard_policy(policy: Policy, reference: Policy | None, ranks: Ranks) -> Sharding:
@@ -167,6 +177,9 @@ class RolloutCopy:
         return self.generator.generate(prompt_ids, **kwargs)
 
     def sync_weights(self, policy: Policy) -> None:
+        # awake first: the gathered weights are written on the GPU, where the next generation reads them (only an
+        # evaluation can come between), instead of into the sleeping CPU copy that generate would move up again
+        self._place(self.sharding.rollout.device)
         if policy.model is not self.sharding.rollout.model:
             load_full(self.sharding.rollout.model, policy.model)
         self.generator.sync_weights(self.sharding.rollout)
@@ -195,7 +208,8 @@ def nonfinite_weights(params: Iterable[torch.Tensor]) -> list[tuple[bool, bool]]
     if not params:
         return []
     flags = torch.stack([torch.stack([torch.isnan(p).any(), torch.isinf(p).any()]) for p in params]).int()
-    if dist.is_initialized():  # on the parameters' device: gloo on the CPU, NCCL on GPUs
+    if dist.is_initialized():
+        flags = flags.to(group_device(flags.device))  # the parameters' own device whenever the group serves it
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return [(bool(a), bool(b)) for a, b in flags.tolist()]
 
@@ -255,8 +269,13 @@ def load_full_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str,
     if saved is not None:  # what each state holds: big tensors travel one by one below, the rest in one broadcast
         skeleton = {
             "param_groups": saved["param_groups"],
-            "state": {i: {k: ("tensor", None) if torch.is_tensor(v) and v.ndim and is_sharded(params[i])
-                          else ("value", v) for k, v in s.items()} for i, s in saved["state"].items()},
+            "state": {
+                i: {
+                    k: ("tensor", None) if torch.is_tensor(v) and v.ndim and is_sharded(params[i]) else ("value", v)
+                    for k, v in s.items()
+                }
+                for i, s in saved["state"].items()
+            },
         }
     box = [skeleton]
     dist.broadcast_object_list(box, src=0)

@@ -7,6 +7,7 @@ The trainer asks the algorithm what it needs (``needs_*``, ``epochs``, ``minibat
 What it trains with is built by :mod:`rlbench.engine.build`; the task, algorithm and evaluation are handed in
 (``rlbench.training`` composes them), so nothing here imports a task, an algorithm or the evaluation protocol.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,43 +16,54 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
-import yaml
-from tqdm.auto import tqdm
 
+from rlbench.bars import tqdm
 from rlbench.config import RunConfig
 from rlbench.engine.batch import RolloutBatch, live_rows, rollout_metrics
 from rlbench.engine.budget import BudgetMeter
 from rlbench.engine.build import build_parts
-from rlbench.engine.checkpoints import (
-    drop_logs, prune_checkpoints, restore_state, save_model, training_state, truncate_logs,
-)
 from rlbench.engine.contracts import Algorithm, Evaluator, Task
 from rlbench.engine.distributed import Ranks, gather_generation, rank_device, weighted_means
 from rlbench.engine.divergence import Diverged, check_finite, check_weights
-from rlbench.engine.sharding import clip_grad_norm, local_parameters, padded_micro_batches
+from rlbench.engine.file_hashes import finished_run_hashes
 from rlbench.engine.generation import encode_prompt
 from rlbench.engine.interrupts import interrupts_deferred, raise_interrupt
 from rlbench.engine.maths import kl_penalty, masked_mean
-from rlbench.engine.run_state import (
-    STATE_FILE, check_run_dir, load_state_dir, record_fingerprint, run_fingerprint, run_summary, save_state_dir,
-)
+from rlbench.engine.persistence import RunPersistence
+from rlbench.engine.run_state import check_run_dir, record_fingerprint, run_summary
 from rlbench.engine.sampler_gap import GapMeter, tis_metrics, tis_weights
 from rlbench.engine.seeding import derive_seed, prompt_indices, sample_seed
+from rlbench.engine.sharding import clip_grad_norm, local_parameters, padded_micro_batches
 from rlbench.results import (
-    CHECKPOINT, CONFIG, EVAL_RECORDS, EVALS, FINGERPRINT, METRICS, SAMPLES, STATE, SUMMARY, RunFileError, append_jsonl,
-    append_jsonl_many, dumps_strict, read_jsonl, token_hash, write_json, write_text_atomic,
+    EVALS,
+    FINGERPRINT,
+    METRICS,
+    SAMPLES,
+    STATE,
+    SUMMARY,
+    RunFileError,
+    append_jsonl,
+    append_jsonl_many,
+    read_jsonl,
+    records_path,
+    token_hash,
+    write_json,
+    write_records,
 )
 
 SAMPLES_LOGGED_PER_STEP = 4
 # told every row rank 0 writes, after it is on disk: ("step", a metrics.jsonl row) or ("eval", an eval.jsonl row);
 # experiment trackers (TensorBoard, W&B, trackio) listen here
 Listener = Callable[[str, dict[str, Any]], None]
-_ENTROPY = "_policy_entropy"  # the trainer's own entropy measure, logged as "entropy" (an algorithm's term is overridden)
+_ENTROPY = (
+    "_policy_entropy"  # the trainer's own entropy measure, logged as "entropy" (an algorithm's term is overridden)
+)
 
 
 @contextmanager
@@ -61,10 +73,19 @@ def _timer(times: dict[str, float], stage: str) -> Iterator[None]:
     times[stage] = times.get(stage, 0.0) + time.perf_counter() - start
 
 
-class Trainer:
-    def __init__(self, config: RunConfig, *, task: Task, algorithm: Algorithm, model_path: str,
-                 evaluator: Evaluator, progress: bool = True, ranks: Ranks = Ranks(),
-                 listeners: Sequence[Listener] = ()) -> None:
+class Trainer(RunPersistence):
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        task: Task,
+        algorithm: Algorithm,
+        model_path: str,
+        evaluator: Evaluator,
+        progress: bool = True,
+        ranks: Ranks = Ranks(),
+        listeners: Sequence[Listener] = (),
+    ) -> None:
         self.config, self.task, self.algo, self.model_path = config, task, algorithm, model_path
         self.evaluator, self.progress, self.ranks = evaluator, progress and ranks.main, ranks
         self.listeners = listeners if ranks.main else ()
@@ -78,11 +99,14 @@ class Trainer:
         self.parameter_counts = {"trainable": parts.trainable_parameters, "total": parts.total_parameters}
         if self.sharding is not None:  # each rank's shard, in rank order: about total / processes each
             self.parameter_counts["per_rank"] = ranks.gather_objects(
-                sum(local_parameters(m) for m in (self.policy.model, self.policy.value_head) if m is not None))
+                sum(local_parameters(m) for m in (self.policy.model, self.policy.value_head) if m is not None)
+            )
         if self.progress:  # LoRA users check this first: did only the adapters (and a value head) end up trainable?
             share = parts.trainable_parameters / max(parts.total_parameters, 1)
-            tqdm.write(f"trainable parameters: {parts.trainable_parameters:,} of {parts.total_parameters:,} "
-                       f"({share:.2%})", file=sys.stderr)
+            tqdm.write(
+                f"trainable parameters: {parts.trainable_parameters:,} of {parts.total_parameters:,} ({share:.2%})",
+                file=sys.stderr,
+            )
         self.device = self.policy.device
         self.prompt_cache: dict[int, list[int]] = {}
         self.meter = BudgetMeter(config.budget, config.rollout.batch_size)
@@ -108,7 +132,9 @@ class Trainer:
         seed = sample_seed(c.seed, c.rollout.sample_stream, step)
         with _timer(times, "generate"):
             gen = self.generator.generate(
-                [prompt_ids[r] for r in mine], temperature=c.sampling.temperature, top_p=c.sampling.top_p,
+                [prompt_ids[r] for r in mine],
+                temperature=c.sampling.temperature,
+                top_p=c.sampling.top_p,
                 max_new_tokens=c.sampling.max_new_tokens,
                 seed=[derive_seed(seed, "row", r) for r in mine] if c.rollout.seed_rows else seed,
             )
@@ -142,15 +168,19 @@ class Trainer:
             # each rank computes its share of the rows, then every rank holds all of them
             rows = self._micro(torch.tensor(list(self.ranks.share(batch.size)), dtype=torch.long))
             gather = self.ranks.gather_rows
-            parts = [self.policy.forward(batch.select(i), temperature, with_values=algo.needs_values)
-                     for i in rows] if (self._needs_old_logprobs or algo.needs_values) else []
+            parts = (
+                [self.policy.forward(batch.select(i), temperature, with_values=algo.needs_values) for i in rows]
+                if (self._needs_old_logprobs or algo.needs_values)
+                else []
+            )
             if self._needs_old_logprobs:
                 batch.old_logprobs = gather(torch.cat([p.logprobs for p in parts]))
             if algo.needs_values:
                 batch.values = gather(torch.cat([p.values for p in parts]))
             if self.reference is not None:
-                batch.ref_logprobs = gather(torch.cat([self.reference.forward(batch.select(i), temperature).logprobs
-                                                       for i in rows]))
+                batch.ref_logprobs = gather(
+                    torch.cat([self.reference.forward(batch.select(i), temperature).logprobs for i in rows])
+                )
 
     def _correct_for_sampler(self, batch: RolloutBatch) -> dict[str, float]:
         """Truncated importance sampling on the advantages (``rollout.tis_cap``); see rlbench.engine.sampler_gap."""
@@ -187,13 +217,15 @@ class Trainer:
                         padding = padded_micro_batches(len(micros), ranks) - len(micros)
                         stand_in = batch.select(micros[0][:1].to(self.device)) if padding else None
                         for _ in range(padding):
-                            out = self.policy.forward(stand_in, c.sampling.temperature, with_entropy=True,
-                                                      with_values=algo.needs_values)
+                            out = self.policy.forward(
+                                stand_in, c.sampling.temperature, with_entropy=True, with_values=algo.needs_values
+                            )
                             (algo.loss(stand_in, out)[0] * 0.0).backward()
                     for micro_rows in micros:
                         micro = batch.select(micro_rows.to(self.device))
-                        out = self.policy.forward(micro, c.sampling.temperature, with_entropy=True,
-                                                  with_values=algo.needs_values)
+                        out = self.policy.forward(
+                            micro, c.sampling.temperature, with_entropy=True, with_values=algo.needs_values
+                        )
                         if at_sampler and micro.sample_logprobs is not None:
                             gap.add(out.logprobs, micro.sample_logprobs, micro.response_mask, shared=False)
                         if not algo.needs_entropy_grad:
@@ -222,7 +254,9 @@ class Trainer:
         step = self.meter.used.steps + 1
         check_finite(step, "loss", loss)
         clip = self.config.optim.grad_clip
-        for group in self.optimizer.param_groups:  # a group at lr 0 is frozen: Adam's moments and steps stay as they are
+        for (
+            group
+        ) in self.optimizer.param_groups:  # a group at lr 0 is frozen: Adam's moments and steps stay as they are
             if group["lr"] == 0:  # (the policy's during a critic warm-up, rlbench.engine.build.make_scheduler)
                 for p in group["params"]:
                     p.grad = None
@@ -246,16 +280,32 @@ class Trainer:
         with interrupts_deferred():  # a step is counted and logged together, or not at all
             return self._record(batch, examples, grades, adv_metrics, upd, times)
 
-    def _record(self, batch: RolloutBatch, examples: list[Any], grades: list[Any], adv_metrics: dict[str, float],
-                upd: dict[str, float], times: dict[str, float]) -> dict[str, Any]:
+    def _record(
+        self,
+        batch: RolloutBatch,
+        examples: list[Any],
+        grades: list[Any],
+        adv_metrics: dict[str, float],
+        upd: dict[str, float],
+        times: dict[str, float],
+    ) -> dict[str, Any]:
         c = self.config
         tokens = int(batch.response_mask.sum())
         self.meter.add(prompts=c.rollout.prompts_per_step, samples=batch.size, tokens=tokens, steps=1)
         # algo and seed on every row: a metrics file read on its own (or concatenated with others) says whose it is
-        row: dict[str, Any] = {"step": self.meter.used.steps, "algo": c.algo_name, "seed": c.seed, **rollout_metrics(batch, grades, c.rollout.samples_per_prompt),
-                               **upd, **adv_metrics, "lr": self.scheduler.get_last_lr()[0]}
+        row: dict[str, Any] = {
+            "step": self.meter.used.steps,
+            "algo": c.algo_name,
+            "seed": c.seed,
+            **rollout_metrics(batch, grades, c.rollout.samples_per_prompt),
+            **upd,
+            **adv_metrics,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
         if batch.ref_logprobs is not None and batch.old_logprobs is not None:
-            row["kl_ref"] = float(masked_mean(kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k3"), batch.response_mask))
+            row["kl_ref"] = float(
+                masked_mean(kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k3"), batch.response_mask)
+            )
         row["time"] = {k: round(v, 4) for k, v in times.items()}
         row["gen_tokens_per_s"] = round(tokens / times["generate"], 1) if times.get("generate") else None
         trained = tokens * self.algo.epochs
@@ -266,85 +316,46 @@ class Trainer:
             append_jsonl(self.out / METRICS, row)
             self._tell("step", row)
             logged = list(zip(examples, batch.info["texts"], grades))[:SAMPLES_LOGGED_PER_STEP]
-            append_jsonl_many(self.out / SAMPLES, [
-                {"step": row["step"], "id": ex.id, "prompt": self.task.prompt(ex), "completion": text, "reward": g.reward,
-                 "reason": g.reason} for ex, text, g in logged])
+            append_jsonl_many(
+                self.out / SAMPLES,
+                [
+                    {
+                        "step": row["step"],
+                        "id": ex.id,
+                        "prompt": self.task.prompt(ex),
+                        "completion": text,
+                        "reward": g.reward,
+                        "reason": g.reason,
+                    }
+                    for ex, text, g in logged
+                ],
+            )
         return row
 
     # ------------------------------------------------------------------------------------------ whole run
 
-    def evaluate(self, point: int, final: bool = False) -> dict[str, Any]:
-        """Evaluate at budget point ``point`` (0 = before training); the final one keeps per-problem records.
+    def evaluate(self, point: int) -> dict[str, Any]:
+        """Evaluate at budget point ``point`` (0 = before training), keeping its per-problem records: the audit
+        regrades every evaluation that can enter the run's score from them.
 
         Rank 0 evaluates (the weights are the same on every rank); the others wait for it."""
         if not self.ranks.main:
             self.ranks.barrier()
             return {}
-        res = self.evaluator(self.generator, keep_records=final)
+        res = self.evaluator(self.generator, step=self.meter.used.steps)
         self.generator.sleep()
         records = res.pop("records", None)
         row = {"point": point, "step": self.meter.used.steps, "usage": self.meter.snapshot(), **res}
+        if records is not None:  # before the eval row: a resume drops the records of every point past its state
+            write_records(records_path(self.out, point), ({"point": point, "step": row["step"], **r} for r in records))
         append_jsonl(self.out / EVALS, row)
         self._tell("eval", row)
-        if records is not None:  # one atomic file: a line per problem, without an fsync per line
-            write_text_atomic(self.out / EVAL_RECORDS, "".join(dumps_strict(r) + "\n" for r in records))
         self.ranks.barrier()
         return row
 
     def _tell(self, kind: str, row: dict[str, Any]) -> None:
         for listener in self.listeners:
             listener(kind, row)
-
-    def fingerprint(self) -> dict[str, Any]:
-        prompts = [encode_prompt(self.policy.tokenizer, self.task.prompt(e)) for e in self.evaluator.examples]
-        return run_fingerprint(self.config, self._init_weights, self.evaluator.examples, prompts)
-
-    def _write_config(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out / CONFIG, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-
-    def save_checkpoint(self, name: str = CHECKPOINT) -> Path | None:
-        """The model as a Hugging Face folder: the final ``checkpoint/``, or a periodic ``checkpoint-N/``; rank 0
-        writes it (under FSDP every rank calls this: the value head's shards are gathered)."""
-        policy = self.sharding.full_policy(self.policy) if self.sharding is not None else self.policy
-        return save_model(self.out / name, policy) if self.ranks.main else None
-
-    def save_periodic_checkpoint(self, step: int) -> None:
-        """``checkpoint-<step>/`` (``keep_checkpoints`` > 0), then only the newest ``keep_checkpoints`` of them kept."""
-        if self.config.keep_checkpoints and (self.ranks.main or self.sharding is not None):
-            self.save_checkpoint(f"{CHECKPOINT}-{step}")
-            if self.ranks.main:
-                prune_checkpoints(self.out, self.config.keep_checkpoints)
-
-    def save_state(self, evals_done: int) -> None:
-        """Everything a resumed run needs to continue bit for bit: weights, optimiser, schedule, usage."""
-        if self.ranks.main or self.sharding is not None:  # FSDP: every rank sends its shards to rank 0
-            state = training_state(self.policy, self.optimizer, self.scheduler, self.meter.used, evals_done,
-                                   time.time() - self._started, sharded=self.sharding is not None, main=self.ranks.main)
-            if self.ranks.main:
-                save_state_dir(self.out / STATE, state)
-
-    def _restore(self) -> int:
-        """Load the last state and drop every log row written after it; returns the evaluations already done."""
-        sharded = self.sharding is not None
-        # FSDP: rank 0 alone reads the state (a 7B's is tens of GB) and sends each rank its shards
-        state = load_state_dir(self.out / STATE) if self.ranks.main or not sharded else None
-        if sharded and self.ranks.broadcast(state is None):
-            state = None
-        elif sharded and state is None:
-            state = {}
-        if state is None:
-            if self.ranks.main:
-                drop_logs(self.out)
-            return 0
-        self.meter.used, wall, evals_done = restore_state(state, self.policy, self.optimizer, self.scheduler,
-                                                          self.out / STATE / STATE_FILE, ranks=self.ranks if sharded else None)
-        if sharded:
-            self.generator.sync_weights(self.policy)  # the rollout copy: the restored weights, not the initial ones
-        self._started -= wall  # wall time counts every session of the run
-        if self.ranks.main:  # every rank restores the state; only rank 0 owns the logs
-            truncate_logs(self.out, self.meter.used.steps, evals_done)
-        return evals_done
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         c, ranks = self.config, self.ranks
@@ -356,8 +367,12 @@ class Trainer:
         self._started = time.time()
         evals_done = self._restore() if resume else 0
         status, stop_reason = "running", None
-        bar = tqdm(total=1000, desc=f"{c.algo_name} on {c.task_name} (seed {c.seed})", disable=not self.progress,
-                   bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
+        bar = tqdm(
+            total=1000,
+            desc=f"{c.algo_name} on {c.task_name} (seed {c.seed})",
+            disable=not self.progress,
+            bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]",
+        )
         previous_handler = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, raise_interrupt)
         try:
@@ -381,7 +396,7 @@ class Trainer:
                         self.save_periodic_checkpoint(row["step"])  # before the state: a resume rewrites it if need be
                         self.save_state(evals_done)
             self.meter.pause()
-            self.evaluate(point=evals_done, final=True)
+            self.evaluate(point=evals_done)
             # inside the try: a Ctrl-C while the model is written still leaves an "interrupted" summary
             checkpoint = self.save_checkpoint() if ranks.main or self.sharding is not None else None
             status = "completed"
@@ -399,12 +414,21 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous_handler)
             bar.close()
             with interrupts_deferred():  # a second Ctrl-C waits until the summary is on disk
-                summary = run_summary(c, self.model_path, status, stop_reason, read_jsonl(self.out / EVALS),
-                                      usage=self.meter.snapshot(), wall=time.time() - self._started,
-                                      eval_problems=len(self.evaluator.examples))
+                summary = run_summary(
+                    c,
+                    self.model_path,
+                    status,
+                    stop_reason,
+                    read_jsonl(self.out / EVALS),
+                    usage=self.meter.snapshot(),
+                    wall=time.time() - self._started,
+                    eval_problems=len(self.evaluator.examples),
+                )
                 if status == "completed":
                     summary["checkpoint"] = str(checkpoint)
                 summary["parameters"] = self.parameter_counts
+                if status == "completed" and ranks.main:  # the audit names any file changed after this
+                    summary["files"] = finished_run_hashes(self.out)
                 try:
                     if ranks.main:
                         write_json(self.out / SUMMARY, summary)

@@ -1,8 +1,14 @@
 """The ``vllm`` rollout backend: a vLLM engine colocated with the trainer on one GPU (``rollout.backend: vllm``).
 
-UNTESTED until a GPU run: written against vLLM's documented API for vLLM >= 0.10.2 (V1 engine), the range in which
-``LLM(logprobs_mode=...)``, ``LLM.sleep/wake_up(tags=...)`` and ``LLM.apply_model`` all exist
-(tests/test_vllm_backend.py and benchmarks/gpu_check.sh are the checks to run there).
+UNTESTED until a GPU run: written against vLLM's documented API (V1 engine; ``LLM(logprobs_mode=...)``,
+``LLM.sleep/wake_up(tags=...)`` and ``LLM.apply_model`` exist from 0.10.2 on), and bounded to the releases of
+:data:`VLLM_RANGE`, the ``vllm`` extra of pyproject.toml (tests/test_vllm_backend.py and benchmarks/gpu_check.sh are
+the checks to run there).
+
+- One GPU: the engine runs on ``cuda:0`` in the trainer's process. ``--processes N`` / ``--fsdp`` with this backend
+  are refused before launch (:func:`rlbench.engine.build.check_launch`).
+- Engine settings from ``rollout.*``: ``gpu_memory_utilization``, ``max_model_len`` (null: the model's own) and
+  ``enforce_eager`` (true: no CUDA graphs, less memory and start-up time, slower decoding).
 
 - The engine is built on the first ``generate`` from the checkpoint on disk (``model_path``), then immediately given
   the policy's current weights: after a resume those differ from the checkpoint's.
@@ -26,12 +32,14 @@ UNTESTED until a GPU run: written against vLLM's documented API for vLLM >= 0.10
 - Each row gets its own sampler seed, ``derive_seed(seed, "vllm", i)``: the same call gives the same samples whatever
   the batch vLLM schedules around it (up to the kernels' numerics).
 """
+
 from __future__ import annotations
 
 import os
 import random
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +50,13 @@ from rlbench.engine.generation import Generation, assemble, left_pad, stop_ids
 from rlbench.engine.policy import Policy
 from rlbench.engine.seeding import derive_seed
 
-MIN_VERSION = (0, 10, 2)
+# [first, last) releases: pyproject.toml's `vllm` extra says the same (tests/test_vllm_backend.py checks it)
+VLLM_RANGE = ((0, 28), (0, 34))
 INSTALL = "rollout.backend=vllm needs vLLM on a CUDA machine: pip install 'rlbench[vllm]'"
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
 
 
 class VLLMUnavailable(ConfigError, RuntimeError):
@@ -59,26 +72,41 @@ def import_vllm(device: torch.device) -> Any:
     except Exception as exc:  # missing, or built for another torch/CUDA: any import failure means the same here
         first = (str(exc).strip().split("\n")[0] or type(exc).__name__)[:200]
         raise VLLMUnavailable(f"{INSTALL} (import vllm failed: {first})") from None
-    found = tuple(int(n or 0) for n in re.match(r"(\d+)\.(\d+)\.?(\d*)", vllm.__version__).groups())
-    if found < MIN_VERSION and "dev" not in vllm.__version__:  # a source build reports 0.1.devN: let it try
-        raise VLLMUnavailable(f"{INSTALL}; found vllm {vllm.__version__}, need >= {'.'.join(map(str, MIN_VERSION))}")
+    found = tuple(int(n) for n in re.match(r"(\d+)\.(\d+)", vllm.__version__).groups())
+    low, high = VLLM_RANGE
+    if not low <= found < high and "dev" not in vllm.__version__:  # a source build reports 0.1.devN: let it try
+        raise VLLMUnavailable(f"{INSTALL}; found vllm {vllm.__version__}, need >= {_dotted(low)}, < {_dotted(high)}")
     return vllm
 
 
 class VLLMGenerator:
-    def __init__(self, policy: Policy, batch_size: int | None = None, model_path: str | None = None,
-                 gpu_memory_utilization: float = 0.4, max_model_len: int | None = None, sleep_mode: bool = True,
-                 enforce_eager: bool = False) -> None:
+    seeds_rows = True  # one SamplingParams seed per request
+
+    def __init__(
+        self,
+        policy: Policy,
+        batch_size: int | None = None,
+        model_path: str | None = None,
+        gpu_memory_utilization: float = 0.4,
+        max_model_len: int | None = None,
+        sleep_mode: bool = True,
+        enforce_eager: bool = False,
+    ) -> None:
         self._vllm = import_vllm(policy.device)
         if policy.device.index not in (None, 0):  # the in-process engine takes the first visible GPU
-            raise VLLMUnavailable(f"rollout.backend=vllm: the policy must be on cuda:0 (set CUDA_VISIBLE_DEVICES), "
-                                  f"not {policy.device}")
+            raise VLLMUnavailable(
+                f"rollout.backend=vllm: the policy must be on cuda:0 (set CUDA_VISIBLE_DEVICES), not {policy.device}"
+            )
         self.policy = policy
         self.model_path = model_path or getattr(policy.model, "name_or_path", None)
         if not self.model_path:
             raise VLLMUnavailable("rollout.backend=vllm: the engine loads the model from disk; no model path given")
-        self.options = dict(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                            max_num_seqs=batch_size, enforce_eager=enforce_eager)
+        self.options = dict(
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            max_num_seqs=batch_size,
+            enforce_eager=enforce_eager,
+        )
         self.sleep_mode = sleep_mode
         self._llm: Any = None
         self._asleep: set[str] = set()  # the sleep-mode tags now released ("weights", "kv_cache")
@@ -102,9 +130,14 @@ class VLLMGenerator:
             states = random.getstate(), np.random.get_state()
             with torch.random.fork_rng(devices=[self.policy.device] if self.policy.device.type == "cuda" else []):
                 self._llm = self._vllm.LLM(
-                    model=self.model_path, tokenizer=self.model_path, skip_tokenizer_init=True,
-                    dtype="float32" if self.dtype == torch.float32 else "bfloat16", seed=0,
-                    enable_sleep_mode=self.sleep_mode, logprobs_mode="processed_logprobs", generation_config="vllm",
+                    model=self.model_path,
+                    tokenizer=self.model_path,
+                    skip_tokenizer_init=True,
+                    dtype="float32" if self.dtype == torch.float32 else "bfloat16",
+                    seed=0,
+                    enable_sleep_mode=self.sleep_mode,
+                    logprobs_mode="processed_logprobs",
+                    generation_config="vllm",
                     **extra,
                 )
             random.setstate(states[0])
@@ -137,14 +170,18 @@ class VLLMGenerator:
         weights = ((name, p.detach().to(dtype)) for name, p in self.policy.model.named_parameters())
         apply = getattr(self._llm, "apply_model", None)
         if apply is None:
-            raise RuntimeError(f"vllm {self._vllm.__version__}: LLM.apply_model not found, cannot push weights "
-                               f"(this backend targets vllm >= {'.'.join(map(str, MIN_VERSION))})")
+            raise RuntimeError(
+                f"vllm {self._vllm.__version__}: LLM.apply_model not found, cannot push weights "
+                f"(this backend targets vllm >= {_dotted(VLLM_RANGE[0])}, < {_dotted(VLLM_RANGE[1])})"
+            )
         try:
             loaded = apply(lambda model: model.load_weights(weights))
         except (TypeError, AttributeError, RuntimeError) as exc:
-            raise RuntimeError(f"vllm {self._vllm.__version__}: pushing the policy's weights into the engine failed "
-                               f"({type(exc).__name__}: {exc}); the engine must run in this process "
-                               f"(VLLM_ENABLE_V1_MULTIPROCESSING=0)") from exc
+            raise RuntimeError(
+                f"vllm {self._vllm.__version__}: pushing the policy's weights into the engine failed "
+                f"({type(exc).__name__}: {exc}); the engine must run in this process "
+                f"(VLLM_ENABLE_V1_MULTIPROCESSING=0)"
+            ) from exc
         if loaded and isinstance(loaded[0], set) and not loaded[0]:
             raise RuntimeError("vllm: load_weights accepted none of the policy's parameter names")
         self._llm.reset_prefix_cache()  # KV computed by the old weights must not be reused
@@ -152,8 +189,14 @@ class VLLMGenerator:
     # ------------------------------------------------------------------------------------------ generation
 
     def generate(
-        self, prompt_ids: Sequence[list[int]], *, temperature: float, top_p: float, max_new_tokens: int,
-        greedy: bool = False, seed: int | Sequence[int] | None = None,
+        self,
+        prompt_ids: Sequence[list[int]],
+        *,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        greedy: bool = False,
+        seed: int | Sequence[int] | None = None,
     ) -> Generation:
         llm = self._engine()
         self._wake("weights", "kv_cache")
@@ -170,11 +213,15 @@ class VLLMGenerator:
             if greedy:  # temperature 0 is vLLM's argmax; no log-probs needed (nothing to correct)
                 return self._vllm.SamplingParams(temperature=0.0, **common)
             # top_k, penalties and min_p keep their defaults (off), as the other backends sample
-            return self._vllm.SamplingParams(temperature=temperature, top_p=top_p, logprobs=0,
-                                             seed=row_seed(i), **common)
+            return self._vllm.SamplingParams(
+                temperature=temperature, top_p=top_p, logprobs=0, seed=row_seed(i), **common
+            )
 
-        outputs = llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids],
-                               [params(i) for i in range(len(prompt_ids))], use_tqdm=False)
+        outputs = llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompt_ids],
+            [params(i) for i in range(len(prompt_ids))],
+            use_tqdm=False,
+        )
         rows = [out.outputs[0] for out in outputs]
         T = max([len(r.token_ids) for r in rows] + [1])
         tokens = torch.full((len(rows), T), pad, dtype=torch.long)
@@ -183,11 +230,20 @@ class VLLMGenerator:
             ids = list(row.token_ids)
             if len(ids) < max_new_tokens and not (ids and ids[-1] in stops):
                 # assemble() reads a row without a stop token as max_new_tokens long: say so rather than pad it
-                raise RuntimeError(f"vllm ended a completion after {len(ids)} of {max_new_tokens} tokens without a "
-                                   f"stop token ({row.finish_reason}): raise max_model_len")
+                raise RuntimeError(
+                    f"vllm ended a completion after {len(ids)} of {max_new_tokens} tokens without a "
+                    f"stop token ({row.finish_reason}): raise max_model_len"
+                )
             tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             if logprobs is not None:  # logprobs=0: each step's dict holds the sampled token only
                 logprobs[i, : len(ids)] = torch.tensor([step[t].logprob for step, t in zip(row.logprobs, ids)])
         ids, mask = left_pad(prompt_ids, pad, policy.device)
-        return assemble(ids, mask, tokens.to(policy.device), stops, pad, tok,
-                        None if logprobs is None else logprobs.to(policy.device))
+        return assemble(
+            ids,
+            mask,
+            tokens.to(policy.device),
+            stops,
+            pad,
+            tok,
+            None if logprobs is None else logprobs.to(policy.device),
+        )

@@ -2,17 +2,24 @@
 
 :func:`evaluate` generates and grades, keeping one record per problem, and computes every metric from those records
 (:func:`rlbench.eval.metrics.summarize`). With ``chunk_size`` it runs a chunk of problems at a time behind a progress
-bar; each chunk then samples from its own seed, derived from (seed, chunk index), so a chunked evaluation is
-reproducible for a given seed, chunk size and batch size, and differs (as a fresh draw) when those change.
+bar.
+
+Sampled completions are seeded one by one, from (seed, problem id, sample index), on every backend that can seed rows
+(``rlbench``, ``vllm``): a problem's j-th sample then draws the same uniform numbers in every evaluation that shares
+the seed, whatever the batch, the chunking or the other problems. Two models evaluated with one seed are compared on
+common random numbers: where they put similar probabilities on the same tokens, inverse-CDF sampling picks the same
+tokens, so the noise of their difference is far below that of two independent draws (docs/tiny-lab.md measures it).
+A backend that draws every row from one stream (``hf``) samples each chunk from a seed derived from (seed, chunk).
 """
+
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from tqdm.auto import tqdm
-
+from rlbench.bars import tqdm
 from rlbench.engine.generation import Generator, encode_prompt
 from rlbench.engine.seeding import derive_seed
 from rlbench.eval.metrics import Scored, summarize
@@ -22,8 +29,13 @@ MODES = ("greedy", "sampled")
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
-    """The sampling seed of chunk ``chunk``; stable across processes and machines."""
+    """The sampling seed of chunk ``chunk`` for a backend that cannot seed rows; stable across machines."""
     return derive_seed(seed, "eval-chunk", chunk)
+
+
+def sample_seeds(seed: int, examples: Sequence[Example], samples: int) -> list[int]:
+    """One seed per sampled completion, problem by problem: ``samples`` for each example, in order."""
+    return [derive_seed(seed, "eval-sample", str(e.id), j) for e in examples for j in range(samples)]
 
 
 def _run(generator: Generator, task: Task, prompt_ids, examples, **gen_kwargs) -> tuple[list[Scored], float]:
@@ -32,26 +44,56 @@ def _run(generator: Generator, task: Task, prompt_ids, examples, **gen_kwargs) -
     seconds = time.perf_counter() - start
     grades = task.grade_many(gen.texts, examples)
     lengths = gen.response_mask.sum(1).long().tolist()
-    return [Scored(t, n, bool(tr), g) for t, n, tr, g in zip(gen.texts, lengths, gen.truncated.tolist(), grades)], seconds
+    return [
+        Scored(t, n, bool(tr), g) for t, n, tr, g in zip(gen.texts, lengths, gen.truncated.tolist(), grades)
+    ], seconds
 
 
-def _records(generator: Generator, task: Task, examples: Sequence[Example], seconds: dict[str, float], *,
-             max_new_tokens: int, temperature: float, top_p: float, greedy: bool, samples: int,
-             seed: int) -> list[dict[str, Any]]:
+def _records(
+    generator: Generator,
+    task: Task,
+    examples: Sequence[Example],
+    seconds: dict[str, float],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    samples: int,
+    seed: int,
+) -> list[dict[str, Any]]:
     """One record per problem: its greedy completion and ``samples`` sampled ones, graded; adds to ``seconds``."""
     prompt_ids = [encode_prompt(generator.tokenizer, task.prompt(e)) for e in examples]
     records: list[dict[str, Any]] = [{"id": e.id} for e in examples]
     if greedy:
-        scored, took = _run(generator, task, prompt_ids, list(examples), greedy=True, temperature=1.0, top_p=1.0,
-                            max_new_tokens=max_new_tokens)
+        scored, took = _run(
+            generator,
+            task,
+            prompt_ids,
+            list(examples),
+            greedy=True,
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+        )
         seconds["greedy"] = seconds.get("greedy", 0.0) + took
         for rec, s in zip(records, scored):
             rec["greedy"] = s.record()
     if samples > 0:
         repeated = [p for p in prompt_ids for _ in range(samples)]
         rep_examples = [e for e in examples for _ in range(samples)]
-        scored, took = _run(generator, task, repeated, rep_examples, greedy=False, seed=seed,
-                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        seeds = sample_seeds(seed, examples, samples) if getattr(generator, "seeds_rows", False) else seed
+        scored, took = _run(
+            generator,
+            task,
+            repeated,
+            rep_examples,
+            greedy=False,
+            seed=seeds,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+        )
         seconds["sampled"] = seconds.get("sampled", 0.0) + took
         for i, rec in enumerate(records):
             rec["samples"] = [s.record() for s in scored[i * samples : (i + 1) * samples]]
@@ -81,24 +123,25 @@ def evaluate(
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
-    settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
-                    samples=samples)
+    settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, samples=samples)
     seconds: dict[str, float] = {}
     if chunk_size is None:
         records = _records(generator, task, examples, seconds, seed=seed, **settings)
     else:
         records = []
-        with tqdm(total=len(examples), unit="problem", desc="evaluating", file=sys.stderr,
-                  disable=not progress) as bar:
+        with tqdm(total=len(examples), unit="problem", desc="evaluating", file=sys.stderr, disable=not progress) as bar:
             for index, start in enumerate(range(0, len(examples), chunk_size)):
                 chunk = list(examples[start : start + chunk_size])
-                records += _records(generator, task, chunk, seconds, seed=chunk_seed(seed, index), **settings)
+                seeded = seed if getattr(generator, "seeds_rows", False) else chunk_seed(seed, index)
+                records += _records(generator, task, chunk, seconds, seed=seeded, **settings)
                 bar.update(len(chunk))
     result = summarize(records, ks=ks, temperature=temperature, top_p=top_p, seconds=seconds)
     if chunk_size is not None:
         result["generation_seconds"] = {mode: round(s, 3) for mode, s in seconds.items() if s > 0}
-        tokens = {"greedy": sum(r["greedy"]["tokens"] for r in records if "greedy" in r),
-                  "sampled": sum(s["tokens"] for r in records for s in r.get("samples", []))}
+        tokens = {
+            "greedy": sum(r["greedy"]["tokens"] for r in records if "greedy" in r),
+            "sampled": sum(s["tokens"] for r in records for s in r.get("samples", [])),
+        }
         result["tokens"] = {mode: n for mode, n in tokens.items() if n > 0}
     if keep_records:
         result["records"] = records

@@ -8,13 +8,15 @@ are compared with rlbench's own greedy ones on the same problems.
 
 lm-eval is an optional extra (``pip install 'rlbench[eval]'``) and is imported only here, only when used.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -49,12 +51,16 @@ def data_file(task: GSM8K, split: str) -> Path:
     """The local file rlbench's gsm8k task reads for ``split``; lm-eval must read the very same rows."""
     spec = task.config.data
     if spec is None or not looks_local(spec):
-        raise ConfigError("--data: the lm-eval harness reads a local file; give --data FILE (a .jsonl like GSM8K's test.jsonl)")
+        raise ConfigError(
+            "--data: the lm-eval harness reads a local file; give --data FILE (a .jsonl like GSM8K's test.jsonl)"
+        )
     path = task.local_file(split)
     if path is None:
-        raise ConfigError(f"--split {split}: not a whole file in rlbench (validation is carved out of the training file, "
-                          "docs/tasks.md), and the lm-eval harness reads whole files; use --split test, or a "
-                          "--data DIR holding its own validation.jsonl")
+        raise ConfigError(
+            f"--split {split}: not a whole file in rlbench (validation is carved out of the training file, "
+            "docs/tasks.md), and the lm-eval harness reads whole files; use --split test, or a "
+            "--data DIR holding its own validation.jsonl"
+        )
     if not path.is_file():
         raise ConfigError(f"--data {path}: no such file")
     return path.resolve()
@@ -75,13 +81,28 @@ def task_config(path: Path, split: str, max_new_tokens: int) -> dict[str, Any]:
         # an empty list is kept as is; lm-eval then adds only the EOS text (a missing key would default to "\n\n")
         "generation_kwargs": {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": max_new_tokens},
         "filter_list": [
-            {"name": FILTERS["strict"], "filter": [
-                {"function": "regex", "regex_pattern": STRICT_PATTERN}, {"function": "take_first"}]},
-            {"name": FILTERS["flexible"], "filter": [
-                {"function": "regex", "group_select": -1, "regex_pattern": FLEXIBLE_PATTERN}, {"function": "take_first"}]},
+            {
+                "name": FILTERS["strict"],
+                "filter": [{"function": "regex", "regex_pattern": STRICT_PATTERN}, {"function": "take_first"}],
+            },
+            {
+                "name": FILTERS["flexible"],
+                "filter": [
+                    {"function": "regex", "group_select": -1, "regex_pattern": FLEXIBLE_PATTERN},
+                    {"function": "take_first"},
+                ],
+            },
         ],
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
-                         "ignore_punctuation": False, "regexes_to_ignore": IGNORE_PATTERNS}],
+        "metric_list": [
+            {
+                "metric": "exact_match",
+                "aggregation": "mean",
+                "higher_is_better": True,
+                "ignore_case": True,
+                "ignore_punctuation": False,
+                "regexes_to_ignore": IGNORE_PATTERNS,
+            }
+        ],
         "metadata": {"version": 1.0},
     }
 
@@ -117,12 +138,20 @@ def run_lm_eval(
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="rlbench-lm-eval-") as folder:
-        (Path(folder) / f"{TASK_NAME}.yaml").write_text(yaml.safe_dump(task_config(path, split, max_new_tokens), sort_keys=False))
+        (Path(folder) / f"{TASK_NAME}.yaml").write_text(
+            yaml.safe_dump(task_config(path, split, max_new_tokens), sort_keys=False)
+        )
         # include_defaults=False: indexing lm-eval's thousands of built-in tasks costs ~20 s and none is needed
         manager = TaskManager(include_path=folder, include_defaults=False)
         output = lm_eval.simple_evaluate(
-            model=model, model_args=args, tasks=[TASK_NAME], task_manager=manager, limit=limit,
-            batch_size=batch_size, device=device, log_samples=True,
+            model=model,
+            model_args=args,
+            tasks=[TASK_NAME],
+            task_manager=manager,
+            limit=limit,
+            batch_size=batch_size,
+            device=device,
+            log_samples=True,
         )
     if output is None:  # simple_evaluate returns None on non-zero ranks only
         raise RuntimeError("lm-eval returned no results")
@@ -133,9 +162,10 @@ def lm_eval_rows(output: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per document: the prompt lm-eval built, its raw completion, and each filter's answer and score."""
     rows: dict[int, dict[str, Any]] = {}
     for sample in output["samples"][TASK_NAME]:
-        row = rows.setdefault(sample["doc_id"], {
-            "doc_id": sample["doc_id"], "prompt": sample["arguments"][0][0], "completion": sample["resps"][0][0],
-        })
+        row = rows.setdefault(
+            sample["doc_id"],
+            {"doc_id": sample["doc_id"], "prompt": sample["arguments"][0][0], "completion": sample["resps"][0][0]},
+        )
         name = next(k for k, v in FILTERS.items() if v == sample["filter"])
         row[name] = {"extracted": sample["filtered_resps"][0], "exact_match": float(sample["exact_match"])}
     return [rows[i] for i in sorted(rows)]
@@ -153,8 +183,13 @@ def compare(
     graders = {mode: GSM8K(dataclasses.replace(task.config, grading=mode)) for mode in FILTERS}
     records: list[dict[str, Any]] = []
     for i, (row, example) in enumerate(zip(rows, examples)):
-        rec: dict[str, Any] = {"id": example.id, "doc_id": row["doc_id"], "same_prompt": row["prompt"] == task.prompt(example),
-                               "lm_eval": row, "rlbench_grade": {}}
+        rec: dict[str, Any] = {
+            "id": example.id,
+            "doc_id": row["doc_id"],
+            "same_prompt": row["prompt"] == task.prompt(example),
+            "lm_eval": row,
+            "rlbench_grade": {},
+        }
         for mode, grader in graders.items():
             g = grader.grade(row["completion"], example)
             rec["rlbench_grade"][mode] = {"correct": g.correct, "reason": g.reason, "extracted": g.extracted}

@@ -3,13 +3,15 @@
 A record holds everything the metrics read (completion, reward, correct, reason, extracted answer, tokens, truncated),
 so the same numbers come out of one evaluation call, of many chunks joined, or of records read back from disk.
 """
+
 from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import comb
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from rlbench.tasks.base import Grade
 
@@ -42,12 +44,18 @@ class Scored:
     grade: Grade
 
     def record(self) -> dict[str, Any]:
-        return {"completion": self.text, "reward": self.grade.reward, "correct": self.grade.correct,
-                "reason": self.grade.reason, "extracted": self.grade.extracted, "tokens": self.tokens,
-                "truncated": self.truncated}
+        return {
+            "completion": self.text,
+            "reward": self.grade.reward,
+            "correct": self.grade.correct,
+            "reason": self.grade.reason,
+            "extracted": self.grade.extracted,
+            "tokens": self.tokens,
+            "truncated": self.truncated,
+        }
 
     @staticmethod
-    def from_record(entry: Mapping[str, Any]) -> "Scored":
+    def from_record(entry: Mapping[str, Any]) -> Scored:
         grade = Grade(entry["reward"], entry["correct"], entry["reason"], entry["extracted"])
         return Scored(entry["completion"], entry["tokens"], entry["truncated"], grade)
 
@@ -70,7 +78,11 @@ def _speed(scored: list[Scored], seconds: float | None) -> float | None:
 
 
 def sampled_metrics(
-    per_problem: Sequence[Sequence[Scored]], samples: int, temperature: float, top_p: float, ks: Sequence[int],
+    per_problem: Sequence[Sequence[Scored]],
+    samples: int,
+    temperature: float,
+    top_p: float,
+    ks: Sequence[int],
     tokens_per_second: float | None,
 ) -> dict[str, Any]:
     """mean@k, unbiased pass@k, maj@k, reasons and lengths from ``samples`` graded completions per problem."""
@@ -122,6 +134,43 @@ def summarize(
         if any(len(group) != samples for group in per_problem):
             raise ValueError("records hold different numbers of samples per problem; they are not from one evaluation")
         scored = [s for group in per_problem for s in group]
-        result["sampled"] = sampled_metrics(per_problem, samples, temperature, top_p, ks,
-                                            _speed(scored, seconds.get("sampled")))
+        result["sampled"] = sampled_metrics(
+            per_problem, samples, temperature, top_p, ks, _speed(scored, seconds.get("sampled"))
+        )
     return result
+
+
+def samples_summary(groups: Sequence[Sequence[Grade]]) -> dict[str, Any]:
+    """mean@k, unbiased pass@j and maj@k of each problem's k graded samples, and their means over problems.
+
+    k may differ between problems: each problem's mean@k and maj@k use its own k, it gets pass@j for j = 1..k, and
+    the overall pass@j goes up to the smallest k (where every problem has an unbiased estimate). ``k`` says whether
+    k was one number (``uniform``) and how many problems had each.
+    """
+    if not groups or any(not group for group in groups):
+        raise ValueError("every problem needs at least one graded sample")
+    per_problem = []
+    for group in groups:
+        n, c = len(group), sum(g.correct for g in group)
+        per_problem.append(
+            {
+                "k": n,
+                "correct": c,
+                "mean@k": c / n,
+                **{f"pass@{j}": pass_at_k(n, c, j) for j in range(1, n + 1)},
+                "maj@k": float(majority_correct(group)),
+            }
+        )
+    ks = Counter(p["k"] for p in per_problem)
+    smallest = min(ks)
+    overall = {
+        "mean@k": statistics.fmean(p["mean@k"] for p in per_problem),
+        **{f"pass@{j}": statistics.fmean(p[f"pass@{j}"] for p in per_problem) for j in range(1, smallest + 1)},
+        "maj@k": statistics.fmean(p["maj@k"] for p in per_problem),
+    }
+    return {
+        "problems": len(per_problem),
+        "k": {"uniform": len(ks) == 1, "min": smallest, "max": max(ks), "problems_with": dict(sorted(ks.items()))},
+        "overall": overall,
+        "per_problem": per_problem,
+    }

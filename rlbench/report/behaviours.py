@@ -23,10 +23,11 @@ lab, whose completions look like ``" 94+2=96 96-39=57 #### 57"``, every count is
 >>> rates(["Step 1: 2+2=4", "4 #### 4"])["decomposition"]
 {'per_100': 50.0, 'matches_per_100': 50.0, 'responses': 2}
 """
+
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 #: behaviour -> case-insensitive patterns; ``\b`` keeps "then" from matching "strengthen" and "wait" "awaited".
 PATTERNS: dict[str, tuple[str, ...]] = {

@@ -4,6 +4,7 @@ matplotlib's Agg canvas (no display, no pyplot global state).
 Figures are stored as 256-colour palette PNGs (median cut, no dithering): line plots use few colours, and the
 palette makes the page about a third of the size with no difference a reader can see.
 """
+
 from __future__ import annotations
 
 import base64

@@ -10,6 +10,7 @@ sampled completions (several per problem): ``1 - mean_p s_p^2 / Var(all rewards)
 variance within problem p. A critic that knew each problem's exact success rate, and nothing about the completion,
 would explain that much; a per-token critic can exceed it once a completion shows where it is going.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -30,8 +31,13 @@ def critic_fit(run: RunFiles, last: int = LAST_STEPS) -> dict[str, Any] | None:
     if not values:
         return None
     tail = values[-last:]
-    return {"first_mean": stats.mean(values[:last]), "final": values[-1], "last_mean": stats.mean(tail),
-            "last_steps": len(tail), "ceiling": prompt_only_ceiling(run)}
+    return {
+        "first_mean": stats.mean(values[:last]),
+        "final": values[-1],
+        "last_mean": stats.mean(tail),
+        "last_steps": len(tail),
+        "ceiling": prompt_only_ceiling(run),
+    }
 
 
 def prompt_only_ceiling(run: RunFiles) -> float | None:

@@ -5,6 +5,7 @@ rather than as an interval over three points. Training series longer than :data:
 equal bins of consecutive steps, which keeps report.json small; the values are rounded to :data:`DIGITS`
 significant digits (far below what a figure shows).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,11 @@ QUANTITIES: dict[str, str] = {
     "value_explained_var": "value explained variance",
 }
 #: x-axes of the accuracy curves: usage key -> axis label.
-EVAL_AXES: dict[str, str] = {"samples": "samples consumed", "tokens": "tokens generated in training",
-                             "seconds": "training-loop seconds"}
+EVAL_AXES: dict[str, str] = {
+    "samples": "samples consumed",
+    "tokens": "tokens generated in training",
+    "seconds": "training-loop seconds",
+}
 MAX_POINTS = 40
 DIGITS = 4
 
@@ -56,8 +60,10 @@ def eval_curves(runs: list[RunFiles], metric: str, ci: str, bounds: tuple[float,
     for r in runs:
         pts = [p for p in r.evals if number(dig(p, metric, "accuracy")) is not None]
         if pts:
-            seeds[str(r.seed)] = {"accuracy": [number(dig(p, metric, "accuracy")) for p in pts],
-                                  **{axis: [number(dig(p, "usage", axis)) for p in pts] for axis in EVAL_AXES}}
+            seeds[str(r.seed)] = {
+                "accuracy": [number(dig(p, metric, "accuracy")) for p in pts],
+                **{axis: [number(dig(p, "usage", axis)) for p in pts] for axis in EVAL_AXES},
+            }
     return {"points": points, "seeds": seeds}
 
 
@@ -102,4 +108,3 @@ def plotted_quantities(rows: list[dict[str, Any]]) -> list[str]:
 
 def _round(value: float) -> float:
     return float(f"{value:.{DIGITS}g}")
-

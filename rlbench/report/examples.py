@@ -4,6 +4,7 @@ From the training rollouts the trainer logs (samples.jsonl: step, id, prompt, co
 latest step that has each kind; runs without that file (older ones) fall back to the greedy completions of their
 final evaluation (eval_records.jsonl, which has no prompt). Fields a file lacks are None, never guessed.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,12 @@ def examples(runs: list[RunFiles]) -> list[dict[str, Any]]:
     logged = [(r, row) for r in runs for row in r.samples if isinstance(row.get("completion"), str)]
     if logged:
         return _pick([_training(r, row) for r, row in logged], latest=True)
-    finals = [(r, rec) for r in runs for rec in r.records if isinstance(rec.get("greedy"), dict)
-              and isinstance(rec["greedy"].get("completion"), str)]
+    finals = [
+        (r, rec)
+        for r in runs
+        for rec in r.records
+        if isinstance(rec.get("greedy"), dict) and isinstance(rec["greedy"].get("completion"), str)
+    ]
     return _pick([_final(r, rec) for r, rec in finals], latest=False)
 
 
@@ -29,17 +34,33 @@ def _training(run: RunFiles, row: dict[str, Any]) -> dict[str, Any]:
     reward = number(row.get("reward"))
     reason = row.get("reason") if isinstance(row.get("reason"), str) else None
     ok = reason == "correct" if reason is not None else (reward > 0 if reward is not None else None)
-    return {"source": "training", "seed": run.seed, "step": number(row.get("step")), "id": _text(row.get("id")),
-            "prompt": _clip(row.get("prompt")), "completion": _clip(row["completion"]), "reward": reward,
-            "reason": reason, "correct": ok}
+    return {
+        "source": "training",
+        "seed": run.seed,
+        "step": number(row.get("step")),
+        "id": _text(row.get("id")),
+        "prompt": _clip(row.get("prompt")),
+        "completion": _clip(row["completion"]),
+        "reward": reward,
+        "reason": reason,
+        "correct": ok,
+    }
 
 
 def _final(run: RunFiles, rec: dict[str, Any]) -> dict[str, Any]:
     greedy = rec["greedy"]
     reason = greedy.get("reason") if isinstance(greedy.get("reason"), str) else None
-    return {"source": "final evaluation (greedy)", "seed": run.seed, "step": None, "id": _text(rec.get("id")),
-            "prompt": None, "completion": _clip(greedy["completion"]), "reward": number(greedy.get("reward")),
-            "reason": reason, "correct": correct(greedy)}
+    return {
+        "source": "final evaluation (greedy)",
+        "seed": run.seed,
+        "step": None,
+        "id": _text(rec.get("id")),
+        "prompt": None,
+        "completion": _clip(greedy["completion"]),
+        "reward": number(greedy.get("reward")),
+        "reason": reason,
+        "correct": correct(greedy),
+    }
 
 
 def _pick(items: list[dict[str, Any]], latest: bool) -> list[dict[str, Any]]:
@@ -66,4 +87,4 @@ def _clip(value: Any) -> str | None:
     if len(value) <= TEXT_CHARS:
         return value
     head = TEXT_CHARS // 3
-    return value[:head] + " … " + value[-(TEXT_CHARS - head):]
+    return value[:head] + " … " + value[-(TEXT_CHARS - head) :]

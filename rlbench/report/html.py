@@ -1,4 +1,5 @@
 """``index.html``: one self-contained page (inline CSS, base64 PNG figures, no script, no external resource)."""
+
 from __future__ import annotations
 
 import re
@@ -31,13 +32,21 @@ td.pre { text-align: left; white-space: pre-wrap; font: 12px/1.35 ui-monospace, 
 
 
 def render_html(data: dict[str, Any]) -> str:
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             # an empty data: icon stops the browser from requesting /favicon.ico
-             '<link rel="icon" href="data:,">',
-             f"<title>RL leaderboard: {escape(', '.join(t['label'] for t in data['tasks']))}</title>",
-             f"<style>{CSS}</style>", "</head>", "<body>", "<h1>RL algorithm leaderboard</h1>",
-             _facts(method_facts(data))]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # an empty data: icon stops the browser from requesting /favicon.ico
+        '<link rel="icon" href="data:,">',
+        f"<title>RL leaderboard: {escape(', '.join(t['label'] for t in data['tasks']))}</title>",
+        f"<style>{CSS}</style>",
+        "</head>",
+        "<body>",
+        "<h1>RL algorithm leaderboard</h1>",
+        _facts(method_facts(data)),
+    ]
     if len(data["tasks"]) > 1:
         parts.append(_table(summary(data), "h2"))
     for task in data["tasks"]:
@@ -46,6 +55,9 @@ def render_html(data: dict[str, Any]) -> str:
         if task["audit"]["problems"]:
             items = "".join(f"<li>{escape(p)}</li>" for p in task["audit"]["problems"])
             parts.append(f'<p class="bad">Audit problems:</p><ul>{items}</ul>')
+        if task["audit"].get("unchecked"):
+            items = "".join(f"<li>{escape(p)}</li>" for p in task["audit"]["unchecked"])
+            parts.append(f"<p>Not checked:</p><ul>{items}</ul>")
         tables = task_tables(task, data)
         parts.append(_table(tables[0], "h3"))
         parts.extend(_figure(p) for p in task_plots(task, data))
@@ -68,8 +80,12 @@ def _inline(text: str) -> str:
 
 def _table(table: Table, heading: str) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f'<td class="pre">{escape(c)}</td>' if i in table.pre else _td(c)
-                                    for i, c in enumerate(row)) + "</tr>" for row in table.rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="pre">{escape(c)}</td>' if i in table.pre else _td(c) for i, c in enumerate(row))
+        + "</tr>"
+        for row in table.rows
+    )
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in table.notes)
     return f"<{heading}>{escape(table.title)}</{heading}><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
@@ -83,5 +99,7 @@ def _td(cell: str) -> str:
 
 
 def _figure(plot: Plot) -> str:
-    return (f'<figure><h3>{escape(plot.title)}</h3><img alt="{escape(plot.title)}" '
-            f'src="data:image/png;base64,{plot.png_base64}"><figcaption>{_inline(plot.caption)}</figcaption></figure>')
+    return (
+        f'<figure><h3>{escape(plot.title)}</h3><img alt="{escape(plot.title)}" '
+        f'src="data:image/png;base64,{plot.png_base64}"><figcaption>{_inline(plot.caption)}</figcaption></figure>'
+    )

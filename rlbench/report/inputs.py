@@ -2,8 +2,11 @@
 
 Layout::
 
-    DIR/manifest.json  DIR/audit.json  DIR/runs/<algo>-s<seed>/{summary.json, metrics.jsonl, eval.jsonl, eval_records.jsonl,
-                                                               samples.jsonl}
+    DIR/manifest.json  DIR/audit.json  DIR/runs/<algo>-s<seed>/{summary.json, metrics.jsonl, eval.jsonl, samples.jsonl,
+                                                               eval_records/point-NNNN.jsonl.gz}
+
+Each evaluation's per-problem records are in ``eval_records/`` (one gzip file per evaluation point); runs written
+before that kept only the final evaluation's, in ``eval_records.jsonl``, and are still read.
 
 A missing or broken ``manifest.json`` and any file that exists but cannot be parsed is a :class:`ReportInputError`
 (the CLI prints its one line and exits 2). A run that is missing, still running or interrupted is *not* an error:
@@ -13,17 +16,31 @@ Folders that hold seeds of one comparison (run apart, on several machines) are p
 :func:`pool_comparisons`: same design (:data:`DESIGN_KEYS`), disjoint seeds, and every run's fingerprint the same
 as the first folder's for its row, algorithm and seed aside (else a :class:`ReportInputError` naming the field).
 """
+
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from rlbench.config import TRACKING_KEYS, ConfigError, first_difference, value_at
+from rlbench.config import EXECUTION_KEYS, ConfigError, first_difference, value_at
 from rlbench.results import (
-    AUDIT, EVAL_RECORDS, EVALS, FINGERPRINT, MANIFEST, METRICS, RUNS, SAMPLES, SUMMARY, read_jsonl, run_name,
+    AUDIT,
+    EVAL_RECORDS,
+    EVALS,
+    FINGERPRINT,
+    MANIFEST,
+    METRICS,
+    RUNS,
+    SAMPLES,
+    SUMMARY,
+    read_jsonl,
+    read_records,
+    record_points,
+    run_name,
 )
 
 MANIFEST_KEYS = ("task", "algos", "seeds")
@@ -53,8 +70,10 @@ class RunFiles:
     summary: dict[str, Any] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # the final evaluation's, one per problem
     samples: list[dict[str, Any]] = field(default_factory=list)  # logged training rollouts (samples.jsonl)
+    # evaluation point -> its records file; {} for a run folder that kept only the final ones (eval_records.jsonl)
+    record_files: dict[int, Path] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -70,7 +89,7 @@ class ComparisonFiles:
     runs: list[RunFiles]
     extra_runs: list[str]  # folders under runs/ that the manifest does not name
     controls: list[str] = field(default_factory=list)  # labels of A/A control rows (never ranked)
-    sources: list["ComparisonFiles"] = field(default_factory=list)  # the folders pooled into this one; [] = one folder
+    sources: list[ComparisonFiles] = field(default_factory=list)  # the folders pooled into this one; [] = one folder
 
     @property
     def folders(self) -> list[Path]:
@@ -99,14 +118,20 @@ def load_comparison(path: Path) -> ComparisonFiles:
     algos, seeds = manifest["algos"], manifest["seeds"]
     if not isinstance(algos, list) or not algos or not all(isinstance(a, str) for a in algos):
         raise ReportInputError(f"{path / MANIFEST}: 'algos' must be a non-empty list of algorithm names")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise ReportInputError(f"{path / MANIFEST}: 'seeds' must be a non-empty list of integers")
     audit = _read_json(path / AUDIT, required=False)
     folders, controls = _row_folders(path, manifest)
     runs = [load_run(path / RUNS / run_name(folders[a], s), a, s) for a in manifest["algos"] for s in manifest["seeds"]]
     named = {r.name for r in runs}
     runs_dir = path / RUNS
-    extra = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in named) if runs_dir.is_dir() else []
+    extra = (
+        sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in named) if runs_dir.is_dir() else []
+    )
     return ComparisonFiles(path, manifest, audit, runs, extra, controls)
 
 
@@ -114,7 +139,7 @@ def design(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest's :data:`DESIGN_KEYS`: equal for two folders of one comparison."""
     out = {key: manifest.get(key) for key in DESIGN_KEYS}
     if isinstance(out["config"], dict):
-        out["config"] = {k: v for k, v in out["config"].items() if k not in TRACKING_KEYS}
+        out["config"] = {k: v for k, v in out["config"].items() if k not in EXECUTION_KEYS}
     return out
 
 
@@ -141,12 +166,14 @@ def pool_comparisons(comps: Sequence[ComparisonFiles]) -> tuple[list[ComparisonF
             group.append(comp)
     notes = []
     for i, group in enumerate(groups):
-        for other in groups[i + 1:]:
+        for other in groups[i + 1 :]:
             a, b = group[0], other[0]
             if a.task == b.task:
                 field_ = first_difference(design(a.manifest), design(b.manifest))
-                notes.append(f"{b.path} is not pooled with {a.path}: their manifests differ in {field_}, so they are "
-                             "reported as two comparisons")
+                notes.append(
+                    f"{b.path} is not pooled with {a.path}: their manifests differ in {field_}, so they are "
+                    "reported as two comparisons"
+                )
     return [g[0] if len(g) == 1 else merge_comparisons(g) for g in groups], notes
 
 
@@ -157,18 +184,23 @@ def merge_comparisons(group: Sequence[ComparisonFiles]) -> ComparisonFiles:
     for comp in group:
         for seed in comp.manifest["seeds"]:
             if seed in owner:
-                raise ReportInputError(f"{comp.path / MANIFEST}: seed {seed} is also in {owner[seed].path}; folders "
-                                       "of one comparison pool only with disjoint seeds (--no-pool reports them side "
-                                       "by side)")
+                raise ReportInputError(
+                    f"{comp.path / MANIFEST}: seed {seed} is also in {owner[seed].path}; folders "
+                    "of one comparison pool only with disjoint seeds (--no-pool reports them side "
+                    "by side)"
+                )
             owner[seed] = comp
     _check_fingerprints(group)
     seeds = sorted(owner)
     runs = {(run.algo, run.seed): run for comp in group for run in comp.runs}
     return ComparisonFiles(
-        path=first.path, manifest={**first.manifest, "seeds": seeds}, audit=None,
+        path=first.path,
+        manifest={**first.manifest, "seeds": seeds},
+        audit=None,
         runs=[runs[(algo, seed)] for algo in first.manifest["algos"] for seed in seeds],
         extra_runs=[f"{comp.path.name}/{name}" for comp in group for name in comp.extra_runs],
-        controls=list(first.controls), sources=list(group),
+        controls=list(first.controls),
+        sources=list(group),
     )
 
 
@@ -181,8 +213,9 @@ def _check_fingerprints(group: Sequence[ComparisonFiles]) -> None:
     reference: dict[str, tuple[ComparisonFiles, dict[str, Any]]] = {}
     for comp in group:
         for algo in comp.manifest["algos"]:
-            prints = [(run, fp) for run in comp.runs if run.algo == algo
-                      for fp in [_fingerprint(run)] if fp is not None]
+            prints = [
+                (run, fp) for run in comp.runs if run.algo == algo for fp in [_fingerprint(run)] if fp is not None
+            ]
             if not prints:
                 continue
             if algo not in reference:
@@ -197,7 +230,8 @@ def _check_fingerprints(group: Sequence[ComparisonFiles]) -> None:
                     raise ReportInputError(
                         f"{run.path / FINGERPRINT}: {field_} differs from {where.path}'s ({value_at(expected, keys)!r} "
                         f"there, {value_at(fp, keys)!r} here); the runs of one comparison must agree on everything "
-                        "but algorithm and seed, so these folders cannot be pooled")
+                        "but algorithm and seed, so these folders cannot be pooled"
+                    )
 
 
 def _fingerprint(run: RunFiles) -> dict[str, Any] | None:
@@ -215,8 +249,9 @@ def _row_folders(path: Path, manifest: dict[str, Any]) -> tuple[dict[str, str], 
     if rows is None:
         return {a: a for a in manifest["algos"]}, []
     where = path / MANIFEST
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("label"), str)
-                                             and isinstance(r.get("slug"), str) for r in rows):
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("label"), str) and isinstance(r.get("slug"), str) for r in rows
+    ):
         raise ReportInputError(f"{where}: 'rows' must be a list of objects with a 'label' and a 'slug'")
     folders = {r["label"]: r["slug"] for r in rows}
     if sorted(folders) != sorted(manifest["algos"]) or len(folders) != len(rows):
@@ -236,9 +271,26 @@ def load_run(path: Path, algo: str, seed: int) -> RunFiles:
     elif run.metrics or run.evals:
         run.status = "running"  # or killed: logs but no summary; a rerun of the comparison resumes it
     if run.status == "completed":
-        run.records = _read_rows(path / EVAL_RECORDS, ("id",))
+        run.record_files = record_points(path)
+        run.records = _final_records(run) if run.record_files else _read_rows(path / EVAL_RECORDS, ("id",))
         run.samples = _read_rows(path / SAMPLES, ())  # optional: older runs lack it, or its prompt and reward
     return run
+
+
+def _final_records(run: RunFiles) -> list[dict[str, Any]]:
+    """The records of the run's last evaluation ([] when that evaluation kept none)."""
+    point = run.evals[-1].get("point") if run.evals else None
+    path = run.record_files.get(point) if isinstance(point, int) else None
+    if path is None:
+        return []
+    try:
+        rows = read_records(path)
+    except ValueError as exc:  # names the file and line
+        raise ReportInputError(str(exc)) from None
+    for number, row in enumerate(rows, 1):
+        if "id" not in row:
+            raise ReportInputError(f"{path}:{number}: field 'id' missing")
+    return rows
 
 
 def _read_json(path: Path, required: bool) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
 """``leaderboard.md``: the report dict as markdown (header facts, then per task: tables, audit)."""
+
 from __future__ import annotations
 
 import re
@@ -18,6 +19,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += _facts(task_facts(task))
         if task["audit"]["problems"]:
             lines += ["Audit problems:", ""] + [f"- {_cell(p)}" for p in task["audit"]["problems"]] + [""]
+        if task["audit"].get("unchecked"):
+            lines += ["Not checked:", ""] + [f"- {_cell(p)}" for p in task["audit"]["unchecked"]] + [""]
         for table in task_tables(task, data):
             lines += _table(table, "###")
     return "\n".join(lines).rstrip() + "\n"
@@ -57,11 +60,12 @@ def _text(text: str) -> str:
     """
     out, i = [], 0
     while (opening := _BACKTICKS.search(text, i)) is not None:
-        out.append(_escape(text[i:opening.start()]))
-        closing = next((m for m in _BACKTICKS.finditer(text, opening.end()) if len(m.group()) == len(opening.group())),
-                       None)
+        out.append(_escape(text[i : opening.start()]))
+        closing = next(
+            (m for m in _BACKTICKS.finditer(text, opening.end()) if len(m.group()) == len(opening.group())), None
+        )
         end = closing.end() if closing else opening.end()
-        out.append(text[opening.start():end])
+        out.append(text[opening.start() : end])
         i = end
     out.append(_escape(text[i:]))
     return "".join(out)

@@ -8,11 +8,13 @@
   panel of a quantity. A row that did not log it says so in its panel.
 * The same y-axis in every panel of a figure, and the same x-range in every panel of one x-axis.
 """
+
 from __future__ import annotations
 
 import math
 import textwrap
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -45,8 +47,9 @@ def accuracy(rows: list[dict[str, Any]], reference: str, metric: str, col: dict[
             ax.plot([x for x, _ in xy], [100 * y for _, y in xy], color=colour, lw=0.7, alpha=0.35)
         x = [p[kind] for p in pts]
         if pts and all(p["lo"] is not None for p in pts):
-            ax.fill_between(x, [100 * p["lo"] for p in pts], [100 * p["hi"] for p in pts], color=colour, alpha=0.15,
-                            linewidth=0)
+            ax.fill_between(
+                x, [100 * p["lo"] for p in pts], [100 * p["hi"] for p in pts], color=colour, alpha=0.15, linewidth=0
+            )
         ax.plot(x, [100 * p["mean"] for p in pts], color=colour, lw=1.8, marker="o", ms=3)
         ax.set_xlabel(EVAL_AXES[kind], fontsize=8)
 
@@ -57,12 +60,14 @@ def training(rows: list[dict[str, Any]], reference: str, col: dict[str, str]) ->
     """(quantity, label, base64 PNG) per quantity worth a figure (:func:`rlbench.report.curves.plotted_quantities`)."""
     out = []
     for key in plotted_quantities(rows):
+
         def draw(ax: Axes, row: dict[str, Any], _: str, key: str = key) -> None:
             curves = row.get("training") or {}
             found = (curves.get("quantities") or {}).get(key)
             if not found:
-                ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="grey",
-                        fontsize=9)
+                ax.text(
+                    0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="grey", fontsize=9
+                )
                 ax.tick_params(axis="x", bottom=False, labelbottom=False)
                 return
             colour = col[row["algo"]]
@@ -77,16 +82,20 @@ def training(rows: list[dict[str, Any]], reference: str, col: dict[str, str]) ->
     return out
 
 
-def _grid(rows: list[dict[str, Any]], kinds: list[str], draw: Callable[[Axes, dict[str, Any], str], None],
-          ylabel: str, reference: str) -> str:
+def _grid(
+    rows: list[dict[str, Any]],
+    kinds: list[str],
+    draw: Callable[[Axes, dict[str, Any], str], None],
+    ylabel: str,
+    reference: str,
+) -> str:
     """A figure of len(rows) panels per kind (wrapped at :data:`MAX_COLUMNS`), one y-axis for all of them."""
     cols = min(len(rows), MAX_COLUMNS)
     lines = math.ceil(len(rows) / cols) * len(kinds)
     height = 0.35 + PANEL_HEIGHT * lines
     fig = Figure(figsize=(WIDTH, height), dpi=DPI)
     # fixed margins in inches rather than a layout engine: it is much faster, and the panels line up
-    fig.subplots_adjust(left=0.065, right=0.99, top=1 - 0.3 / height, bottom=0.45 / height, wspace=0.08,
-                        hspace=0.75)
+    fig.subplots_adjust(left=0.065, right=0.99, top=1 - 0.3 / height, bottom=0.45 / height, wspace=0.08, hspace=0.75)
     grid = fig.subplots(lines, cols, sharey=True, squeeze=False)
     for k, kind in enumerate(kinds):
         drawn = []
@@ -95,8 +104,9 @@ def _grid(rows: list[dict[str, Any]], kinds: list[str], draw: Callable[[Axes, di
             draw(ax, row, kind)
             drawn.append(ax)
             name = row["algo"] + (" (ref)" if row["algo"] == reference and not row["control"] else "")
-            ax.set_title(name + (" (A/A control)" if row["control"] and "control" not in name else ""), fontsize=9,
-                         loc="left")
+            ax.set_title(
+                name + (" (A/A control)" if row["control"] and "control" not in name else ""), fontsize=9, loc="left"
+            )
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(4))

@@ -2,6 +2,7 @@
 
 The curves during training are small multiples, one panel per row (rlbench.report.panels); the rest are here.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,13 +11,20 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from rlbench.report import panels
-from rlbench.report.canvas import DPI, Plot, colours, png as _png
+from rlbench.report.canvas import DPI, Plot, colours
+from rlbench.report.canvas import png as _png
 from rlbench.report.runs import STAGES
 
 __all__ = ["DPI", "Plot", "colours", "task_plots"]
 
-STAGE_COLOURS = {"generate": "#4c72b0", "grade": "#dd8452", "logprobs": "#55a868", "update": "#c44e52",
-                 "sync": "#8172b3", "other": "#bbbbbb"}
+STAGE_COLOURS = {
+    "generate": "#4c72b0",
+    "grade": "#dd8452",
+    "logprobs": "#55a868",
+    "update": "#c44e52",
+    "sync": "#8172b3",
+    "other": "#bbbbbb",
+}
 
 
 def task_plots(task: dict[str, Any], data: dict[str, Any]) -> list[Plot]:
@@ -28,26 +36,45 @@ def task_plots(task: dict[str, Any], data: dict[str, Any]) -> list[Plot]:
     ref = task["reference"]
     panel = "One panel per row; thin lines are single seeds, the thick line their mean"
     plots = [
-        Plot(f"{metric.capitalize()} accuracy during training",
-             f"Held-out {metric} accuracy at each evaluation point against training samples consumed, completion "
-             f"tokens generated in training, and training-loop seconds (evaluation time excluded). {panel}, the band "
-             f"its {level:.0%} CI ({data['intervals']['method']}); grey dashed: the reference ({ref}) mean, for "
-             "comparison.", panels.accuracy(rows, ref, metric, col)),
-        Plot("Run scores", f"Each run's score (held-out accuracy, mean of its last {task['final_mean_of']} "
-             f"evaluation(s)), mean over seeds with {level:.0%} CI bars; dots are single seeds.", _final(rows, col)),
-        Plot(f"Difference from {ref}",
-             f"Δ = row − {ref} in run score, paired on seeds: mean with its {level:.0%} paired-t interval; "
-             "dots are single seeds. Grey: the A/A control, the gap chance alone produced.", _deltas(task, col)),
+        Plot(
+            f"{metric.capitalize()} accuracy during training",
+            f"Held-out {metric} accuracy at each evaluation point against training samples consumed, completion "
+            f"tokens generated in training, and training-loop seconds (evaluation time excluded). {panel}, the band "
+            f"its {level:.0%} CI ({data['intervals']['method']}); grey dashed: the reference ({ref}) mean, for "
+            "comparison.",
+            panels.accuracy(rows, ref, metric, col),
+        ),
+        Plot(
+            "Run scores",
+            f"Each run's score (held-out accuracy, mean of its last {task['final_mean_of']} "
+            f"evaluation(s)), mean over seeds with {level:.0%} CI bars; dots are single seeds.",
+            _final(rows, col),
+        ),
+        Plot(
+            f"Difference from {ref}",
+            f"Δ = row − {ref} in run score, paired on seeds: mean with its {level:.0%} paired-t interval; "
+            "dots are single seeds. Grey: the A/A control, the gap chance alone produced.",
+            _deltas(task, col),
+        ),
     ]
     for key, label, image in panels.training(rows, ref, col):
         width = max((r.get("training") or {}).get("bin") or 1 for r in rows)
         binned = f", each point the mean of {width} consecutive steps" if width > 1 else ""
-        plots.append(Plot(f"Training curve: {label}",
-                          f"metrics.jsonl `{key}` per optimiser step{binned}. {panel}; the same y-axis in every "
-                          "panel.", image))
-    plots.append(Plot("Where the training time goes",
-                      "Share of training-loop time per stage (mean over seeds); the label gives generated tokens per "
-                      "second of generation and seconds per optimiser step.", _time_split(rows)))
+        plots.append(
+            Plot(
+                f"Training curve: {label}",
+                f"metrics.jsonl `{key}` per optimiser step{binned}. {panel}; the same y-axis in every panel.",
+                image,
+            )
+        )
+    plots.append(
+        Plot(
+            "Where the training time goes",
+            "Share of training-loop time per stage (mean over seeds); the label gives generated tokens per "
+            "second of generation and seconds per optimiser step.",
+            _time_split(rows),
+        )
+    )
     return [p for p in plots if p.png_base64]  # a figure with nothing to draw is left out, not drawn empty
 
 
@@ -67,13 +94,24 @@ def _final(rows: list[dict[str, Any]], col: dict[str, str]) -> str:
             err = None
             if cell["lo"] is not None:
                 err = [[100 * (cell["mean"] - cell["lo"])], [100 * (cell["hi"] - cell["mean"])]]
-            ax.bar(x, 100 * cell["mean"], width * 0.9, yerr=err, capsize=4, color=col[r["algo"]], hatch=hatch,
-                   edgecolor="white" if not hatch else "black", alpha=0.85)
+            ax.bar(
+                x,
+                100 * cell["mean"],
+                width * 0.9,
+                yerr=err,
+                capsize=4,
+                color=col[r["algo"]],
+                hatch=hatch,
+                edgecolor="white" if not hatch else "black",
+                alpha=0.85,
+            )
             ax.scatter([x] * len(cell["values"]), [100 * v for v in cell["values"]], s=12, color="black", zorder=3)
     ax.set_xticks(range(len(rows)), [r["algo"] for r in rows])
     ax.set_ylabel("run score: accuracy (%)")
-    keys = [Patch(facecolor="white", edgecolor="black", label="greedy"),
-            Patch(facecolor="white", edgecolor="black", hatch="//", label="sampled")]
+    keys = [
+        Patch(facecolor="white", edgecolor="black", label="greedy"),
+        Patch(facecolor="white", edgecolor="black", hatch="//", label="sampled"),
+    ]
     ax.legend(handles=keys, loc="upper right", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)

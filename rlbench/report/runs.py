@@ -2,6 +2,7 @@
 
 Every function returns None for a number the logs do not hold rather than guessing one.
 """
+
 from __future__ import annotations
 
 import math
@@ -148,7 +149,9 @@ def run_row(run: RunFiles, flags: list[str], k: int) -> dict[str, Any]:
         "evals": len(run.evals),
         "records": len(run.records),
         "final": {m: number(dig(last, m, "accuracy")) for m in METRICS},
-        "length": {m: {k: number(dig(last, m, k)) for k in ("length_mean", "length_correct", "length_wrong",
-                                                             "truncated_frac")} for m in METRICS},
+        "length": {
+            m: {k: number(dig(last, m, k)) for k in ("length_mean", "length_correct", "length_wrong", "truncated_frac")}
+            for m in METRICS
+        },
         "throughput": throughput(run),
     }

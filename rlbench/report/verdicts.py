@@ -6,6 +6,7 @@ are not independent replicates of an algorithm: two runs of one algorithm differ
 noise explains (the seed x algorithm random effect), so a test that resamples problems with the seeds held fixed
 rejects a true null far more often than its level says (tests/test_calibration.py measures both).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,8 +35,9 @@ def compare_with(mine: dict[int, float], ref: dict[int, float]) -> dict[str, Any
     return {**test, "seed_list": seeds, "differences": [x - y for x, y in zip(a, b)]}
 
 
-def verdicts(scores: dict[str, dict[int, float]], ranked: list[str], reference: str,
-             controls: dict[str, str]) -> dict[str, Any]:
+def verdicts(
+    scores: dict[str, dict[int, float]], ranked: list[str], reference: str, controls: dict[str, str]
+) -> dict[str, Any]:
     """Everything the leaderboard concludes from per-seed scores.
 
     ``scores``: row label -> {seed: score}; ``ranked``: the rows that compete, best mean first (controls excluded);
@@ -51,46 +53,96 @@ def verdicts(scores: dict[str, dict[int, float]], ranked: list[str], reference: 
             tests[row]["p_holm"] = p_holm
     power = detectable(tests)
     control = {c: compare_with(scores.get(c, {}), scores.get(source, {})) for c, source in controls.items()}
-    for c, source in controls.items():
+    # the controls are a family of their own (Holm over them), apart from the rows': adding a control never
+    # changes a row's verdict
+    for c, p_holm in zip(control, stats.holm([t["p"] if t else None for t in control.values()])):
         if control[c] is not None:
-            control[c]["copy_of"] = source
-    return {"alpha": ALPHA, "vs_reference": tests, "ranks": grouped_ranks(scores, ranked), "power": power,
-            "control": control, "statement": statement(tests, reference, power)}
+            control[c]["copy_of"] = controls[c]
+            control[c]["p_holm"] = p_holm
+            control[c]["found"] = p_holm is not None and p_holm < ALPHA
+    return {
+        "alpha": ALPHA,
+        "vs_reference": tests,
+        "ranks": grouped_ranks(scores, ranked),
+        "power": power,
+        "control": control,
+        "statement": statement(tests, reference, power),
+    }
+
+
+def pairwise_tests(scores: dict[str, dict[int, float]], rows: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Paired t over seeds for every pair (better-scoring row first), Holm-adjusted across all k(k-1)/2 pairs.
+
+    One family for every pair, so the grouping controls its error whichever row the data puts on top: under a global
+    null, no row leaves the top group in more than α of comparisons (tests/test_calibration.py simulates it)."""
+    pairs = [(hi, lo) for i, hi in enumerate(rows) for lo in rows[i + 1 :]]
+    tests = {pair: compare_with(scores[pair[1]], scores[pair[0]]) for pair in pairs}
+    adjusted = stats.holm([t["p"] if t else None for t in tests.values()])
+    for pair, p_holm in zip(pairs, adjusted):
+        if tests[pair] is not None:
+            tests[pair]["p_holm"] = p_holm
+    return {pair: t for pair, t in tests.items() if t is not None}
 
 
 def grouped_ranks(scores: dict[str, dict[int, float]], ranked: list[str]) -> dict[str, str]:
-    """Rank labels such as ``1=``: the leader shares its rank with every row not significantly worse than it.
+    """Rank labels in score order, such as ``1=``: a row's rank is one more than the number of rows found better
+    than it by :func:`pairwise_tests`, raised where needed so that ranks never go down the table (a lower score is
+    never ranked above a higher one). Rows with the same rank share it (``2=``).
 
-    Rows go in order of mean score. The best remaining row leads a group; each other remaining row joins it unless
-    the paired t-test over seeds (Holm-corrected across the rows tested against this leader) says it is worse.
-    The next group starts at the position after the last one, as in sports tables (1=, 1=, 3, 4=, 4=).
+    ``ranked``: the competing rows, best mean first.
     """
-    remaining = [r for r in ranked if scores.get(r)]
-    out: dict[str, str] = {}
-    position = 1
-    while remaining:
-        leader, rest = remaining[0], remaining[1:]
-        tests = [compare_with(scores[r], scores[leader]) for r in rest]
-        adjusted = stats.holm([t["p"] if t else None for t in tests])
-        tied = [leader] + [r for r, p in zip(rest, adjusted) if p is None or p >= ALPHA]
-        for row in tied:
-            out[row] = f"{position}=" if len(tied) > 1 else str(position)
-        remaining = [r for r in remaining if r not in tied]
-        position += len(tied)
-    return out
+    rows = [r for r in ranked if scores.get(r)]
+    tests = pairwise_tests(scores, rows)
+    out: dict[str, int] = {}
+    floor = 1
+    for row in rows:
+        better = sum(
+            1
+            for (hi, lo), t in tests.items()
+            if lo == row and t["p_holm"] is not None and t["p_holm"] < ALPHA and t["delta"] < 0
+        )
+        floor = max(floor, 1 + better)
+        out[row] = floor
+    counts = {rank: list(out.values()).count(rank) for rank in set(out.values())}
+    return {row: f"{rank}=" if counts[rank] > 1 else str(rank) for row, rank in out.items()}
 
 
 def detectable(tests: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     """From the observed spread of per-seed differences: the minimum detectable difference at 80% power with the
-    seeds run, and the seeds needed to detect 3 pp (both for a two-sided paired t at α = 0.05)."""
+    seeds run (exact noncentral t) and its 95% interval from the SD's chi-square interval, and the seeds needed to
+    detect 3 pp (both for a two-sided paired t at α = 0.05)."""
     found = [t for t in tests.values() if t and t["n"] >= 2]
     groups = [t["differences"] for t in found]
     sd = stats.pooled_sd(groups) if groups else None
     n = min((t["n"] for t in found), default=0)
+    dof = sum(len(g) - 1 for g in groups)
     mdd = stats.min_detectable_difference(sd, n, ALPHA, POWER) if sd is not None and n >= 2 else None
     needed = stats.seeds_needed(sd, TARGET_EFFECT, ALPHA, POWER) if sd is not None else None
-    return {"sd": sd, "seeds": n, "mdd": mdd, "effect": TARGET_EFFECT, "seeds_for_effect": needed,
-            "power": POWER, "alpha": ALPHA}
+    low, high = stats.sd_interval(sd, dof) if sd and dof else (None, None)
+    mdd_ci = [mdd * low / sd, mdd * high / sd] if mdd is not None and low is not None else None
+    return {
+        "sd": sd,
+        "sd_dof": dof,
+        "seeds": n,
+        "mdd": mdd,
+        "mdd_ci": mdd_ci,
+        "effect": TARGET_EFFECT,
+        "seeds_for_effect": needed,
+        "power": POWER,
+        "alpha": ALPHA,
+    }
+
+
+def power_by_metric(
+    scores: dict[str, dict[str, dict[int, float]]], rows: list[str], reference: str
+) -> dict[str, dict[str, Any]]:
+    """:func:`detectable` for each metric (``scores``: metric -> row -> {seed: score}) over the competing rows."""
+    return {
+        metric: detectable(
+            {r: compare_with(by_row[r], by_row.get(reference, {})) for r in rows if r != reference and r in by_row}
+        )
+        for metric, by_row in scores.items()
+    }
 
 
 def statement(tests: dict[str, dict[str, Any] | None], reference: str, power: dict[str, Any]) -> str:
@@ -100,11 +152,16 @@ def statement(tests: dict[str, dict[str, Any] | None], reference: str, power: di
     if not tests:
         return "Only one row: nothing to compare."
     if not significant:
-        text = (f"No row differs significantly from {reference} at α = {ALPHA} after Holm correction "
-                f"(paired t over {seeds} seeds)")
+        text = (
+            f"No row differs significantly from {reference} at α = {ALPHA} after Holm correction "
+            f"(paired t over {seeds} seeds)"
+        )
         if power["mdd"]:
             text += f"; with {seeds} seeds only differences of about {100 * power['mdd']:.1f} pp or more are detectable"
         return text + "."
-    parts = [f"{r} {'above' if t['delta'] > 0 else 'below'} {reference} by {100 * abs(t['delta']):.1f} pp "
-             f"(Holm p = {t['p_holm']:.3g})" for r, t in significant]
+    parts = [
+        f"{r} {'above' if t['delta'] > 0 else 'below'} {reference} by {100 * abs(t['delta']):.1f} pp "
+        f"(Holm p = {t['p_holm']:.3g})"
+        for r, t in significant
+    ]
     return "Significant at α = 0.05 after Holm correction (paired t over seeds): " + "; ".join(parts) + "."

@@ -1,4 +1,5 @@
 """The tiny lab's model: a Llama-architecture causal LM of about a million parameters."""
+
 from __future__ import annotations
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase

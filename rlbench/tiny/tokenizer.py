@@ -3,6 +3,7 @@
 It saves and loads with ``save_pretrained`` / ``from_pretrained`` like any hub tokenizer, so the tiny lab's checkpoints
 go through the same loading code as a 7B model's.
 """
+
 from __future__ import annotations
 
 import string
