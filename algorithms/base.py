@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from rlbench.config import ConfigError
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
 
 # the token maths the engine itself needs (its metrics) lives there; every algorithm shares it through this module
@@ -36,17 +35,8 @@ class AlgorithmConfig:
     loss_norm_len: int | None = None  # the constant of seq-mean-token-sum-norm; None = the batch's padded length T
 
 
-def require(ok: bool, key: str, value: Any, why: str) -> None:
-    """Raise :class:`~rlbench.config.ConfigError` naming ``algo.<key>`` unless ``ok``.
-
-    >>> require(0.2 >= 0, "clip_low", 0.2, "must be >= 0")
-    >>> require(-1 >= 0, "clip_low", -1, "must be >= 0")
-    Traceback (most recent call last):
-    ...
-    rlbench.config.ConfigError: algo.clip_low=-1: must be >= 0
-    """
-    if not ok:
-        raise ConfigError(f"algo.{key}={value!r}: {why}")
+# (option name, whether its bound holds, what the bound is): one entry of Algorithm.checks
+Check = tuple[str, bool, str]
 
 
 class Algorithm(ABC):
@@ -66,20 +56,6 @@ class Algorithm(ABC):
         self.config = config if config is not None else self.Config()
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> Algorithm:
-        from rlbench.config import build_dataclass
-
-        for key in options:
-            if key in cls.renamed:
-                raise ConfigError(
-                    f"algo.{key}: renamed to algo.{cls.renamed[key]} (one name per knob across "
-                    f"algorithms; docs/algorithms.md lists {cls.name}'s options)"
-                )
-        algo = cls(build_dataclass(cls.Config, options, prefix="algo"))
-        algo.validate()
-        return algo
-
-    @classmethod
     def options(cls) -> dict[str, Any]:
         """Option name -> default, the algorithm's own options first, then those every algorithm has."""
         defaults = cls.Config()
@@ -87,13 +63,14 @@ class Algorithm(ABC):
         names = [f.name for f in dataclasses.fields(cls.Config)]
         return {n: getattr(defaults, n) for n in sorted(names, key=lambda n: n in shared)}
 
-    def validate(self) -> None:
-        """Raise rlbench.config.ConfigError naming ``algo.<key>`` for an impossible value.
+    def checks(self) -> list[Check]:
+        """(option, holds, why) for every bound on the options; the configure step
+        (:func:`rlbench.configure.build_algorithm`) refuses the first that does not hold, naming ``algo.<option>=value``.
 
-        Subclasses extend this and call ``super().validate()``.
+        Subclasses extend this with ``[*super().checks(), ...]``.
         """
         n = self.config.loss_norm_len
-        require(n is None or n >= 1, "loss_norm_len", n, "must be >= 1 or null")
+        return [("loss_norm_len", n is None or n >= 1, "must be >= 1 or null")]
 
     def aggregate(self, per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """:func:`agg_loss` with this algorithm's configured mode, for every term of its loss alike."""

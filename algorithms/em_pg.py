@@ -46,13 +46,13 @@ from .base import (
     AggMode,
     Algorithm,
     AlgorithmConfig,
+    Check,
     group_stats,
     kl_penalty,
     masked_mean,
     masked_sum,
     outcome_token_rewards,
     per_token,
-    require,
     returns_to_go,
     whiten,
     zero_advantage_rows,
@@ -77,10 +77,9 @@ class EMPG(Algorithm):
     Config = EMPGConfig
     renamed = {"kl_coef": "kl_loss_coef"}
 
-    def validate(self) -> None:
-        super().validate()
-        for key in ("kl_loss_coef", "kl_reward_coef", "entropy_coef"):
-            require(getattr(self.config, key) >= 0, key, getattr(self.config, key), "must be >= 0")
+    def checks(self) -> list[Check]:
+        keys = ("kl_loss_coef", "kl_reward_coef", "entropy_coef")
+        return [*super().checks(), *((key, getattr(self.config, key) >= 0, "must be >= 0") for key in keys)]
 
     @property
     def needs_reference(self) -> bool:

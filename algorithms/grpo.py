@@ -30,11 +30,11 @@ from .base import (
     AggMode,
     Algorithm,
     AlgorithmConfig,
+    Check,
     clipped_pg_loss,
     group_stats,
     kl_penalty,
     per_token,
-    require,
     zero_advantage_rows,
 )
 
@@ -59,16 +59,16 @@ class GRPO(Algorithm):
     Config = GRPOConfig
     renamed = {"beta": "kl_loss_coef", "iterations": "epochs"}
 
-    def validate(self) -> None:
-        super().validate()
+    def checks(self) -> list[Check]:
         c = self.config
-        require(
-            0 <= c.clip_low < 1, "clip_low", c.clip_low, "must be in [0, 1): the ratio's lower bound is 1 - clip_low"
-        )
-        require(c.clip_high >= 0, "clip_high", c.clip_high, "must be >= 0")
-        require(c.kl_loss_coef >= 0, "kl_loss_coef", c.kl_loss_coef, "must be >= 0")
-        require(c.epochs >= 1, "epochs", c.epochs, "must be >= 1")
-        require(c.minibatches >= 1, "minibatches", c.minibatches, "must be >= 1")
+        return [
+            *super().checks(),
+            ("clip_low", 0 <= c.clip_low < 1, "must be in [0, 1): the ratio's lower bound is 1 - clip_low"),
+            ("clip_high", c.clip_high >= 0, "must be >= 0"),
+            ("kl_loss_coef", c.kl_loss_coef >= 0, "must be >= 0"),
+            ("epochs", c.epochs >= 1, "must be >= 1"),
+            ("minibatches", c.minibatches >= 1, "must be >= 1"),
+        ]
 
     @property
     def needs_reference(self) -> bool:

@@ -36,6 +36,7 @@ from .base import (
     AggMode,
     Algorithm,
     AlgorithmConfig,
+    Check,
     clipped_pg_loss,
     clipped_value_loss,
     explained_variance,
@@ -44,7 +45,6 @@ from .base import (
     masked_mean,
     masked_sum,
     outcome_token_rewards,
-    require,
     whiten,
 )
 
@@ -75,22 +75,21 @@ class PPO(Algorithm):
     Config = PPOConfig
     renamed = {"kl_coef": "kl_reward_coef"}
 
-    def validate(self) -> None:
-        super().validate()
+    def checks(self) -> list[Check]:
         c = self.config
-        require(0 <= c.gamma <= 1, "gamma", c.gamma, "must be in [0, 1]")
-        require(0 <= c.lam <= 1, "lam", c.lam, "must be in [0, 1]")
-        require(
-            0 <= c.clip_low < 1, "clip_low", c.clip_low, "must be in [0, 1): the ratio's lower bound is 1 - clip_low"
-        )
-        require(c.clip_high >= 0, "clip_high", c.clip_high, "must be >= 0")
-        require(c.vf_clip is None or c.vf_clip >= 0, "vf_clip", c.vf_clip, "must be >= 0 or null")
-        for key in ("vf_coef", "kl_reward_coef", "entropy_coef"):
-            require(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0")
-        require(c.critic_lr_scale > 0, "critic_lr_scale", c.critic_lr_scale, "must be > 0")
-        require(c.critic_warmup >= 0, "critic_warmup", c.critic_warmup, "must be >= 0")
-        require(c.epochs >= 1, "epochs", c.epochs, "must be >= 1")
-        require(c.minibatches >= 1, "minibatches", c.minibatches, "must be >= 1")
+        return [
+            *super().checks(),
+            ("gamma", 0 <= c.gamma <= 1, "must be in [0, 1]"),
+            ("lam", 0 <= c.lam <= 1, "must be in [0, 1]"),
+            ("clip_low", 0 <= c.clip_low < 1, "must be in [0, 1): the ratio's lower bound is 1 - clip_low"),
+            ("clip_high", c.clip_high >= 0, "must be >= 0"),
+            ("vf_clip", c.vf_clip is None or c.vf_clip >= 0, "must be >= 0 or null"),
+            *((key, getattr(c, key) >= 0, "must be >= 0") for key in ("vf_coef", "kl_reward_coef", "entropy_coef")),
+            ("critic_lr_scale", c.critic_lr_scale > 0, "must be > 0"),
+            ("critic_warmup", c.critic_warmup >= 0, "must be >= 0"),
+            ("epochs", c.epochs >= 1, "must be >= 1"),
+            ("minibatches", c.minibatches >= 1, "must be >= 1"),
+        ]
 
     @property
     def needs_values(self) -> bool:

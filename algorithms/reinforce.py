@@ -21,11 +21,11 @@ from .base import (
     AggMode,
     Algorithm,
     AlgorithmConfig,
+    Check,
     group_stats,
     kl_penalty,
     masked_sum,
     per_token,
-    require,
     zero_advantage_rows,
 )
 
@@ -44,9 +44,8 @@ class Reinforce(Algorithm):
     Config = ReinforceConfig
     renamed = {"kl_coef": "kl_reward_coef"}
 
-    def validate(self) -> None:
-        super().validate()
-        require(self.config.kl_reward_coef >= 0, "kl_reward_coef", self.config.kl_reward_coef, "must be >= 0")
+    def checks(self) -> list[Check]:
+        return [*super().checks(), ("kl_reward_coef", self.config.kl_reward_coef >= 0, "must be >= 0")]
 
     @property
     def needs_reference(self) -> bool:

@@ -286,7 +286,7 @@ def cmd_memory(args) -> None:
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from rlbench.config import build_run_config
+    from rlbench.configure import build_run_config
     from rlbench.plan import CUDA_OVERHEAD, GIB, plan_run
     from rlbench.training import build_trainer
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlbench.report import stats
 from rlbench.report.inputs import RunFiles, load_comparison
+from rlbench.report.power import min_detectable_difference, pooled_sd
 from rlbench.report.runs import dig, number
 from rlbench.results import read_records, record_points
 
@@ -95,7 +95,7 @@ def paired_sd(scores: dict[str, dict[int, float]], reference: str) -> tuple[floa
             continue
         seeds = sorted(set(by_seed) & set(scores[ref]))
         groups.append([by_seed[s] - scores[ref][s] for s in seeds])
-    return stats.pooled_sd(groups), sum(len(g) - 1 for g in groups if len(g) > 1)
+    return pooled_sd(groups), sum(len(g) - 1 for g in groups if len(g) > 1)
 
 
 def eval_noise(runs: dict[tuple[str, int], RunFiles], reference: str, k_last: int) -> dict[str, float]:
@@ -168,8 +168,8 @@ def main() -> None:
         mean = statistics.fmean(v for by in scores.values() for v in by.values())
         unit = 1.0 if "samples" in name else 100.0
         fmt = (lambda x: f"{x:.2f}") if unit == 1.0 else (lambda x: f"{100 * x:.2f} pp")
-        mde5 = stats.min_detectable_difference(sd, 5) if sd else None
-        mde10 = stats.min_detectable_difference(sd, 10) if sd else None
+        mde5 = min_detectable_difference(sd, 5) if sd else None
+        mde10 = min_detectable_difference(sd, 10) if sd else None
         print(
             f"| {name} | {fmt(mean)} | {fmt(sd) if sd else '–'} | {dof} | {fmt(mde5) if mde5 else '–'} | "
             f"{fmt(mde10) if mde10 else '–'} |"

@@ -67,7 +67,7 @@ def rlbench_config(
     model_dir: str, *, threads: int, seed: int, steps: int, batch_size: int, max_tokens: int, lr: float, out: str
 ):
     """The rlbench side of the equal-work GRPO settings (also what profile_step.py profiles)."""
-    from rlbench.config import build_run_config
+    from rlbench.configure import build_run_config
 
     return build_run_config(
         {

@@ -17,15 +17,8 @@ from typing import Any
 import yaml
 
 from rlbench import registry
-from rlbench.config import (
-    BudgetConfig,
-    ConfigError,
-    RunConfig,
-    build_dataclass,
-    build_run_config,
-    saved_config_mismatch,
-    set_at,
-)
+from rlbench.config import BudgetConfig, ConfigError, RunConfig
+from rlbench.configure import build_dataclass, build_run_config, saved_config_mismatch, set_at
 from rlbench.engine.budget import UNITS
 from rlbench.executors import Job, Placement, make_executor
 from rlbench.lifeline import ORPHAN_GRACE_S

@@ -14,6 +14,10 @@ run start (host, pid, devices) and an ``end`` line per finish; ``rlbench status`
 
 A run, in one process or K, ends when the process that started it (``compare``, or the Ray worker) ends: see
 :mod:`rlbench.lifeline`.
+
+Over 400 lines on purpose: the two executors are read side by side (same protocol, same placement log, same
+GPU-slice rules), and the Ray one is about 150 lines of it; apart they would share the base class and the
+placement helpers through a third module.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ the **rollout copy**, the full weights (in the weights' dtype) each GPU's genera
 cannot decode on one rank alone (rlbench/engine/sharding.py); it sleeps in CPU memory during the update. ``rlbench
 plan --processes N --fsdp`` shows that layout, and the **host memory** it takes: every model loads whole on the CPU
 before it is sharded, and the rollout copy sleeps there, per rank (times the ranks on the machine).
+
+Over 400 lines on purpose: the estimate, the verdict that tries the levers (LoRA, checkpointing, micro-batch, FSDP)
+on it and the printed report are one model of memory, whose terms must agree line for line; this docstring, the
+model's documentation, is a tenth of the file.
 """
 
 from __future__ import annotations

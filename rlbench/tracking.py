@@ -1,7 +1,7 @@
 """Experiment tracking: a run's training metrics, evaluations and config, also sent to TensorBoard, Weights & Biases
 or trackio (``report_to: [tensorboard, wandb, trackio]``, or ``rlbench train --report-to tensorboard,wandb``).
 
-Each tracker is a trainer listener (:data:`rlbench.engine.trainer.Listener`): rank 0 tells it every ``metrics.jsonl``
+Each tracker is a trainer listener (:data:`rlbench.engine.run_log.Listener`): rank 0 tells it every ``metrics.jsonl``
 and ``eval.jsonl`` row once the row is on disk. The run's own files stay the record; a tracker is a view of them:
 
 * one tracker run per rlbench run, named after the run folder (``grpo-s1``) and grouped by its comparison (the

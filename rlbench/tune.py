@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from rlbench.config import ConfigError, parse_yaml, value_at
+from rlbench.config import ConfigError
+from rlbench.configure import parse_yaml, value_at
 from rlbench.report.inputs import ComparisonFiles
 from rlbench.report.runs import run_score
 from rlbench.results import write_text_atomic

@@ -69,7 +69,7 @@ class Task(ABC):
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Task:
-        from rlbench.config import build_dataclass
+        from rlbench.configure import build_dataclass
 
         task = cls(build_dataclass(cls.Config, options, prefix="task"))
         if task.config.reward is None:

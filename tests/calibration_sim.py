@@ -72,7 +72,7 @@ def rejection_rates(
 
 
 def per_seed_differences(setting: Setting, replicates: int, seed: int = 0) -> list[np.ndarray]:
-    """Per replicate, the per-seed score differences score_A - score_B (for the true SD via :func:`stats.pooled_sd`)."""
+    """Per replicate, the per-seed score differences score_A - score_B (for the true SD via :func:`pooled_sd`)."""
     out: list[np.ndarray] = []
     for a, b in simulate(setting, replicates, seed):
         out.extend(a.mean(axis=2) - b.mean(axis=2))

@@ -24,6 +24,7 @@ from rlbench.algorithms.base import (
 
 from rlbench import registry
 from rlbench.config import ConfigError
+from rlbench.configure import build_algorithm
 from rlbench.engine import maths
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
 from rlbench.registry import register_algorithm
@@ -164,7 +165,7 @@ def toy_registered():
 def test_a_new_algorithm_registers_by_decorator(toy_registered):
     assert registry.get_algorithm("toy-test-algo") is Toy
     assert "toy-test-algo" in registry.algorithms()
-    algo = registry.get_algorithm("toy-test-algo").from_options({"scale": "2"})
+    algo = build_algorithm(registry.get_algorithm("toy-test-algo"), {"scale": "2"})
     batch = make_batch()
     algo.compute_advantages(batch)
     out = policy_output()
@@ -181,7 +182,7 @@ def test_builtin_algorithms_are_registered_with_a_description():
         assert cls.description and "\n" not in cls.description
         options = cls.options()
         assert "loss_agg" in options
-        cls.from_options({})  # the defaults validate
+        build_algorithm(cls, {})  # the defaults validate
 
 
 @pytest.mark.parametrize(
@@ -213,7 +214,7 @@ def test_builtin_algorithms_are_registered_with_a_description():
 )
 def test_impossible_options_name_their_key(name, options, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        registry.get_algorithm(name).from_options(options)
+        build_algorithm(registry.get_algorithm(name), options)
 
 
 @pytest.mark.parametrize(
@@ -230,7 +231,7 @@ def test_renamed_options_are_refused_naming_the_new_name(name, old, new):
     cls = registry.get_algorithm(name)
     assert cls.renamed[old] == new and new in cls.options() and old not in cls.options()
     with pytest.raises(ConfigError, match=rf"^algo\.{old}: renamed to algo\.{new} "):
-        cls.from_options({"loss_agg": "token-mean", old: 0.0})
+        build_algorithm(cls, {"loss_agg": "token-mean", old: 0.0})
 
 
 def test_one_name_per_knob_across_algorithms():
@@ -246,9 +247,9 @@ def test_one_name_per_knob_across_algorithms():
 
 def test_options_from_the_command_line_are_coerced():
     grpo = registry.get_algorithm("grpo")
-    algo = grpo.from_options({"clip_high": "0.28", "scale_rewards": "false", "epochs": "2"})
+    algo = build_algorithm(grpo, {"clip_high": "0.28", "scale_rewards": "false", "epochs": "2"})
     assert (algo.config.clip_high, algo.config.scale_rewards, algo.epochs) == (0.28, False, 2)
-    algo = registry.get_algorithm("ppo").from_options({"vf_clip": "null"})
+    algo = build_algorithm(registry.get_algorithm("ppo"), {"vf_clip": "null"})
     assert algo.config.vf_clip is None
 
 
@@ -282,7 +283,7 @@ TRAIN_ONE_STEP = {
 def test_every_algorithm_trains_one_step(algo, expected_metric, toy_registered, tiny_qwen_dir, tmp_path):
     import json
 
-    from rlbench.config import build_run_config
+    from rlbench.configure import build_run_config
     from rlbench.training import train
 
     out = tmp_path / "run"

@@ -10,7 +10,8 @@ import torch
 from rlbench.tasks.arith import Arith
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlbench.config import TinyConfig, build_run_config
+from rlbench.config import TinyConfig
+from rlbench.configure import build_run_config
 from rlbench.engine.generation import encode_prompt, make_generator, stop_ids
 from rlbench.engine.policy import Policy, load_model
 from rlbench.tiny.model import build_tiny_model

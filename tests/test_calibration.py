@@ -17,6 +17,7 @@ import pytest
 from calibration_sim import Setting, crossed_bootstrap, paired_t, per_seed_differences, rejection_rates, sign_flip
 
 from rlbench.report import stats
+from rlbench.report.power import min_detectable_difference, pooled_sd
 
 ALPHA = 0.05
 BAND = (0.02, 0.08)
@@ -79,8 +80,8 @@ def test_min_detectable_difference_predicts_power(seeds):
     Tolerance ±0.04: the binomial SE of the empirical power over 2,000 replicates is 0.009 (so ±4.4 SE), and the
     simulated SD is estimated from 4,000 null replicates (relative SE <= 0.8%, moving the power by < 0.01).
     """
-    sd = stats.pooled_sd(per_seed_differences(Setting(0.02, seeds), 4_000, seed=20 + seeds))
-    effect = stats.min_detectable_difference(sd, seeds)
+    sd = pooled_sd(per_seed_differences(Setting(0.02, seeds), 4_000, seed=20 + seeds))
+    effect = min_detectable_difference(sd, seeds)
     power = rejection_rates({"paired-t": paired_t}, Setting(0.02, seeds, effect=effect), REPLICATES, seed=30 + seeds)[
         "paired-t"
     ]

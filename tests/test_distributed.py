@@ -11,7 +11,7 @@ import pytest
 import torch
 from run_helpers import assert_reproduces
 
-from rlbench.config import build_run_config
+from rlbench.configure import build_run_config
 from rlbench.engine.distributed import Ranks
 from rlbench.training import check_processes
 

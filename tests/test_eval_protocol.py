@@ -7,7 +7,8 @@ import pytest
 import torch
 from rlbench.tasks.arith import Arith
 
-from rlbench.config import ConfigError, build_run_config
+from rlbench.config import ConfigError
+from rlbench.configure import build_run_config
 from rlbench.engine.decoder import Decoder
 from rlbench.engine.policy import Policy
 from rlbench.eval.evaluate import evaluate

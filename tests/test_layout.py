@@ -17,6 +17,7 @@ LAYERS = [
         "foundation",
         [
             "rlbench.config",
+            "rlbench.configure",
             "rlbench.results",
             "rlbench.registry",
             "rlbench.locks",

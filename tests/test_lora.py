@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from rlbench.cli import main
-from rlbench.config import build_run_config
+from rlbench.configure import build_run_config
 from rlbench.engine import fastpath
 from rlbench.engine.policy import Policy, load_model
 from rlbench.training import build_trainer

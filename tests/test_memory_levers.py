@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from rlbench.cli import main
-from rlbench.config import ConfigError, build_run_config
+from rlbench.config import ConfigError
+from rlbench.configure import build_run_config
 from rlbench.engine.build import check_optimizer
 from rlbench.training import build_trainer
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from memory_helpers import LiveBytes
 
-from rlbench.config import TinyConfig, build_run_config
+from rlbench.config import TinyConfig
+from rlbench.configure import build_run_config
 from rlbench.plan import CUDA_OVERHEAD, plan_run
 from rlbench.tiny.model import build_tiny_model
 from rlbench.tiny.tokenizer import build_char_tokenizer

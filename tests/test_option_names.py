@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from rlbench.cli import main
-from rlbench.config import build_run_config
+from rlbench.configure import build_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

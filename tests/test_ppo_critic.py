@@ -7,7 +7,8 @@ import pytest
 import torch
 from rlbench.algorithms.ppo import PPO
 
-from rlbench.config import ConfigError, build_run_config
+from rlbench.config import ConfigError
+from rlbench.configure import build_algorithm, build_run_config
 from rlbench.engine.policy import ValueHead, ValueModel
 from rlbench.training import build_trainer
 
@@ -111,4 +112,4 @@ def test_the_value_loss_falls(tiny_qwen_dir, tmp_path, critic):
 )
 def test_critic_options_are_validated(options, key):
     with pytest.raises(ConfigError, match=key):
-        PPO.from_options(options)
+        build_algorithm(PPO, options)

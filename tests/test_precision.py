@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from rlbench.tasks.base import Grade
 
 from rlbench.cli import main
-from rlbench.config import build_run_config, load_yaml
+from rlbench.configure import build_run_config, load_yaml
 from rlbench.engine import precision
 from rlbench.engine.precision import bf16_step_check, smallest_bf16_step
 from rlbench.training import build_trainer

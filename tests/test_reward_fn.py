@@ -7,7 +7,8 @@ import json
 import pytest
 
 from rlbench import registry
-from rlbench.config import ConfigError, build_run_config
+from rlbench.config import ConfigError
+from rlbench.configure import build_run_config
 from rlbench.registry import register_reward
 from rlbench.training import build_task, build_trainer
 

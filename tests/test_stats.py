@@ -10,6 +10,7 @@ import statistics
 import pytest
 
 from rlbench.report import behaviours, stats
+from rlbench.report.power import min_detectable_difference, paired_t_power, pooled_sd, seeds_needed
 
 
 def test_doc_examples_hold():
@@ -178,45 +179,45 @@ def test_paired_t_edge_cases():
 def test_min_detectable_difference_known_value_and_monotonicity():
     # (t_{.975, 4} + t_{.80, 4}) · sd / √5 = (2.776445 + 0.940965) · 0.04 / √5
     # exact noncentral t: 1.68200 sd at 5 seeds (the shortcut (t.975 + t.8) / sqrt(5) = 1.66254 is optimistic)
-    assert stats.min_detectable_difference(0.04, 5) == pytest.approx(0.04 * 1.681997, rel=1e-5)
-    assert stats.min_detectable_difference(0.04, 5) > (2.776445105 + 0.940964840) * 0.04 / math.sqrt(5)
-    assert stats.min_detectable_difference(0.04, 1) is None
-    assert stats.min_detectable_difference(0.0, 5) == 0.0
-    mdd = [stats.min_detectable_difference(0.05, n) for n in range(2, 40)]
+    assert min_detectable_difference(0.04, 5) == pytest.approx(0.04 * 1.681997, rel=1e-5)
+    assert min_detectable_difference(0.04, 5) > (2.776445105 + 0.940964840) * 0.04 / math.sqrt(5)
+    assert min_detectable_difference(0.04, 1) is None
+    assert min_detectable_difference(0.0, 5) == 0.0
+    mdd = [min_detectable_difference(0.05, n) for n in range(2, 40)]
     assert all(x > y for x, y in zip(mdd, mdd[1:]))  # more seeds, smaller detectable Δ
-    assert stats.min_detectable_difference(0.10, 5) == pytest.approx(2 * stats.min_detectable_difference(0.05, 5))
-    assert stats.min_detectable_difference(0.05, 5, power=0.9) > stats.min_detectable_difference(0.05, 5)
-    assert stats.min_detectable_difference(0.05, 5, alpha=0.01) > stats.min_detectable_difference(0.05, 5)
+    assert min_detectable_difference(0.10, 5) == pytest.approx(2 * min_detectable_difference(0.05, 5))
+    assert min_detectable_difference(0.05, 5, power=0.9) > min_detectable_difference(0.05, 5)
+    assert min_detectable_difference(0.05, 5, alpha=0.01) > min_detectable_difference(0.05, 5)
     # large n: (1.96 + 0.8416) · sd / √n
-    assert stats.min_detectable_difference(1.0, 10_000) == pytest.approx((1.959964 + 0.841621) / 100, rel=1e-3)
-    assert stats.paired_t_power(stats.min_detectable_difference(0.03, 7), 0.03, 7) == pytest.approx(0.8, abs=1e-9)
+    assert min_detectable_difference(1.0, 10_000) == pytest.approx((1.959964 + 0.841621) / 100, rel=1e-3)
+    assert paired_t_power(min_detectable_difference(0.03, 7), 0.03, 7) == pytest.approx(0.8, abs=1e-9)
     with pytest.raises(ValueError):
-        stats.min_detectable_difference(-0.1, 5)
+        min_detectable_difference(-0.1, 5)
     with pytest.raises(ValueError):
-        stats.min_detectable_difference(0.1, 5, power=1.0)
+        min_detectable_difference(0.1, 5, power=1.0)
 
 
 def test_seeds_needed_inverts_the_mdd():
     sd = 0.04
     for n in (2, 3, 5, 10, 37):
-        mdd = stats.min_detectable_difference(sd, n)
-        assert stats.seeds_needed(sd, mdd * (1 + 1e-9)) == n
-        assert stats.seeds_needed(sd, mdd * (1 - 1e-6)) == n + 1
-    needed = [stats.seeds_needed(sd, effect) for effect in (0.2, 0.1, 0.05, 0.03, 0.02, 0.01)]
+        mdd = min_detectable_difference(sd, n)
+        assert seeds_needed(sd, mdd * (1 + 1e-9)) == n
+        assert seeds_needed(sd, mdd * (1 - 1e-6)) == n + 1
+    needed = [seeds_needed(sd, effect) for effect in (0.2, 0.1, 0.05, 0.03, 0.02, 0.01)]
     assert needed == sorted(needed) and needed[0] == 3  # smaller effects need more seeds
     # the normal rule (1.96 + 0.84)² · (sd/Δ)² = 125.6; the t quantiles at 127 df push it to 128
-    assert stats.seeds_needed(sd, 0.01) == 128
-    assert stats.seeds_needed(0.0, 0.01) == 2
-    assert stats.seeds_needed(sd, 0.0) is None and stats.seeds_needed(sd, 1e-4) is None
-    assert 300_000 < stats.seeds_needed(sd, 2e-4, max_n=1_000_000) < 330_000  # 7.84 · 200² = 313,600
+    assert seeds_needed(sd, 0.01) == 128
+    assert seeds_needed(0.0, 0.01) == 2
+    assert seeds_needed(sd, 0.0) is None and seeds_needed(sd, 1e-4) is None
+    assert 300_000 < seeds_needed(sd, 2e-4, max_n=1_000_000) < 330_000  # 7.84 · 200² = 313,600
 
 
 def test_pooled_sd():
     # groups centred on their own means: SS = 0.02 + 0.08 + 0, dof = 1 + 2 + 0
-    assert stats.pooled_sd([[0.1, 0.3], [0.0, 0.2, 0.4], [0.9]]) == pytest.approx(math.sqrt(0.1 / 3))
+    assert pooled_sd([[0.1, 0.3], [0.0, 0.2, 0.4], [0.9]]) == pytest.approx(math.sqrt(0.1 / 3))
     # one group: the ordinary sample SD; a shift of one group changes nothing
     values = [0.02, -0.01, 0.05, 0.03]
-    assert stats.pooled_sd([values]) == pytest.approx(statistics.stdev(values))
-    assert stats.pooled_sd([values, [0.5, 0.7]]) == pytest.approx(stats.pooled_sd([values, [0.0, 0.2]]))
-    assert stats.pooled_sd([[0.5], [], [0.3]]) is None and stats.pooled_sd([]) is None
-    assert stats.pooled_sd([[0.4, 0.4, 0.4]]) == pytest.approx(0.0, abs=1e-15)
+    assert pooled_sd([values]) == pytest.approx(statistics.stdev(values))
+    assert pooled_sd([values, [0.5, 0.7]]) == pytest.approx(pooled_sd([values, [0.0, 0.2]]))
+    assert pooled_sd([[0.5], [], [0.3]]) is None and pooled_sd([]) is None
+    assert pooled_sd([[0.4, 0.4, 0.4]]) == pytest.approx(0.0, abs=1e-15)

@@ -13,7 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from rlbench.cli import main
-from rlbench.config import ConfigError, build_run_config, saved_config_mismatch
+from rlbench.config import ConfigError
+from rlbench.configure import build_run_config, saved_config_mismatch
 from rlbench.tracking import TensorBoardTracker, Tracker, run_identity, scalars
 
 REPO = Path(__file__).resolve().parents[1]

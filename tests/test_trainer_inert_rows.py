@@ -9,7 +9,7 @@ round-off into a full learning-rate step."""
 import pytest
 import torch
 
-from rlbench.config import build_run_config
+from rlbench.configure import build_run_config
 from rlbench.engine.trainer import Trainer
 from rlbench.training import build_trainer
 

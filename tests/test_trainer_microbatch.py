@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlbench.config import build_run_config
+from rlbench.configure import build_run_config
 from rlbench.training import build_trainer
 
 

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from rlbench.tasks.arith import Arith, ArithConfig
 from rlbench.tasks.data import carve_validation, text_key
 
-from rlbench.config import ConfigError, SamplingConfig, TinyConfig, resolve
+from rlbench.config import ConfigError, SamplingConfig, TinyConfig
+from rlbench.configure import resolve
 from rlbench.registry import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

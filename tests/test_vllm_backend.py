@@ -184,7 +184,7 @@ def fake_vllm(monkeypatch):
 
 
 def test_engine_settings_come_from_the_rollout_config(tiny_qwen_dir, fake_vllm):
-    from rlbench.config import build_run_config
+    from rlbench.configure import build_run_config
     from rlbench.engine.build import build_generator
 
     model, tok = load_model(str(tiny_qwen_dir), "fp32", CPU)

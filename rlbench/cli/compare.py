@@ -92,7 +92,7 @@ def shared_tree(
     import dataclasses
 
     from rlbench.compare import parse_budget
-    from rlbench.config import load_yaml, merge_overrides
+    from rlbench.configure import load_yaml, merge_overrides
 
     tree = load_yaml(config_file) if config_file else {}
     algo_options = tree.pop("algo_options", {}) or {}
@@ -233,7 +233,7 @@ def compare(
         rows.append(positive_control_of(next(r for r in rows if r.label == ref), positive))
     tuned, tuning = {}, None
     if tuned_file:
-        from rlbench.config import build_run_config
+        from rlbench.configure import build_run_config
         from rlbench.tune import load_tuned
 
         task = build_run_config(tree).task_name

@@ -22,7 +22,8 @@ import click
 
 from rlbench import registry
 from rlbench.cli.errors import fail
-from rlbench.config import ConfigError, merge_overrides
+from rlbench.config import ConfigError
+from rlbench.configure import merge_overrides
 from rlbench.eval.metrics import samples_summary
 from rlbench.results import RunFileError, dumps_strict, write_bytes_atomic
 from rlbench.tasks.base import Example, Grade, Task

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from rlbench.cli.train import CONFIG_HELP, SET_HELP
-from rlbench.config import resolve
+from rlbench.configure import resolve
 
 
 @click.command(

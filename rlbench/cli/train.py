@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import click
 
 from rlbench.cli.errors import DIVERGED, fail
-from rlbench.config import resolve
+from rlbench.configure import resolve
 
 CONFIG_HELP = "YAML config file (RunConfig keys); --set and the shorthand flags override it."
 SET_HELP = "Override any config key, e.g. --set optim.lr=1e-4 --set algo.baseline=rloo (repeatable)."

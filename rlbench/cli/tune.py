@@ -71,7 +71,7 @@ def tune(algos: str, grid_items: tuple[str, ...], metric: str | None, **flags: A
 
     files = load_comparison(comp.out)
     if metric is None:
-        from rlbench.config import build_run_config
+        from rlbench.configure import build_run_config
 
         metric = build_run_config(tree).eval.rank_by
     document = tuned_document(score_trials(files, rows, metric), grid, files.manifest, metric)

@@ -31,6 +31,10 @@ Supported (:func:`supports`): the Llama layout (``model.model.layers[i].self_att
 ``mlp.{gate,up,down}_proj``, RMSNorms ``input_layernorm`` / ``post_attention_layernorm``, ``model.model.norm``,
 ``model.lm_head``, ``model.model.rotary_emb``) of Llama, Mistral (no sliding window in reach), Qwen2 (q/k/v biases)
 and Qwen3 (q/k norms), with a rope type whose tables do not depend on the sequence length and no attention dropout.
+
+Over 400 lines on purpose: the decoder and the packed training forward share the fused weights, the head
+permutation and the attention kernel; split, the permutation that makes both match the model's own forward would be
+a private contract between two files.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from rlbench.config import EXECUTION_KEYS, ConfigError, RunConfig, saved_config_mismatch
+from rlbench.config import EXECUTION_KEYS, ConfigError, RunConfig
+from rlbench.configure import saved_config_mismatch
 from rlbench.provenance import code_version, package_versions
 from rlbench.results import CONFIG, EVALS, METRICS, SUMMARY, RunFileError, token_hash, write_dir_atomic, write_json
 

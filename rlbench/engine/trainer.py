@@ -16,7 +16,7 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import torch
 
 from rlbench.bars import tqdm
 from rlbench.config import RunConfig
-from rlbench.engine.batch import RolloutBatch, live_rows, rollout_metrics
+from rlbench.engine.batch import RolloutBatch, live_rows
 from rlbench.engine.budget import BudgetMeter
 from rlbench.engine.build import build_parts
 from rlbench.engine.contracts import Algorithm, Evaluator, Task
@@ -34,36 +34,17 @@ from rlbench.engine.divergence import Diverged, check_finite, check_weights
 from rlbench.engine.file_hashes import finished_run_hashes
 from rlbench.engine.generation import encode_prompt
 from rlbench.engine.interrupts import interrupts_deferred, raise_interrupt
-from rlbench.engine.maths import kl_penalty, masked_mean
+from rlbench.engine.maths import masked_mean
 from rlbench.engine.persistence import RunPersistence
+from rlbench.engine.run_log import Listener, RunLog
 from rlbench.engine.run_state import check_run_dir, record_fingerprint, run_summary
 from rlbench.engine.sampler_gap import GapMeter, tis_metrics, tis_weights
 from rlbench.engine.seeding import derive_seed, prompt_indices, sample_seed
 from rlbench.engine.sharding import clip_grad_norm, local_parameters, padded_micro_batches
-from rlbench.results import (
-    EVALS,
-    FINGERPRINT,
-    METRICS,
-    SAMPLES,
-    STATE,
-    SUMMARY,
-    RunFileError,
-    append_jsonl,
-    append_jsonl_many,
-    read_jsonl,
-    records_path,
-    token_hash,
-    write_json,
-    write_records,
-)
+from rlbench.results import EVALS, FINGERPRINT, STATE, SUMMARY, RunFileError, read_jsonl, token_hash, write_json
 
-SAMPLES_LOGGED_PER_STEP = 4
-# told every row rank 0 writes, after it is on disk: ("step", a metrics.jsonl row) or ("eval", an eval.jsonl row);
-# experiment trackers (TensorBoard, W&B, trackio) listen here
-Listener = Callable[[str, dict[str, Any]], None]
-_ENTROPY = (
-    "_policy_entropy"  # the trainer's own entropy measure, logged as "entropy" (an algorithm's term is overridden)
-)
+# the trainer's own entropy measure, logged as "entropy" (an algorithm's term is overridden)
+_ENTROPY = "_policy_entropy"
 
 
 @contextmanager
@@ -73,7 +54,7 @@ def _timer(times: dict[str, float], stage: str) -> Iterator[None]:
     times[stage] = times.get(stage, 0.0) + time.perf_counter() - start
 
 
-class Trainer(RunPersistence):
+class Trainer(RunPersistence, RunLog):
     def __init__(
         self,
         config: RunConfig,
@@ -280,82 +261,7 @@ class Trainer(RunPersistence):
         with interrupts_deferred():  # a step is counted and logged together, or not at all
             return self._record(batch, examples, grades, adv_metrics, upd, times)
 
-    def _record(
-        self,
-        batch: RolloutBatch,
-        examples: list[Any],
-        grades: list[Any],
-        adv_metrics: dict[str, float],
-        upd: dict[str, float],
-        times: dict[str, float],
-    ) -> dict[str, Any]:
-        c = self.config
-        tokens = int(batch.response_mask.sum())
-        self.meter.add(prompts=c.rollout.prompts_per_step, samples=batch.size, tokens=tokens, steps=1)
-        # algo and seed on every row: a metrics file read on its own (or concatenated with others) says whose it is
-        row: dict[str, Any] = {
-            "step": self.meter.used.steps,
-            "algo": c.algo_name,
-            "seed": c.seed,
-            **rollout_metrics(batch, grades, c.rollout.samples_per_prompt),
-            **upd,
-            **adv_metrics,
-            "lr": self.scheduler.get_last_lr()[0],
-        }
-        if batch.ref_logprobs is not None and batch.old_logprobs is not None:
-            row["kl_ref"] = float(
-                masked_mean(kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k3"), batch.response_mask)
-            )
-        row["time"] = {k: round(v, 4) for k, v in times.items()}
-        row["gen_tokens_per_s"] = round(tokens / times["generate"], 1) if times.get("generate") else None
-        trained = tokens * self.algo.epochs
-        row["train_tokens_per_s"] = round(trained / times["update"], 1) if times.get("update") else None
-        row["usage"] = self.meter.snapshot()
-        row["prompt_ids_hash"] = batch.info["prompt_ids_hash"]  # lets a comparison audit that runs saw the same prompts
-        if self.ranks.main:
-            append_jsonl(self.out / METRICS, row)
-            self._tell("step", row)
-            logged = list(zip(examples, batch.info["texts"], grades))[:SAMPLES_LOGGED_PER_STEP]
-            append_jsonl_many(
-                self.out / SAMPLES,
-                [
-                    {
-                        "step": row["step"],
-                        "id": ex.id,
-                        "prompt": self.task.prompt(ex),
-                        "completion": text,
-                        "reward": g.reward,
-                        "reason": g.reason,
-                    }
-                    for ex, text, g in logged
-                ],
-            )
-        return row
-
     # ------------------------------------------------------------------------------------------ whole run
-
-    def evaluate(self, point: int) -> dict[str, Any]:
-        """Evaluate at budget point ``point`` (0 = before training), keeping its per-problem records: the audit
-        regrades every evaluation that can enter the run's score from them.
-
-        Rank 0 evaluates (the weights are the same on every rank); the others wait for it."""
-        if not self.ranks.main:
-            self.ranks.barrier()
-            return {}
-        res = self.evaluator(self.generator, step=self.meter.used.steps)
-        self.generator.sleep()
-        records = res.pop("records", None)
-        row = {"point": point, "step": self.meter.used.steps, "usage": self.meter.snapshot(), **res}
-        if records is not None:  # before the eval row: a resume drops the records of every point past its state
-            write_records(records_path(self.out, point), ({"point": point, "step": row["step"], **r} for r in records))
-        append_jsonl(self.out / EVALS, row)
-        self._tell("eval", row)
-        self.ranks.barrier()
-        return row
-
-    def _tell(self, kind: str, row: dict[str, Any]) -> None:
-        for listener in self.listeners:
-            listener(kind, row)
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         c, ranks = self.config, self.ranks

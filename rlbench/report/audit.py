@@ -29,7 +29,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from rlbench.config import first_difference, value_at
+from rlbench.configure import first_difference, value_at
 from rlbench.engine.budget import UNITS
 from rlbench.report.audit_run import Findings, check_own, check_settings, facts, row_settings
 from rlbench.report.crosscheck import check_evals, check_files, check_summary

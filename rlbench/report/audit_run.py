@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from rlbench.config import EXECUTION_KEYS, first_difference, parse_yaml, value_at
+from rlbench.config import EXECUTION_KEYS
+from rlbench.configure import first_difference, parse_yaml, value_at
 from rlbench.engine.budget import UNITS
 from rlbench.report.inputs import RunFiles
 from rlbench.results import CONFIG, FINGERPRINT, token_hash
@@ -234,7 +235,8 @@ def check_eval_set(run: RunFiles, eval_set: Any, problems: list[str], config: di
 
 def _protocol(config: dict[str, Any] | None) -> tuple[set[int] | None, int | None]:
     """The steps of the scored evaluations and the curve-only evaluations' size, from the run's config.yaml."""
-    from rlbench.config import ConfigError, build_run_config
+    from rlbench.config import ConfigError
+    from rlbench.configure import build_run_config
     from rlbench.training import scored_steps
 
     try:

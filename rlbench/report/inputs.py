@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlbench.config import EXECUTION_KEYS, ConfigError, first_difference, value_at
+from rlbench.config import EXECUTION_KEYS, ConfigError
+from rlbench.configure import first_difference, value_at
 from rlbench.results import (
     AUDIT,
     EVAL_RECORDS,

@@ -26,6 +26,7 @@ from rlbench.provenance import version_differences
 from rlbench.report import stats
 from rlbench.report.audit import audit_comparison
 from rlbench.report.inputs import ComparisonFiles, ReportInputError, design
+from rlbench.report.power import pooled_sd
 from rlbench.report.runs import METRICS, run_score
 from rlbench.results import FINGERPRINT
 
@@ -134,7 +135,7 @@ def reproduce(a: ComparisonFiles, b: ComparisonFiles, metrics: Sequence[str] = M
     when the two are not the same experiment (their design differs), naming the first difference."""
     da, db = design(a.manifest), design(b.manifest)
     if da != db:
-        from rlbench.config import first_difference
+        from rlbench.configure import first_difference
 
         raise ReportInputError(f"{a.path} and {b.path} are different experiments: {first_difference(da, db)}")
     tests, sds, counts = [], {}, {}
@@ -143,7 +144,7 @@ def reproduce(a: ComparisonFiles, b: ComparisonFiles, metrics: Sequence[str] = M
         sa, sb = seed_scores(a, metric, flagged[str(a.path)]), seed_scores(b, metric, flagged[str(b.path)])
         rows = [r for r in sa if r in sb]
         tests += [RowTest(r, metric, tuple(sa[r]), tuple(sb[r]), welch_p(sa[r], sb[r])) for r in rows]
-        sds[metric] = stats.pooled_sd([*sa.values(), *sb.values()])
+        sds[metric] = pooled_sd([*sa.values(), *sb.values()])
         counts[metric] = (min((len(v) for v in sa.values()), default=0), min((len(v) for v in sb.values()), default=0))
     tests = check(tests)
     family = sum(t.p is not None for t in tests)

@@ -1,4 +1,9 @@
-"""The report's tables as plain rows of text, built once from the report dict and rendered as markdown or HTML."""
+"""The report's tables as plain rows of text, built once from the report dict and rendered as markdown or HTML.
+
+Over 400 lines on purpose: one function per table (leaderboard, controls, options, cost, behaviour, examples, critic
+fit, runs, summary) that share the cell formatters at the top; split, each reader would look in two files for why a
+cell reads as it does, and the markdown and HTML writers would import from both.
+"""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlbench.report import stats
+from rlbench.report.power import min_detectable_difference, pooled_sd, sd_interval, seeds_needed
 
 ALPHA = 0.05
 POWER = 0.8
@@ -113,12 +114,12 @@ def detectable(tests: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     detect 3 pp (both for a two-sided paired t at α = 0.05)."""
     found = [t for t in tests.values() if t and t["n"] >= 2]
     groups = [t["differences"] for t in found]
-    sd = stats.pooled_sd(groups) if groups else None
+    sd = pooled_sd(groups) if groups else None
     n = min((t["n"] for t in found), default=0)
     dof = sum(len(g) - 1 for g in groups)
-    mdd = stats.min_detectable_difference(sd, n, ALPHA, POWER) if sd is not None and n >= 2 else None
-    needed = stats.seeds_needed(sd, TARGET_EFFECT, ALPHA, POWER) if sd is not None else None
-    low, high = stats.sd_interval(sd, dof) if sd and dof else (None, None)
+    mdd = min_detectable_difference(sd, n, ALPHA, POWER) if sd is not None and n >= 2 else None
+    needed = seeds_needed(sd, TARGET_EFFECT, ALPHA, POWER) if sd is not None else None
+    low, high = sd_interval(sd, dof) if sd and dof else (None, None)
     mdd_ci = [mdd * low / sd, mdd * high / sd] if mdd is not None and low is not None else None
     return {
         "sd": sd,
