@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the main job: the tiny-lab comparison of the four algorithms, 10 seeds each, plus an A/A
+# Set up (if needed) and run the main job: the tiny-lab comparison of the four algorithms, 8 seeds each, plus an A/A
 # control (a second EM-PG on an independent sampling stream: must not be found) and a positive control (EM-PG at a
 # quarter of its learning rate: must be found), at one matched budget, each algorithm at the learning rate its
 # equal-effort tuning on the validation split chose (results/tiny-arith-tuning, scripts/tune.sh); then the
@@ -11,7 +11,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 out=${RLBENCH_OUT:-runs/tiny-arith}
 rlbench compare --config configs/tiny-arith.yaml --task arith --algos em-pg,grpo,ppo,reinforce --control \
-  --positive-control 0.25 --seeds 1,2,3,4,5,6,7,8,9,10 --tuned results/tiny-arith-tuning/tuned.yaml --out "$out" "$@"
+  --positive-control 0.25 --seeds 1,2,3,4,5,6,7,8 --tuned results/tiny-arith-tuning/tuned.yaml --out "$out" "$@"
 if [ "$(realpath "$out")" != "$(realpath results/tiny-arith)" ]; then
   rlbench reproduce results/tiny-arith "$out" --json "$out/reproduction.json"
 fi

@@ -214,7 +214,7 @@ def compare(
 
     from rlbench.compare import Comparison, command_line
     from rlbench.locks import refuse_several_ranks
-    from rlbench.report.build import DEFAULT_REFERENCE
+    from rlbench.report.inputs import DEFAULT_REFERENCE
     from rlbench.variants import control_of, parse_rows, positive_control_of
 
     refuse_several_ranks()

@@ -14,8 +14,7 @@ from pathlib import Path
 import click
 
 from rlbench.cli.errors import fail
-from rlbench.report.build import CI_METHODS, DEFAULT_REFERENCE
-from rlbench.report.inputs import ReportInputError
+from rlbench.report.inputs import CI_METHODS, DEFAULT_REFERENCE, ReportInputError
 from rlbench.report.runs import METRICS
 from rlbench.results import INDEX_HTML, LEADERBOARD, REPORT_JSON
 

@@ -23,13 +23,19 @@ from rlbench.report.audit import audit_comparison
 from rlbench.report.critic import critic_fit
 from rlbench.report.curves import eval_curves, training_curves
 from rlbench.report.examples import examples
-from rlbench.report.inputs import ComparisonFiles, ReportInputError, RunFiles, load_comparison, pool_comparisons
+from rlbench.report.inputs import (
+    CI_METHODS,
+    DEFAULT_REFERENCE,
+    ComparisonFiles,
+    ReportInputError,
+    RunFiles,
+    load_comparison,
+    pool_comparisons,
+)
 from rlbench.report.runs import METRICS, STAGES, audit_flags, completions, dig, number, record_scores, run_row
 from rlbench.results import INDEX_HTML, LEADERBOARD, MANIFEST, REPORT_JSON, write_json, write_text_atomic
 from rlbench.variants import control_source
 
-DEFAULT_REFERENCE = "em-pg"
-CI_METHODS = ("t", "bootstrap")
 ACCURACY_RANGE = (0.0, 1.0)
 LENGTH_KEYS = ("length_mean", "length_correct", "length_wrong", "truncated_frac")
 COST_KEYS = ("gen_tokens_per_s", "seconds_per_step", *(f"{s}_pct" for s in (*STAGES, "other")))

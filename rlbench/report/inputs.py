@@ -48,6 +48,9 @@ MANIFEST_KEYS = ("task", "algos", "seeds")
 # What makes two folders one comparison: the manifest keys `rlbench compare` refuses to change on a rerun, the rows'
 # labels and the evaluation protocol (the trackers in config.report_to aside). The rest of a manifest is its seeds
 # and provenance (command, created, code_version, packages, machine), which may differ between the pooled folders.
+# the row the others are compared with when a comparison names none, and the interval methods over seeds
+DEFAULT_REFERENCE = "em-pg"
+CI_METHODS = ("t", "bootstrap")
 DESIGN_KEYS = ("task", "model", "algos", "rows", "reference", "budget", "config", "algo_options", "eval", "tuning")
 
 
