@@ -73,3 +73,22 @@ def assert_reproduces(one: Path, many: Path) -> list[dict]:
     assert [e["greedy"]["accuracy"] for e in evals_many] == [e["greedy"]["accuracy"] for e in evals_one]
     assert json.loads((many / "summary.json").read_text())["status"] == "completed"
     return rows_one
+
+
+def set_flags(*overrides: str) -> list[str]:
+    """``--set KEY=VALUE`` for each override, as the command line takes them."""
+    return [flag for item in overrides for flag in ("--set", item)]
+
+
+# a comparison small enough for a test: 8 samples a step, 8 new tokens, 6 evaluation problems every 3 steps
+SMALL_COMPARISON = set_flags(
+    "rollout.batch_size=8",
+    "rollout.samples_per_prompt=2",
+    "sampling.max_new_tokens=8",
+    "eval.limit=6",
+    "eval.every=3",
+    "task.train_size=60",
+    "task.test_size=12",
+    "optim.lr=1e-3",
+    "checkpoint_every=2",
+)

@@ -11,32 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from run_helpers import stable_records, stable_rows
+from run_helpers import SMALL_COMPARISON, stable_records, stable_rows
 
 from rlbench.cli import main
 from rlbench.compare import parse_budget
 from rlbench.config import ConfigError
 
-SETTINGS = [
-    "--set",
-    "rollout.batch_size=8",
-    "--set",
-    "rollout.samples_per_prompt=2",
-    "--set",
-    "sampling.max_new_tokens=8",
-    "--set",
-    "eval.limit=6",
-    "--set",
-    "eval.every=3",
-    "--set",
-    "task.train_size=60",
-    "--set",
-    "task.test_size=12",
-    "--set",
-    "optim.lr=1e-3",
-    "--set",
-    "checkpoint_every=2",
-]
+SETTINGS = SMALL_COMPARISON
 
 
 def _cmd(model: Path, out: Path) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from run_helpers import stable_records, stable_rows
+from run_helpers import SMALL_COMPARISON, stable_records, stable_rows
 
 from rlbench import executors
 from rlbench.cli import main
@@ -373,26 +373,7 @@ def test_compare_trains_a_run_in_two_processes_on_its_slice(monkeypatch, tiny_qw
 
 # ---------------------------------------------------------------------------------------------- Ray
 
-RAY_SETTINGS = [
-    "--set",
-    "rollout.batch_size=8",
-    "--set",
-    "rollout.samples_per_prompt=2",
-    "--set",
-    "sampling.max_new_tokens=8",
-    "--set",
-    "eval.limit=6",
-    "--set",
-    "eval.every=3",
-    "--set",
-    "task.train_size=60",
-    "--set",
-    "task.test_size=12",
-    "--set",
-    "optim.lr=1e-3",
-    "--set",
-    "checkpoint_every=2",
-]
+RAY_SETTINGS = SMALL_COMPARISON
 ROWS = ("ppo[entropy_coef=0.05]", "em-pg[entropy_coef=0.05]")
 
 
