@@ -1,4 +1,7 @@
-"""A small comparison: matched budgets, an audit, and a SIGKILL in the middle that a rerun recovers from bitwise."""
+"""A small comparison: matched budgets, an audit, and a SIGKILL in the middle that a rerun recovers from bitwise.
+
+Over 400 lines on purpose: its tests share one comparison command line (``_cmd``) and the bitwise run comparisons;
+split, the files would import them from one another."""
 
 import json
 import os

@@ -1,5 +1,8 @@
 """Where runs execute: GPU slices on this machine (faked on CPU), multi-process runs that still end with their
-compare, and Ray."""
+compare, and Ray.
+
+Over 400 lines on purpose: the local and the Ray executor are held to the same checks (placement log, kill and
+rerun, bitwise equal results) in one file, as rlbench/executors.py keeps them side by side."""
 
 from __future__ import annotations
 

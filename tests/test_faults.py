@@ -2,7 +2,7 @@
 
 Runs go through the CLI in-process (CliRunner) on the tiny Qwen2 fixture, so each takes seconds, and always into a
 temp folder; disk faults are injected by patching ``os.write`` / ``os.fsync`` for one file, so nothing depends on
-really filling a disk.
+really filling a disk. Over 400 lines on purpose: one fault per test, all on one fixture; the list is the point.
 """
 
 from __future__ import annotations
