@@ -65,7 +65,7 @@ class Algorithm(ABC):
 
     def checks(self) -> list[Check]:
         """(option, holds, why) for every bound on the options; the configure step
-        (:func:`rlbench.configure.build_algorithm`) refuses the first that does not hold, naming ``algo.<option>=value``.
+        (:func:`rlbench.core.configure.build_algorithm`) refuses the first that does not hold, naming ``algo.<option>=value``.
 
         Subclasses extend this with ``[*super().checks(), ...]``.
         """

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlbench.core.registry import register_algorithm
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
-from rlbench.registry import register_algorithm
 
 from .base import (
     AggMode,

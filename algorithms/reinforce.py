@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
+from rlbench.core.registry import register_algorithm
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
-from rlbench.registry import register_algorithm
 
 from .base import (
     AggMode,

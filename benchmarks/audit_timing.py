@@ -30,14 +30,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from rlbench.core.registry import get_task  # noqa: E402
+from rlbench.core.results import EVAL_RECORDS, EVALS, RUNS, SUMMARY, read_jsonl, records_path, write_records  # noqa: E402
 from rlbench.engine.file_hashes import file_hashes  # noqa: E402
-from rlbench.eval.metrics import Scored, summarize  # noqa: E402
-from rlbench.registry import get_task  # noqa: E402
-from rlbench.report.audit import audit_comparison  # noqa: E402
-from rlbench.report.audit_run import Findings  # noqa: E402
-from rlbench.report.inputs import load_comparison, load_run  # noqa: E402
-from rlbench.report.regrade import Regrader, regrade_run  # noqa: E402
-from rlbench.results import EVAL_RECORDS, EVALS, RUNS, SUMMARY, read_jsonl, records_path, write_records  # noqa: E402
+from rlbench.run.eval.metrics import Scored, summarize  # noqa: E402
+from rlbench.study.report.audit import audit_comparison  # noqa: E402
+from rlbench.study.report.audit_run import Findings  # noqa: E402
+from rlbench.study.report.inputs import load_comparison, load_run  # noqa: E402
+from rlbench.study.report.regrade import Regrader, regrade_run  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

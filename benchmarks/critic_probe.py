@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from algorithms.base import explained_variance  # noqa: E402
-from rlbench.configure import build_run_config, load_yaml  # noqa: E402
-from rlbench.training import build_trainer  # noqa: E402
+from rlbench.core.configure import build_run_config, load_yaml  # noqa: E402
+from rlbench.run.training import build_trainer  # noqa: E402
 
 TARGETS = ("digit", "reward")
 

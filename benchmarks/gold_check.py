@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from rlbench.tasks.base import Example, Task  # noqa: E402
 from rlbench.tasks.grading import normalize_number  # noqa: E402
 
-from rlbench.registry import get_task  # noqa: E402
+from rlbench.core.registry import get_task  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

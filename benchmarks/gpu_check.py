@@ -86,7 +86,7 @@ def padded_char_tokenizer(vocab_size: int):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from rlbench.tiny.tokenizer import CHARS, SPECIAL
+    from rlbench.run.tiny.tokenizer import CHARS, SPECIAL
 
     words = SPECIAL + list(dict.fromkeys(CHARS))
     words += [f"<x{i}>" for i in range(len(words), vocab_size)]
@@ -286,9 +286,9 @@ def cmd_memory(args) -> None:
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from rlbench.configure import build_run_config
-    from rlbench.plan import CUDA_OVERHEAD, GIB, plan_run
-    from rlbench.training import build_trainer
+    from rlbench.core.configure import build_run_config
+    from rlbench.run.plan import CUDA_OVERHEAD, GIB, plan_run
+    from rlbench.run.training import build_trainer
 
     shape = SMOKE if args.smoke else QWEN_15B
     device = "cpu" if args.smoke else "cuda"

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rlbench.report.inputs import RunFiles, load_comparison
-from rlbench.report.power import min_detectable_difference, pooled_sd
-from rlbench.report.runs import dig, number
-from rlbench.results import read_records, record_points
+from rlbench.core.results import read_records, record_points
+from rlbench.study.report.inputs import RunFiles, load_comparison
+from rlbench.study.report.power import min_detectable_difference, pooled_sd
+from rlbench.study.report.runs import dig, number
 
 Score = Callable[[RunFiles], "float | None"]
 

@@ -21,7 +21,7 @@ from tinylab import MODEL_HELP, contention, resolve_model  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from vs_trl import rlbench_config  # noqa: E402
 
-from rlbench.training import build_trainer  # noqa: E402
+from rlbench.run.training import build_trainer  # noqa: E402
 
 
 def main() -> None:

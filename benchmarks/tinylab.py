@@ -27,8 +27,8 @@ def cached_warmstart() -> Path | None:
     """The default settings' tiny-lab warm-start, if it is already on disk."""
     from rlbench.tasks.arith import Arith
 
-    from rlbench.config import RunConfig
-    from rlbench.tiny.warmstart import cache_key, cache_root
+    from rlbench.core.config import RunConfig
+    from rlbench.run.tiny.warmstart import cache_key, cache_root
 
     config = RunConfig()
     task = Arith()
@@ -38,7 +38,7 @@ def cached_warmstart() -> Path | None:
 
 def newest_cached_warmstart() -> Path | None:
     """Any finished tiny-lab arith warm-start in the cache (built with other settings), newest first."""
-    from rlbench.tiny.warmstart import cache_root
+    from rlbench.run.tiny.warmstart import cache_root
 
     found = sorted((cache_root() / "tiny").glob("arith-*/warmstart.json"), key=lambda p: p.stat().st_mtime)
     return found[-1].parent if found else None
@@ -53,8 +53,8 @@ def resolve_model(spec: str) -> tuple[str, str]:
         if path is None and spec == "tiny":
             from rlbench.tasks.arith import Arith
 
-            from rlbench.config import RunConfig
-            from rlbench.tiny.warmstart import ensure_warmstart
+            from rlbench.core.config import RunConfig
+            from rlbench.run.tiny.warmstart import ensure_warmstart
 
             config = RunConfig()
             path = ensure_warmstart(config.tiny, Arith(), config.sampling)
@@ -66,9 +66,9 @@ def resolve_model(spec: str) -> tuple[str, str]:
         )
         spec = "random"
     if spec == "random":
-        from rlbench.config import TinyConfig
-        from rlbench.tiny.model import build_tiny_model
-        from rlbench.tiny.tokenizer import build_char_tokenizer
+        from rlbench.core.config import TinyConfig
+        from rlbench.run.tiny.model import build_tiny_model
+        from rlbench.run.tiny.tokenizer import build_char_tokenizer
 
         torch.manual_seed(0)
         tokenizer = build_char_tokenizer()

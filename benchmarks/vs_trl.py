@@ -67,7 +67,7 @@ def rlbench_config(
     model_dir: str, *, threads: int, seed: int, steps: int, batch_size: int, max_tokens: int, lr: float, out: str
 ):
     """The rlbench side of the equal-work GRPO settings (also what profile_step.py profiles)."""
-    from rlbench.configure import build_run_config
+    from rlbench.core.configure import build_run_config
 
     return build_run_config(
         {
@@ -101,7 +101,7 @@ def rlbench_config(
 def child_rlbench(args) -> dict:
     import torch
 
-    from rlbench.training import build_trainer
+    from rlbench.run.training import build_trainer
 
     config = rlbench_config(
         args.model_dir,
@@ -287,7 +287,7 @@ def reward_check(rl_runs: list[dict], trl_runs: list[dict]) -> str:
     Each step's reward is the mean over its completions (averaged over a framework's runs); the verdict is whether
     the 95% Student-t interval of the per-step differences rlbench - TRL contains 0.
     """
-    from rlbench.report.stats import t_interval
+    from rlbench.study.report.stats import t_interval
 
     per_step = [[statistics.fmean(s) for s in zip(*(r["rewards"] for r in runs))] for runs in (rl_runs, trl_runs)]
     diff = t_interval([a - b for a, b in zip(*per_step)])

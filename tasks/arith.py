@@ -15,8 +15,8 @@ import random
 import re
 from dataclasses import dataclass
 
-from rlbench.config import ConfigError
-from rlbench.registry import register_task
+from rlbench.core.config import ConfigError
+from rlbench.core.registry import register_task
 
 from .base import Example, Grade, Task, TaskConfig
 

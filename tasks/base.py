@@ -49,7 +49,7 @@ class TaskConfig:
     """Options every task accepts; a task subclasses this to add its own."""
 
     data: str | None = None  # hub id or local file; None means the task's default source
-    # a registered reward function's name (rlbench.registry.register_reward): training rewards come from it; the
+    # a registered reward function's name (rlbench.core.registry.register_reward): training rewards come from it; the
     # task's own grade still says what is correct (accuracy); None = the task's reward
     reward: str | None = None
 
@@ -69,7 +69,7 @@ class Task(ABC):
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Task:
-        from rlbench.configure import build_dataclass
+        from rlbench.core.configure import build_dataclass
 
         task = cls(build_dataclass(cls.Config, options, prefix="task"))
         if task.config.reward is None:
@@ -100,7 +100,7 @@ class Task(ABC):
 class RewardFrom(Task):
     """A task whose reward comes from a registered Python function (``task.reward: name``)::
 
-        from rlbench.registry import register_reward
+        from rlbench.core.registry import register_reward
 
         @register_reward("short-and-right")
         def short_and_right(prompt, completion, example) -> float:
@@ -111,8 +111,8 @@ class RewardFrom(Task):
     """
 
     def __init__(self, task: Task) -> None:
-        from rlbench import registry
-        from rlbench.config import ConfigError
+        from rlbench.core import registry
+        from rlbench.core.config import ConfigError
 
         self.task, self.config = task, task.config
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rlbench.config import ConfigError
+from rlbench.core.config import ConfigError
 
 from .base import Grade
 from .data import DataError, Record

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rlbench.config import ConfigError
+from rlbench.core.config import ConfigError
 
 T = TypeVar("T")
 

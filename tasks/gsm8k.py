@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rlbench.config import ConfigError
-from rlbench.registry import register_task
+from rlbench.core.config import ConfigError
+from rlbench.core.registry import register_task
 
 from .base import Example, Grade, Prompt, Task, TaskConfig
 from .data import (

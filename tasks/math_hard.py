@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rlbench.config import ConfigError
-from rlbench.registry import register_task
+from rlbench.core.config import ConfigError
+from rlbench.core.registry import register_task
 
 from .base import Example, Grade, Prompt, Task, TaskConfig
 from .boxed import equivalence_checker, grade_boxed, level_of, reference_answer

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rlbench.report import stats
+from rlbench.study.report import stats
 
 #: A test under calibration: (a, b) 0/1 grids of shape (seeds, problems) -> two-sided p-value (None = no verdict).
 GridTest = Callable[[np.ndarray, np.ndarray], "float | None"]

@@ -21,7 +21,7 @@ def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from rlbench.tiny.tokenizer import build_char_tokenizer
+    from rlbench.run.tiny.tokenizer import build_char_tokenizer
 
     torch.manual_seed(0)
     tok = build_char_tokenizer()

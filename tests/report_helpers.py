@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 from rlbench.tasks.base import Example
 
+from rlbench.core.registry import get_task
+from rlbench.core.results import EVAL_RECORDS, read_records, record_points, records_path, token_hash, write_records
 from rlbench.engine.file_hashes import file_hashes
-from rlbench.eval.metrics import Scored, summarize
-from rlbench.registry import get_task
-from rlbench.results import EVAL_RECORDS, read_records, record_points, records_path, token_hash, write_records
+from rlbench.run.eval.metrics import Scored, summarize
 
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 40}
 COMMAND = "rlbench compare --task arith --algos em-pg,grpo,ppo,reinforce --seeds 1,2,3 --budget samples=96 --out X"

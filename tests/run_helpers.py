@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rlbench.results import read_records, record_points
+from rlbench.core.results import read_records, record_points
 
 # timing fields of metrics.jsonl / eval.jsonl rows: the one thing two equal runs cannot share
 RUN_TIMING = frozenset({"time", "gen_tokens_per_s", "train_tokens_per_s", "tokens_per_second", "seconds"})

@@ -22,12 +22,12 @@ from rlbench.algorithms.base import (
     whiten,
 )
 
-from rlbench import registry
-from rlbench.config import ConfigError
-from rlbench.configure import build_algorithm
+from rlbench.core import registry
+from rlbench.core.config import ConfigError
+from rlbench.core.configure import build_algorithm
+from rlbench.core.registry import register_algorithm
 from rlbench.engine import maths
 from rlbench.engine.batch import PolicyOutput, RolloutBatch
-from rlbench.registry import register_algorithm
 
 
 @pytest.mark.parametrize("module", [base, maths], ids=lambda m: m.__name__)
@@ -283,8 +283,8 @@ TRAIN_ONE_STEP = {
 def test_every_algorithm_trains_one_step(algo, expected_metric, toy_registered, tiny_qwen_dir, tmp_path):
     import json
 
-    from rlbench.configure import build_run_config
-    from rlbench.training import train
+    from rlbench.core.configure import build_run_config
+    from rlbench.run.training import train
 
     out = tmp_path / "run"
     config = build_run_config({**TRAIN_ONE_STEP, "model": str(tiny_qwen_dir), "algo": algo, "out": str(out)})

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from report_helpers import make_comparison, seal
 
-from rlbench.report.audit import audit_comparison
-from rlbench.report.inputs import load_comparison
-from rlbench.results import read_records, record_points, write_records
+from rlbench.core.results import read_records, record_points, write_records
+from rlbench.study.report.audit import audit_comparison
+from rlbench.study.report.inputs import load_comparison
 
 SKILL = {"em-pg": 0.6, "grpo": 0.5, "reinforce": 0.55}
 

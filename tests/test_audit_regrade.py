@@ -16,14 +16,14 @@ from conftest import SHARED_DATA
 from report_helpers import final_records, make_comparison, seal
 
 from rlbench.cli import main
-from rlbench.eval.metrics import Scored, summarize
-from rlbench.registry import get_task
-from rlbench.report.audit import audit_comparison
-from rlbench.report.audit_run import Findings
-from rlbench.report.build import build_report
-from rlbench.report.inputs import ReportInputError, load_comparison, load_run
-from rlbench.report.regrade import Regrader, regrade_run
-from rlbench.results import EVAL_RECORDS, read_records, record_points, write_records
+from rlbench.core.registry import get_task
+from rlbench.core.results import EVAL_RECORDS, read_records, record_points, write_records
+from rlbench.run.eval.metrics import Scored, summarize
+from rlbench.study.report.audit import audit_comparison
+from rlbench.study.report.audit_run import Findings
+from rlbench.study.report.build import build_report
+from rlbench.study.report.inputs import ReportInputError, load_comparison, load_run
+from rlbench.study.report.regrade import Regrader, regrade_run
 
 SKILL = {"em-pg": 0.6, "grpo": 0.5, "reinforce": 0.55}
 GSM8K = SHARED_DATA / "gsm8k" / "test.jsonl"

@@ -10,13 +10,13 @@ import torch
 from rlbench.tasks.arith import Arith
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlbench.config import TinyConfig
-from rlbench.configure import build_run_config
+from rlbench.core.config import TinyConfig
+from rlbench.core.configure import build_run_config
 from rlbench.engine.generation import encode_prompt, make_generator, stop_ids
 from rlbench.engine.policy import Policy, load_model
-from rlbench.tiny.model import build_tiny_model
-from rlbench.tiny.tokenizer import build_char_tokenizer
-from rlbench.training import build_trainer
+from rlbench.run.tiny.model import build_tiny_model
+from rlbench.run.tiny.tokenizer import build_char_tokenizer
+from rlbench.run.training import build_trainer
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ import io
 import re
 from pathlib import Path
 
-from rlbench import bars
+from rlbench.core import bars
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,4 +70,4 @@ def test_every_progress_bar_in_rlbench_is_the_one_in_rlbench_bars():
         for line in p.read_text().splitlines()
         if re.match(r"\s*(from tqdm\b|import tqdm\b)", line)
     ]
-    assert not direct, "import tqdm through rlbench.bars:\n" + "\n".join(direct)
+    assert not direct, "import tqdm through rlbench.core.bars:\n" + "\n".join(direct)

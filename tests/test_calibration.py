@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from calibration_sim import Setting, crossed_bootstrap, paired_t, per_seed_differences, rejection_rates, sign_flip
 
-from rlbench.report import stats
-from rlbench.report.power import min_detectable_difference, pooled_sd
+from rlbench.study.report import stats
+from rlbench.study.report.power import min_detectable_difference, pooled_sd
 
 ALPHA = 0.05
 BAND = (0.02, 0.08)
@@ -186,7 +186,7 @@ def _null_splits(rows: int, seeds: int, replicates: int, seed: int) -> float:
     """Fraction of simulated leaderboards under a global null (every row the same algorithm) in which some row is
     ranked below 1=. Per-seed scores: a seed effect shared by the rows (they start from the same weights and
     prompts) plus each run's own N(0, 2 pp) shift; only differences reach the tests, so the shared part cancels."""
-    from rlbench.report import verdicts
+    from rlbench.study.report import verdicts
 
     rng = np.random.default_rng(seed)
     split = 0
@@ -209,7 +209,7 @@ def test_no_row_leaves_the_top_group_under_a_global_null(rows, seeds):
 
 def test_ranks_follow_score_order():
     """A lower score is never ranked above a higher one, whatever the per-pair variances."""
-    from rlbench.report import verdicts
+    from rlbench.study.report import verdicts
 
     rng = np.random.default_rng(5)
     for _ in range(300):

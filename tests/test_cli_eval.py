@@ -12,13 +12,13 @@ import torch
 from click.testing import CliRunner
 
 from rlbench.cli.eval import eval_
+from rlbench.core.registry import get_task
 from rlbench.engine.decoder import Decoder
 from rlbench.engine.generation import Generation
 from rlbench.engine.policy import Policy, load_model
-from rlbench.eval.evaluate import chunk_seed, evaluate
-from rlbench.eval.metrics import summarize
-from rlbench.registry import get_task
-from rlbench.tiny.tokenizer import build_char_tokenizer
+from rlbench.run.eval.evaluate import chunk_seed, evaluate
+from rlbench.run.eval.metrics import summarize
+from rlbench.run.tiny.tokenizer import build_char_tokenizer
 
 FAST = ["--task", "arith", "--max-new-tokens", "6", "--set", "threads=1", "--quiet"]
 
@@ -234,8 +234,8 @@ def test_pass_at_k_mean_and_majority_by_hand() -> None:
 def test_tiny_uses_the_training_warm_start(
     tiny_qwen_dir: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rlbench.tiny.warmstart as warmstart
-    from rlbench.config import RunConfig
+    import rlbench.run.tiny.warmstart as warmstart
+    from rlbench.core.config import RunConfig
 
     calls = []
 

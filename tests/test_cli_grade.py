@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from rlbench.cli.grade import PROGRESS_MIN_ROWS, grade
-from rlbench.registry import get_task
+from rlbench.core.registry import get_task
 
 GSM_ROWS = [
     {"question": "3+4?", "answer": "3+4=7\n#### 7"},

@@ -115,7 +115,7 @@ def test_two_processes_on_a_group_that_refuses_cpu_tensors_reproduce_one(tiny_qw
 
 
 def test_the_process_group_timeout_is_generous_and_configurable(monkeypatch):
-    from rlbench.config import ConfigError
+    from rlbench.core.config import ConfigError
     from rlbench.engine.process_group import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, timeout
 
     monkeypatch.delenv(TIMEOUT_ENV, raising=False)

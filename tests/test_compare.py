@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from run_helpers import SMALL_COMPARISON, stable_records, stable_rows
 
 from rlbench.cli import main
-from rlbench.compare import parse_budget
-from rlbench.config import ConfigError
+from rlbench.core.config import ConfigError
+from rlbench.study.compare import parse_budget
 
 SETTINGS = SMALL_COMPARISON
 
@@ -136,8 +136,8 @@ def test_unknown_algorithm_option_is_named(tmp_path):
 
 def test_set_algo_key_is_an_option_of_every_rows_algorithm(tmp_path):
     from rlbench.cli.compare import shared_tree
-    from rlbench.compare import Comparison
-    from rlbench.variants import parse_rows
+    from rlbench.study.compare import Comparison
+    from rlbench.study.variants import parse_rows
 
     tree, options = shared_tree(None, "arith", None, None, ("algo.loss_agg=token-mean",))
     comp = Comparison(tmp_path, tree, parse_rows("em-pg,reinforce[loss_agg=seq-mean-token-sum]"), [1], options, "cmd")
@@ -302,7 +302,7 @@ def _gone_within(pid: int, seconds: float) -> bool:
 def test_sigkill_of_the_compare_alone_ends_its_run_and_a_rerun_equals_an_uninterrupted_comparison(
     tiny_qwen_dir, tmp_path
 ):
-    from rlbench.locks import holder
+    from rlbench.core.locks import holder
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     clean, killed = tmp_path / "clean", tmp_path / "killed"
@@ -335,7 +335,7 @@ def test_sigkill_of_the_compare_alone_ends_its_run_and_a_rerun_equals_an_uninter
 
 
 def test_a_second_writer_is_refused_naming_the_holder_and_sigterm_of_the_compare_ends_its_run(tiny_qwen_dir, tmp_path):
-    from rlbench.locks import holder
+    from rlbench.core.locks import holder
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "cmp"
@@ -395,8 +395,8 @@ def _parent_of(pid: int) -> int | None:
 def test_sigkill_of_the_compare_ends_its_run_in_two_processes_as_interrupted(tiny_qwen_dir, tmp_path):
     """compare -> `accelerate launch` (what `rlbench train --processes 2` becomes) -> 2 gloo ranks: the launcher
     follows the compare, the ranks their launcher, and the run ends through SIGTERM, with its summary."""
-    from rlbench.executors import FAKE_GPUS_ENV
-    from rlbench.locks import holder
+    from rlbench.core.locks import holder
+    from rlbench.study.executors import FAKE_GPUS_ENV
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", FAKE_GPUS_ENV: "2"}  # CUDA_VISIBLE_DEVICES=0,1: gloo ranks on a CPU
     out = tmp_path / "cmp"

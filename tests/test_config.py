@@ -1,7 +1,7 @@
 import pytest
 
-from rlbench.config import BudgetConfig, ConfigError, RunConfig
-from rlbench.configure import build_run_config, load_yaml, merge_overrides, resolve
+from rlbench.core.config import BudgetConfig, ConfigError, RunConfig
+from rlbench.core.configure import build_run_config, load_yaml, merge_overrides, resolve
 
 
 def test_defaults_are_valid():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from rlbench.cli.config import config_keys, field_help
-from rlbench.config import RolloutConfig, RunConfig
+from rlbench.core.config import RolloutConfig, RunConfig
 
 
 def _leaves(tree: dict, prefix: str = "") -> set[str]:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from run_helpers import assert_reproduces
 
-from rlbench.configure import build_run_config
+from rlbench.core.configure import build_run_config
 from rlbench.engine.distributed import Ranks
-from rlbench.training import check_processes
+from rlbench.run.training import check_processes
 
 
 def _train(model: Path, out: Path, algo: str, processes: int) -> None:

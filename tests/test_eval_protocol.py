@@ -7,12 +7,12 @@ import pytest
 import torch
 from rlbench.tasks.arith import Arith
 
-from rlbench.config import ConfigError
-from rlbench.configure import build_run_config
+from rlbench.core.config import ConfigError
+from rlbench.core.configure import build_run_config
 from rlbench.engine.decoder import Decoder
 from rlbench.engine.policy import Policy
-from rlbench.eval.evaluate import evaluate
-from rlbench.training import RunEvaluator, scored_steps
+from rlbench.run.eval.evaluate import evaluate
+from rlbench.run.training import RunEvaluator, scored_steps
 
 
 def _config(**eval_settings):

@@ -2,7 +2,7 @@
 compare, and Ray.
 
 Over 400 lines on purpose: the local and the Ray executor are held to the same checks (placement log, kill and
-rerun, bitwise equal results) in one file, as rlbench/executors.py keeps them side by side."""
+rerun, bitwise equal results) in one file, as rlbench/study/executors.py keeps them side by side."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 from run_helpers import SMALL_COMPARISON, stable_records, stable_rows
 
-from rlbench import executors
 from rlbench.cli import main
-from rlbench.config import ConfigError
-from rlbench.executors import FAKE_GPUS_ENV, PLACEMENTS, Job, LocalExecutor, device_slices, placement_from_flags
+from rlbench.core.config import ConfigError
+from rlbench.study import executors
+from rlbench.study.executors import FAKE_GPUS_ENV, PLACEMENTS, Job, LocalExecutor, device_slices, placement_from_flags
 
 # A stand-in for `rlbench train`: it records the devices it was given, its arguments and its parent, then sleeps.
 FAKE_CHILD = """
@@ -138,7 +138,7 @@ def test_each_run_gets_its_own_slice_and_no_device_serves_two_runs_at_once(monke
     for i, a in enumerate(children):
         for b in children[i + 1 :]:
             assert not (a["devices"] == b["devices"] and _overlap(a, b)), (a, b)
-        assert a["args"] == [] and "rlbench.executors" not in a["parent"]  # one process: started directly
+        assert a["args"] == [] and "rlbench.study.executors" not in a["parent"]  # one process: started directly
     starts = {
         r["run"]: r["devices"]
         for r in map(json.loads, (tmp_path / PLACEMENTS).read_text().splitlines())
@@ -165,7 +165,7 @@ def test_jobs_caps_the_slices_used(monkeypatch, tmp_path, fake_child):
 
 
 def test_compare_places_runs_on_fake_gpus_and_records_where(monkeypatch, tmp_path, fake_child):
-    import rlbench.compare as compare
+    import rlbench.study.compare as compare
 
     monkeypatch.setenv(FAKE_GPUS_ENV, "2")
     monkeypatch.setattr(compare, "load_comparison", lambda folder: folder)
@@ -204,10 +204,10 @@ def test_compare_places_runs_on_fake_gpus_and_records_where(monkeypatch, tmp_pat
 
 # A rank of `rlbench train --processes 2` under `compare`, stood in for: it follows its starter as a rank does and
 # says when it is ready and when a SIGTERM stopped it. Its launcher is the real `accelerate launch`, reached as
-# `rlbench train --processes` reaches it (rlbench.lifeline.exec_launcher), under a stand-in compare.
+# `rlbench train --processes` reaches it (rlbench.core.lifeline.exec_launcher), under a stand-in compare.
 RANK = """
 import os, signal, sys, time
-from rlbench.lifeline import follow_parent
+from rlbench.core.lifeline import follow_parent
 
 def say(what):
     with open(sys.argv[1], "a") as f:
@@ -220,13 +220,13 @@ time.sleep(120)
 """
 LAUNCHER = """
 import sys
-from rlbench.lifeline import exec_launcher
+from rlbench.core.lifeline import exec_launcher
 exec_launcher([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *sys.argv[1:]])
 """
 COMPARE = """
 import os, subprocess, sys, time
-from rlbench.lifeline import child_env
+from rlbench.core.lifeline import child_env
 subprocess.Popen([sys.executable, "-c", sys.argv[1], *sys.argv[2:]], env={**os.environ, **child_env()})
 time.sleep(120)
 """
@@ -393,7 +393,7 @@ def _parent(pid: int) -> int:
 
 def _killer(folder: Path, plan: dict[str, str], killed: dict[str, int], stop: threading.Event) -> None:
     """Once a run has saved its state (step 2), SIGKILL its `rlbench train` process or the Ray worker above it."""
-    from rlbench.locks import holder
+    from rlbench.core.locks import holder
 
     while not stop.is_set() and len(killed) < len(plan):
         for run, what in plan.items():

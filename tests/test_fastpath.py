@@ -16,7 +16,7 @@ from rlbench.engine.batch import RolloutBatch
 from rlbench.engine.decoder import Decoder
 from rlbench.engine.generation import encode_prompt, left_pad
 from rlbench.engine.policy import Policy, load_model, position_ids_from_mask
-from rlbench.tiny.tokenizer import build_char_tokenizer
+from rlbench.run.tiny.tokenizer import build_char_tokenizer
 
 PROMPTS = ["Q: 1+2=? A:", "Q: 10+20-5=? A:", "Q: 7=? A:"]
 

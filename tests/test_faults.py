@@ -136,7 +136,7 @@ def test_non_finite_yaml_values_are_refused_too(tiny_qwen_dir, tmp_path):
 
 
 def test_json_writers_write_non_finite_floats_as_null(tmp_path):
-    from rlbench.results import append_jsonl, write_json
+    from rlbench.core.results import append_jsonl, write_json
 
     row = {"loss": math.nan, "nested": {"g": [math.inf, -math.inf, 1.5]}, "t": torch.tensor(math.nan), "ok": 2}
     append_jsonl(tmp_path / "m.jsonl", row)
@@ -360,7 +360,7 @@ def test_disk_full_writing_the_summary_leaves_no_temp_file(tiny_qwen_dir, tmp_pa
 
 
 def test_atomic_writes_follow_the_umask(tmp_path):
-    from rlbench.results import write_json, write_text_atomic
+    from rlbench.core.results import write_json, write_text_atomic
 
     old = os.umask(0o027)
     try:
@@ -372,7 +372,7 @@ def test_atomic_writes_follow_the_umask(tmp_path):
 
 
 def test_a_failed_atomic_write_removes_its_temp_file_and_keeps_the_old_file(tmp_path, monkeypatch):
-    from rlbench.results import RunFileError, write_text_atomic
+    from rlbench.core.results import RunFileError, write_text_atomic
 
     target = tmp_path / "report.json"
     target.write_text("old\n")
@@ -413,8 +413,8 @@ def test_a_yaml_alias_bomb_is_refused_naming_file_and_line(tmp_path):
 
 
 def test_markdown_escapes_html_in_cells_and_facts_but_keeps_code_spans():
-    from rlbench.report.markdown import _cell, _facts, _table
-    from rlbench.report.tables import Table
+    from rlbench.study.report.markdown import _cell, _facts, _table
+    from rlbench.study.report.tables import Table
 
     assert _cell("<script>alert(1)</script> & co") == "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"
     assert _cell("`a<b`") == "`a<b`"  # code spans show their text literally in markdown: no entity there
@@ -440,8 +440,8 @@ def test_markdown_escapes_html_in_cells_and_facts_but_keeps_code_spans():
     ],
 )
 def test_rendered_markdown_has_no_tags_from_values(value):
-    from rlbench.report.markdown import _facts, _table
-    from rlbench.report.tables import Table
+    from rlbench.study.report.markdown import _facts, _table
+    from rlbench.study.report.tables import Table
 
     MarkdownIt = pytest.importorskip("markdown_it").MarkdownIt
     md = "\n".join(_facts([("fact", value)]) + _table(Table("t", ["col"], [[value]], [value]), "##"))
@@ -453,7 +453,7 @@ def test_leaderboard_md_escapes_html_from_the_manifest(tmp_path):
     MarkdownIt = pytest.importorskip("markdown_it").MarkdownIt  # a CommonMark renderer (installed with rich)
     from report_helpers import make_comparison
 
-    from rlbench.report.build import write_report
+    from rlbench.study.report.build import write_report
 
     path = make_comparison(tmp_path / "c", {"em-pg": 0.6, "grpo": 0.5})
     manifest = json.loads((path / "manifest.json").read_text())

@@ -13,8 +13,8 @@ from rlbench.tasks.base import Example
 from rlbench.tasks.data import DataError
 from rlbench.tasks.gsm8k import GSM8K, extract_answer, reference_answer
 
-from rlbench.config import ConfigError
-from rlbench.registry import get_task
+from rlbench.core.config import ConfigError
+from rlbench.core.registry import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"

@@ -82,7 +82,7 @@ def test_a_built_wheel_loads_everything_from_where_it_is_installed(tmp_path: Pat
 
 @pytest.mark.parametrize("name", ["algorithms", "tasks"])
 def test_the_built_ins_register_from_the_loaded_tree(name: str):
-    from rlbench import registry
+    from rlbench.core import registry
 
     table = registry.algorithms() if name == "algorithms" else registry.tasks()
     assert table and all(

@@ -11,39 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # where each package's files live (algorithms/ and tasks/ install as rlbench.algorithms and rlbench.tasks)
 SOURCES = {"rlbench": ROOT / "rlbench", "rlbench.algorithms": ROOT / "algorithms", "rlbench.tasks": ROOT / "tasks"}
 
-# Lower layers never import higher ones. Within a layer anything goes (but no cycles, checked below).
+# Lower layers never import higher ones. Within a layer anything goes (but no cycles, checked below). Each layer is
+# one folder of rlbench/ (plus the plugin folders beside it), so the tree draws the architecture.
 LAYERS = [
-    (
-        "foundation",
-        [
-            "rlbench.config",
-            "rlbench.configure",
-            "rlbench.results",
-            "rlbench.registry",
-            "rlbench.locks",
-            "rlbench.lifeline",
-            "rlbench.provenance",
-            "rlbench.bars",
-        ],
-    ),
+    ("foundation", ["rlbench.core"]),
     ("engine", ["rlbench.engine"]),
     ("plugins", ["rlbench.algorithms", "rlbench.tasks"]),
-    (
-        "runs",
-        ["rlbench.eval", "rlbench.tiny", "rlbench.training", "rlbench.tracking", "rlbench.plan", "rlbench.model_shape"],
-    ),
-    (
-        "comparisons",
-        [
-            "rlbench.compare",
-            "rlbench.variants",
-            "rlbench.report",
-            "rlbench.executors",
-            "rlbench.progress",
-            "rlbench.snapshots",
-            "rlbench.tune",
-        ],
-    ),
+    ("runs", ["rlbench.run"]),
+    ("comparisons", ["rlbench.study"]),
     ("cli", ["rlbench.cli", "rlbench.__main__"]),
 ]
 
@@ -98,6 +73,14 @@ def graph() -> dict[str, set[str]]:
     return {name: _imports(name, path, known) - {"rlbench"} for name, path in modules.items() if name != "rlbench"}
 
 
+def test_every_module_of_rlbench_sits_in_its_layers_folder():
+    loose = sorted(p.name for p in (ROOT / "rlbench").glob("*.py") if p.name not in {"__init__.py", "__main__.py"})
+    assert not loose, f"modules at the top of rlbench/, in no layer's folder: {loose}"
+    folders = {p.name for p in (ROOT / "rlbench").iterdir() if (p / "__init__.py").is_file()}
+    layer_folders = {prefix.removeprefix("rlbench.") for _, prefixes in LAYERS for prefix in prefixes}
+    assert folders == layer_folders - {"algorithms", "tasks", "__main__"}
+
+
 def test_layers_import_only_downward(graph):
     upward = [
         f"{m} ({LAYERS[_layer(m)][0]}) imports {d} ({LAYERS[_layer(d)][0]})"
@@ -133,7 +116,7 @@ def test_the_engine_never_imports_evaluation_the_tiny_lab_or_plugins(graph):
 
 @pytest.mark.parametrize("folder", ["algorithms", "tasks"])
 def test_algorithm_and_task_modules_are_short(folder):
-    from rlbench import registry
+    from rlbench.core import registry
 
     table = registry.algorithms() if folder == "algorithms" else registry.tasks()
     files = {Path(__import__(cls.__module__, fromlist=["_"]).__file__) for cls in table.values()}

@@ -19,8 +19,8 @@ if not GSM8K_TEST.is_file():
 from lm_eval.api.model import LM  # noqa: E402
 
 from rlbench.cli.eval import eval_  # noqa: E402
-from rlbench.eval import lm_eval_bridge as bridge  # noqa: E402
-from rlbench.registry import get_task  # noqa: E402
+from rlbench.core.registry import get_task  # noqa: E402
+from rlbench.run.eval import lm_eval_bridge as bridge  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

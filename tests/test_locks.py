@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rlbench import lifeline
 from rlbench.cli import main
-from rlbench.config import ConfigError
-from rlbench.locks import LOCK, hold, holder, is_run_folder, refuse_foreign, refuse_several_ranks
+from rlbench.core import lifeline
+from rlbench.core.config import ConfigError
+from rlbench.core.locks import LOCK, hold, holder, is_run_folder, refuse_foreign, refuse_several_ranks
 
 SMALL = [
     "--set",
@@ -80,7 +80,7 @@ def test_a_held_folder_refuses_a_second_holder_naming_the_first(tmp_path):
 
 def test_the_lock_goes_with_its_holder_however_it_dies(tmp_path):
     code = (
-        "import sys, time; from pathlib import Path; from rlbench.locks import hold\n"
+        "import sys, time; from pathlib import Path; from rlbench.core.locks import hold\n"
         "with hold(Path(sys.argv[1]), 'run'):\n    print('held', flush=True); time.sleep(600)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
@@ -214,6 +214,6 @@ def test_the_parent_watch_sends_sigterm_once_the_parent_is_gone(monkeypatch):
 
 def test_a_run_started_by_a_compare_that_is_already_gone_ends_at_once(tmp_path):
     env = {**os.environ, lifeline.PARENT_ENV: str(os.getpid() + 10**6)}
-    code = "from rlbench.lifeline import follow_parent; follow_parent(); import time; time.sleep(60); print('outlived')"
+    code = "from rlbench.core.lifeline import follow_parent; follow_parent(); import time; time.sleep(60); print('outlived')"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == -signal.SIGTERM and "outlived" not in done.stdout

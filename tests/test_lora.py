@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 
 from rlbench.cli import main
-from rlbench.configure import build_run_config
+from rlbench.core.configure import build_run_config
 from rlbench.engine import fastpath
 from rlbench.engine.policy import Policy, load_model
-from rlbench.training import build_trainer
+from rlbench.run.training import build_trainer
 
 pytest.importorskip("peft")
 

@@ -17,8 +17,8 @@ from rlbench.tasks.base import Example
 from rlbench.tasks.data import DataError
 from rlbench.tasks.math_hard import HUB, MathHard
 
-from rlbench.config import ConfigError
-from rlbench.registry import get_task
+from rlbench.core.config import ConfigError
+from rlbench.core.registry import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

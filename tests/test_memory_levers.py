@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 
 from rlbench.cli import main
-from rlbench.config import ConfigError
-from rlbench.configure import build_run_config
+from rlbench.core.config import ConfigError
+from rlbench.core.configure import build_run_config
 from rlbench.engine.build import check_optimizer
-from rlbench.training import build_trainer
+from rlbench.run.training import build_trainer
 
 PROGRESS_BAR = re.compile(r"\d+%\|")
 

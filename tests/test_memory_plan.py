@@ -9,12 +9,12 @@ import pytest
 import torch
 from memory_helpers import LiveBytes
 
-from rlbench.config import TinyConfig
-from rlbench.configure import build_run_config
-from rlbench.plan import CUDA_OVERHEAD, plan_run
-from rlbench.tiny.model import build_tiny_model
-from rlbench.tiny.tokenizer import build_char_tokenizer
-from rlbench.training import build_trainer
+from rlbench.core.config import TinyConfig
+from rlbench.core.configure import build_run_config
+from rlbench.run.plan import CUDA_OVERHEAD, plan_run
+from rlbench.run.tiny.model import build_tiny_model
+from rlbench.run.tiny.tokenizer import build_char_tokenizer
+from rlbench.run.training import build_trainer
 
 TOLERANCE = 0.15
 

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from rlbench.cli import main
-from rlbench.configure import build_run_config
+from rlbench.core.configure import build_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 
 import rlbench
-from rlbench.configure import load_yaml, shipped_config
+from rlbench.core.configure import load_yaml, shipped_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

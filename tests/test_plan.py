@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from rlbench.cli import main
-from rlbench.configure import build_run_config
-from rlbench.plan import CUDA_OVERHEAD, GIB, ModelShape, estimate, fsdp_gpus_needed, model_shape
+from rlbench.core.configure import build_run_config
+from rlbench.run.plan import CUDA_OVERHEAD, GIB, ModelShape, estimate, fsdp_gpus_needed, model_shape
 
 # 2 layers, hidden 8, MLP 16, 2 heads / 1 KV head of 4, vocabulary 10, 1,000 weights, 64 of them LoRA adapters
 SHAPE = ModelShape(

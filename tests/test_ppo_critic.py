@@ -7,10 +7,10 @@ import pytest
 import torch
 from rlbench.algorithms.ppo import PPO
 
-from rlbench.config import ConfigError
-from rlbench.configure import build_algorithm, build_run_config
+from rlbench.core.config import ConfigError
+from rlbench.core.configure import build_algorithm, build_run_config
 from rlbench.engine.policy import ValueHead, ValueModel
-from rlbench.training import build_trainer
+from rlbench.run.training import build_trainer
 
 LR = 1e-3
 

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from rlbench.tasks.base import Grade
 
 from rlbench.cli import main
-from rlbench.configure import build_run_config, load_yaml
+from rlbench.core.configure import build_run_config, load_yaml
 from rlbench.engine import precision
 from rlbench.engine.precision import bf16_step_check, smallest_bf16_step
-from rlbench.training import build_trainer
+from rlbench.run.training import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = ["gsm8k-qwen2.5-1.5b.yaml", "math-hard-qwen2.5-math-7b.yaml"]
@@ -143,6 +143,6 @@ def test_bf16_pure_trains_when_the_lr_can_move_it(tiny_qwen_dir, tmp_path):
 def test_the_config_and_the_engine_know_the_same_precisions():
     import typing
 
-    from rlbench.config import RunConfig
+    from rlbench.core.config import RunConfig
 
     assert typing.get_args(typing.get_type_hints(RunConfig)["precision"]) == precision.PRECISIONS

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from run_helpers import stable_records
 
 from rlbench.cli import main
-from rlbench.locks import hold
-from rlbench.progress import Live, duration, status_text
-from rlbench.snapshots import Tracker, budget_fraction, lock_held, total_steps
+from rlbench.core.locks import hold
+from rlbench.study.progress import Live, duration, status_text
+from rlbench.study.snapshots import Tracker, budget_fraction, lock_held, total_steps
 
 
 def test_total_steps_and_budget_fraction_follow_the_budget():

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from report_helpers import final_records, make_comparison, read_json, seal
 
 from rlbench.cli import main
-from rlbench.report import stats, verdicts
-from rlbench.report.build import build_report, write_report
-from rlbench.report.inputs import ReportInputError, load_comparison
-from rlbench.report.markdown import render_markdown
-from rlbench.results import read_records, record_points, write_records
+from rlbench.core.results import read_records, record_points, write_records
+from rlbench.study.report import stats, verdicts
+from rlbench.study.report.build import build_report, write_report
+from rlbench.study.report.inputs import ReportInputError, load_comparison
+from rlbench.study.report.markdown import render_markdown
 
 SKILL = {"em-pg": 0.7, "grpo": 0.5, "ppo": 0.3, "reinforce": 0.6}
 

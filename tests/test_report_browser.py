@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from report_helpers import arith, make_comparison, rollout, seal
 
-from rlbench.report.build import write_report
+from rlbench.study.report.build import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "benchmarks" / "check_report_html.py"

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from report_helpers import arith, make_comparison, rollout, seal
 
-from rlbench.report import curves
-from rlbench.report.build import build_report, write_report
-from rlbench.report.html import render_html
-from rlbench.report.inputs import load_comparison
-from rlbench.report.markdown import render_markdown
-from rlbench.report.plots import task_plots
+from rlbench.study.report import curves
+from rlbench.study.report.build import build_report, write_report
+from rlbench.study.report.html import render_html
+from rlbench.study.report.inputs import load_comparison
+from rlbench.study.report.markdown import render_markdown
+from rlbench.study.report.plots import task_plots
 
 SKILL = {"em-pg": 0.6, "grpo": 0.5}
 
@@ -215,8 +215,8 @@ def test_critic_fit_shows_each_runs_explained_variance_and_the_prompt_only_ceili
 
 
 def test_prompt_only_ceiling_is_the_between_problem_share_of_reward_variance():
-    from rlbench.report.critic import prompt_only_ceiling
-    from rlbench.report.inputs import RunFiles
+    from rlbench.study.report.critic import prompt_only_ceiling
+    from rlbench.study.report.inputs import RunFiles
 
     def run(*groups):
         records = [{"id": str(i), "samples": [{"correct": bool(x)} for x in g]} for i, g in enumerate(groups)]
@@ -231,7 +231,7 @@ def test_prompt_only_ceiling_is_the_between_problem_share_of_reward_variance():
 
 
 def test_options_the_rows_share_by_name_but_set_apart_are_named():
-    from rlbench.report.text import differing_options
+    from rlbench.study.report.text import differing_options
 
     def row(label, **options):
         return {"label": label, "algo": label, "control": False, "options": options}

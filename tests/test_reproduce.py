@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from report_helpers import make_comparison
 
 from rlbench.cli import main
-from rlbench.report import reproduce as rep
-from rlbench.report.inputs import ReportInputError, load_comparison
+from rlbench.study.report import reproduce as rep
+from rlbench.study.report.inputs import ReportInputError, load_comparison
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "results" / "tiny-arith"

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from rlbench import registry
-from rlbench.config import ConfigError
-from rlbench.configure import build_run_config
-from rlbench.registry import register_reward
-from rlbench.training import build_task, build_trainer
+from rlbench.core import registry
+from rlbench.core.config import ConfigError
+from rlbench.core.configure import build_run_config
+from rlbench.core.registry import register_reward
+from rlbench.run.training import build_task, build_trainer
 
 SEEN: list[tuple] = []
 

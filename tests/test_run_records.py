@@ -8,9 +8,9 @@ import json
 import pytest
 from report_helpers import make_comparison
 
+from rlbench.core.results import EVALS, RECORDS_DIR, read_records, record_points, records_path, write_records
 from rlbench.engine.checkpoints import drop_logs, truncate_logs
-from rlbench.report.inputs import ReportInputError, load_comparison
-from rlbench.results import EVALS, RECORDS_DIR, read_records, record_points, records_path, write_records
+from rlbench.study.report.inputs import ReportInputError, load_comparison
 
 ROWS = [{"point": 1, "step": 3, "id": "2+2", "greedy": {"completion": " 2+2=4 #### 4", "correct": True}}]
 

@@ -1,4 +1,4 @@
-"""rlbench.report.stats against textbook values and known cases (identical algorithms, a clear winner, determinism)."""
+"""rlbench.study.report.stats against textbook values and known cases (identical algorithms, a clear winner, determinism)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import statistics
 
 import pytest
 
-from rlbench.report import behaviours, stats
-from rlbench.report.power import min_detectable_difference, paired_t_power, pooled_sd, seeds_needed
+from rlbench.study.report import behaviours, stats
+from rlbench.study.report.power import min_detectable_difference, paired_t_power, pooled_sd, seeds_needed
 
 
 def test_doc_examples_hold():

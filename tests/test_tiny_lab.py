@@ -5,10 +5,10 @@ import torch
 from rlbench.tasks.arith import Arith, ArithConfig
 from transformers import AutoTokenizer
 
-from rlbench.config import ConfigError, SamplingConfig, TinyConfig
+from rlbench.core.config import ConfigError, SamplingConfig, TinyConfig
 from rlbench.engine.file_hashes import sha256_file
-from rlbench.tiny.tokenizer import build_char_tokenizer
-from rlbench.tiny.warmstart import cache_key, ensure_warmstart
+from rlbench.run.tiny.tokenizer import build_char_tokenizer
+from rlbench.run.tiny.warmstart import cache_key, ensure_warmstart
 
 
 def test_char_tokenizer_round_trips(tmp_path):
@@ -47,7 +47,7 @@ def test_arith_grader_reads_only_the_final_answer():
 def test_arith_rejects_impossible_sizes():
     import pytest
 
-    from rlbench.config import ConfigError
+    from rlbench.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="task.test_size"):
         Arith(ArithConfig(min_operand=1, max_operand=2, min_ops=1, max_ops=1, test_size=100)).load("test")
@@ -98,7 +98,7 @@ def test_warmstart_is_cached_and_deterministic(cache_dir):
 
 def test_the_reference_is_the_default_and_its_bytes_are_checked(cache_dir, monkeypatch):
     """tiny.warmstart=reference: the shipped weights, whatever the cache, checked against the pinned sha256."""
-    import rlbench.tiny.warmstart as ws
+    import rlbench.run.tiny.warmstart as ws
 
     path = ensure_warmstart(TinyConfig(), Arith(), SamplingConfig(), progress=False)
     assert path == ws.REFERENCE_DIR and not cache_dir.exists()
@@ -118,7 +118,7 @@ def test_settings_the_reference_was_not_made_with_are_refused_naming_the_key():
 
 def test_the_sft_schedule_has_no_stop_rule():
     """A fixed number of steps on a warm-up + cosine schedule: the learning rate is a function of the step alone."""
-    from rlbench.tiny.warmstart import sft_lr_factor
+    from rlbench.run.tiny.warmstart import sft_lr_factor
 
     tiny = TinyConfig(sft_warmup=10, sft_steps=100, sft_horizon=200)
     assert sft_lr_factor(0, tiny) == pytest.approx(0.1) and sft_lr_factor(9, tiny) == 1.0

@@ -13,9 +13,9 @@ import yaml
 from click.testing import CliRunner
 
 from rlbench.cli import main
-from rlbench.config import ConfigError
-from rlbench.configure import build_run_config, saved_config_mismatch
-from rlbench.tracking import TensorBoardTracker, Tracker, run_identity, scalars
+from rlbench.core.config import ConfigError
+from rlbench.core.configure import build_run_config, saved_config_mismatch
+from rlbench.run.tracking import TensorBoardTracker, Tracker, run_identity, scalars
 
 REPO = Path(__file__).resolve().parents[1]
 TREE = {
@@ -103,8 +103,8 @@ def test_trackers_do_not_make_a_saved_run_different(tmp_path):
 def test_the_audit_ignores_trackers(tmp_path):
     from report_helpers import make_comparison, seal
 
-    from rlbench.report.audit import audit_comparison
-    from rlbench.report.inputs import load_comparison
+    from rlbench.study.report.audit import audit_comparison
+    from rlbench.study.report.inputs import load_comparison
 
     path = make_comparison(tmp_path / "c", {"em-pg": 0.6, "grpo": 0.5})
     config_file = path / "runs" / "grpo-s2" / "config.yaml"
@@ -199,7 +199,7 @@ def test_tensorboard_resume_replaces_the_relogged_steps(tmp_path):
 
 def test_tensorboard_run_logs_every_step_and_evaluation(tiny_qwen_dir, tmp_path):
     pytest.importorskip("tensorboard")
-    from rlbench.training import train
+    from rlbench.run.training import train
 
     out = tmp_path / "run"
     config = build_run_config({**TREE, "model": str(tiny_qwen_dir), "out": str(out), "report_to": ["tensorboard"]})
@@ -300,7 +300,7 @@ def test_wandb_mode_is_left_to_wandb(tmp_path, monkeypatch):
     """No mode is forced: wandb.init gets none, so WANDB_MODE, `wandb login` and `wandb offline` decide."""
     import types
 
-    from rlbench.tracking import WandbTracker
+    from rlbench.run.tracking import WandbTracker
 
     calls = []
     fake = types.SimpleNamespace(

@@ -10,9 +10,9 @@ import time
 from click.testing import CliRunner
 
 from rlbench.cli import main
+from rlbench.core.results import read_records, records_path
 from rlbench.engine.file_hashes import file_hashes
-from rlbench.eval.metrics import summarize
-from rlbench.results import read_records, records_path
+from rlbench.run.eval.metrics import summarize
 
 SMALL = [
     "--set",

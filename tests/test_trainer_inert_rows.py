@@ -9,9 +9,9 @@ round-off into a full learning-rate step."""
 import pytest
 import torch
 
-from rlbench.configure import build_run_config
+from rlbench.core.configure import build_run_config
 from rlbench.engine.trainer import Trainer
-from rlbench.training import build_trainer
+from rlbench.run.training import build_trainer
 
 MIXED = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0])  # pairs: agree, agree, differ, agree
 AGREE = torch.ones(8)

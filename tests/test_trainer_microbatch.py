@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rlbench.configure import build_run_config
-from rlbench.training import build_trainer
+from rlbench.core.configure import build_run_config
+from rlbench.run.training import build_trainer
 
 
 def _grads(tiny_qwen_dir, tmp_path, algo: dict, micro: int | None) -> list[torch.Tensor]:

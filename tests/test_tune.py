@@ -9,13 +9,13 @@ import pytest
 import yaml
 from rlbench.tasks.arith import Arith, ArithConfig
 
-from rlbench.compare import Comparison
-from rlbench.config import ConfigError
-from rlbench.report.audit import audit_comparison
-from rlbench.report.inputs import load_comparison
-from rlbench.results import read_records, record_points
-from rlbench.tune import choose, load_tuned, parse_grid, trial_rows
-from rlbench.variants import parse_rows
+from rlbench.core.config import ConfigError
+from rlbench.core.results import read_records, record_points
+from rlbench.study.compare import Comparison
+from rlbench.study.report.audit import audit_comparison
+from rlbench.study.report.inputs import load_comparison
+from rlbench.study.tune import choose, load_tuned, parse_grid, trial_rows
+from rlbench.study.variants import parse_rows
 
 SETTINGS = [
     "--set",

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from rlbench.tasks.arith import Arith, ArithConfig
 from rlbench.tasks.data import carve_validation, text_key
 
-from rlbench.config import ConfigError, SamplingConfig, TinyConfig
-from rlbench.configure import resolve
-from rlbench.registry import get_task
+from rlbench.core.config import ConfigError, SamplingConfig, TinyConfig
+from rlbench.core.configure import resolve
+from rlbench.core.registry import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -128,7 +128,7 @@ def test_gsm8k_carves_validation_from_train_and_a_file_overrides(tmp_path: Path)
 
 
 def test_lm_eval_bridge_refuses_a_carved_split(tmp_path: Path) -> None:
-    from rlbench.eval.lm_eval_bridge import data_file
+    from rlbench.run.eval.lm_eval_bridge import data_file
 
     write_jsonl(tmp_path / "train.jsonl", gsm_rows(30))
     write_jsonl(tmp_path / "test.jsonl", gsm_rows(5, offset=100))
@@ -197,7 +197,7 @@ def test_real_math_hard_splits(preset: str, folder: str, sizes: list[int]) -> No
 def test_warmstart_curve_reads_validation_and_reports_test_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import rlbench.tiny.warmstart as ws
+    import rlbench.run.tiny.warmstart as ws
 
     task = Arith(ArithConfig(train_size=100, validation_size=30, test_size=20))
     seen: list[set[str]] = []
@@ -228,7 +228,7 @@ def test_warmstart_curve_reads_validation_and_reports_test_once(
 
 
 def test_warmstart_cache_key_has_a_new_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rlbench.tiny.warmstart as ws
+    import rlbench.run.tiny.warmstart as ws
 
     assert ws.FORMAT_VERSION >= 3  # 1 stopped on test, 2 on a noisy validation check: never reuse their builds
     task, tiny, sampling = Arith(), TinyConfig(), SamplingConfig()
@@ -238,7 +238,7 @@ def test_warmstart_cache_key_has_a_new_version(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_eval_split_validation_drives_the_run_evaluator() -> None:
-    from rlbench.training import RunEvaluator
+    from rlbench.run.training import RunEvaluator
 
     config = resolve(None, ["eval.split=validation", "eval.limit=7"])
     task = Arith()

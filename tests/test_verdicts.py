@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rlbench.config import ConfigError
-from rlbench.report import stats, verdicts
-from rlbench.report.power import min_detectable_difference, pooled_sd, seeds_needed
-from rlbench.variants import control_of, parse_rows
+from rlbench.core.config import ConfigError
+from rlbench.study.report import stats, verdicts
+from rlbench.study.report.power import min_detectable_difference, pooled_sd, seeds_needed
+from rlbench.study.variants import control_of, parse_rows
 
 SEEDS = range(1, 7)
 

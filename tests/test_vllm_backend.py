@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 from rlbench.tasks.arith import Arith
 
-from rlbench.config import ConfigError
+from rlbench.core.config import ConfigError
 from rlbench.engine import vllm_backend
 from rlbench.engine.generation import encode_prompt, make_generator, stop_ids, token_logprobs
 from rlbench.engine.policy import Policy, load_model, position_ids_from_mask
@@ -184,7 +184,7 @@ def fake_vllm(monkeypatch):
 
 
 def test_engine_settings_come_from_the_rollout_config(tiny_qwen_dir, fake_vllm):
-    from rlbench.configure import build_run_config
+    from rlbench.core.configure import build_run_config
     from rlbench.engine.build import build_generator
 
     model, tok = load_model(str(tiny_qwen_dir), "fp32", CPU)
@@ -300,7 +300,7 @@ def gpu_pair(tmp_path_factory):
         pytest.skip(GPU_REASON)
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from rlbench.tiny.tokenizer import build_char_tokenizer
+    from rlbench.run.tiny.tokenizer import build_char_tokenizer
 
     torch.manual_seed(0)
     tok = build_char_tokenizer()

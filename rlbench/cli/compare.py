@@ -8,8 +8,8 @@ import click
 
 from rlbench.cli.errors import RUNS_FAILED, fail
 from rlbench.cli.train import CONFIG_HELP, SET_HELP
-from rlbench.config import ConfigError
-from rlbench.results import INDEX_HTML, LEADERBOARD
+from rlbench.core.config import ConfigError
+from rlbench.core.results import INDEX_HTML, LEADERBOARD
 
 
 def comparison_options(func: Any) -> Any:
@@ -91,8 +91,8 @@ def shared_tree(
     """The run config every row shares, and the config file's per-algorithm options (``algo_options``)."""
     import dataclasses
 
-    from rlbench.compare import parse_budget
-    from rlbench.configure import load_yaml, merge_overrides
+    from rlbench.core.configure import load_yaml, merge_overrides
+    from rlbench.study.compare import parse_budget
 
     tree = load_yaml(config_file) if config_file else {}
     algo_options = tree.pop("algo_options", {}) or {}
@@ -126,9 +126,9 @@ def execute(comp: Any, flags: dict[str, Any], report: bool) -> dict[str, Any]:
     """Validate, lock the folder, run every row x seed (resuming finished work), audit, and write the leaderboard."""
     from pathlib import Path
 
-    from rlbench.compare import check_placement, is_comparison_folder, run_comparison
-    from rlbench.executors import placement_from_flags
-    from rlbench.locks import hold, refuse_foreign
+    from rlbench.core.locks import hold, refuse_foreign
+    from rlbench.study.compare import check_placement, is_comparison_folder, run_comparison
+    from rlbench.study.executors import placement_from_flags
 
     placement = placement_from_flags(
         flags["executor"],
@@ -145,7 +145,7 @@ def execute(comp: Any, flags: dict[str, Any], report: bool) -> dict[str, Any]:
         audit = run_comparison(comp, progress=not flags["quiet"], placement=placement)
         click.echo(f"audit: {'matched' if audit['matched'] else 'NOT matched: ' + '; '.join(audit['problems'])}")
         if report:
-            from rlbench.report.build import write_report
+            from rlbench.study.report.build import write_report
 
             write_report([comp.out], comp.out)
             click.echo(f"report: {Path(comp.out) / LEADERBOARD}, {Path(comp.out) / INDEX_HTML}")
@@ -212,10 +212,10 @@ def compare(
     """Run algorithms x seeds at one matched budget (resumable: rerun the same command to finish)."""
     from pathlib import Path
 
-    from rlbench.compare import Comparison, command_line
-    from rlbench.locks import refuse_several_ranks
-    from rlbench.report.inputs import DEFAULT_REFERENCE
-    from rlbench.variants import control_of, parse_rows, positive_control_of
+    from rlbench.core.locks import refuse_several_ranks
+    from rlbench.study.compare import Comparison, command_line
+    from rlbench.study.report.inputs import DEFAULT_REFERENCE
+    from rlbench.study.variants import control_of, parse_rows, positive_control_of
 
     refuse_several_ranks()
     tree, algo_options = shared_tree(
@@ -233,8 +233,8 @@ def compare(
         rows.append(positive_control_of(next(r for r in rows if r.label == ref), positive))
     tuned, tuning = {}, None
     if tuned_file:
-        from rlbench.configure import build_run_config
-        from rlbench.tune import load_tuned
+        from rlbench.core.configure import build_run_config
+        from rlbench.study.tune import load_tuned
 
         task = build_run_config(tree).task_name
         tuned, tuning = load_tuned(Path(tuned_file), task, list(dict.fromkeys(r.algo for r in rows)))

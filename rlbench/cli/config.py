@@ -1,6 +1,6 @@
 """``rlbench config [--algo A] [--task T]``: every config key with its type, default and one line of help.
 
-The help is the comment written beside (or just above) each field in ``rlbench/config.py`` and in the algorithm's and
+The help is the comment written beside (or just above) each field in ``rlbench/core/config.py`` and in the algorithm's and
 task's option dataclasses, so the listing cannot drift from the code.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from rlbench import config as config_module
+from rlbench.core import config as config_module
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -78,7 +78,7 @@ def config_keys(algo: str | None, task: str | None) -> None:
       rlbench config --algo grpo --task gsm8k
       rlbench train --config configs/tiny-arith.yaml --set rollout.backend=hf --set optim.lr=2e-4
     """
-    from rlbench import registry
+    from rlbench.core import registry
 
     table = list(rows(config_module.RunConfig, skip=("algo", "task")))
     table.insert(1, ("algo.name", "str", repr("reinforce"), "the algorithm (rlbench list)"))

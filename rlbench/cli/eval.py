@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rlbench import registry
 from rlbench.cli.errors import fail
-from rlbench.config import ConfigError, RunConfig
-from rlbench.configure import merge_overrides, resolve
-from rlbench.provenance import package_versions
+from rlbench.core import registry
+from rlbench.core.config import ConfigError, RunConfig
+from rlbench.core.configure import merge_overrides, resolve
+from rlbench.core.provenance import package_versions
 from rlbench.tasks.base import Example, Task
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def load_policy(config: RunConfig, task: Task, progress: bool) -> tuple[Policy, 
     import torch
 
     from rlbench.engine.policy import Policy, load_model, pick_device
-    from rlbench.training import resolve_model_path
+    from rlbench.run.training import resolve_model_path
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -117,7 +117,7 @@ def load_policy(config: RunConfig, task: Task, progress: bool) -> tuple[Policy, 
 
 
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    from rlbench.results import write_text_atomic
+    from rlbench.core.results import write_text_atomic
 
     write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
@@ -169,7 +169,7 @@ def run_rlbench(
     import torch
 
     from rlbench.engine.build import build_generator
-    from rlbench.eval.evaluate import evaluate
+    from rlbench.run.eval.evaluate import evaluate
 
     start = time.perf_counter()
     policy, path = load_policy(config, task, progress)
@@ -243,8 +243,8 @@ def run_lm_eval_harness(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from rlbench.engine.build import build_generator
     from rlbench.engine.generation import encode_prompt
-    from rlbench.eval import lm_eval_bridge as bridge
-    from rlbench.eval.evaluate import evaluate
+    from rlbench.run.eval import lm_eval_bridge as bridge
+    from rlbench.run.eval.evaluate import evaluate
 
     path_data = bridge.data_file(task, split)  # type: ignore[arg-type]
     policy, path = load_policy(config, task, progress)
@@ -419,7 +419,7 @@ def eval_(
             # checked here too so that nothing is written to the warm-start cache for a task that cannot have one
             raise ConfigError(f"--model tiny: the tiny lab warm-starts on a generated task (arith), not {task_name}")
         if harness == "lm-eval":
-            from rlbench.eval import lm_eval_bridge
+            from rlbench.run.eval import lm_eval_bridge
 
             if getattr(task.config, "prompt_style", "paper") != "paper":
                 raise ConfigError("--set task.prompt_style: the lm-eval harness uses the 'paper' prompt")
@@ -454,7 +454,7 @@ def eval_(
             )
     except ConfigError as exc:
         fail(str(exc))
-    from rlbench.results import write_json
+    from rlbench.core.results import write_json
 
     write_json(out, result)
     if records is not None:

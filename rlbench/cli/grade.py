@@ -20,12 +20,12 @@ from typing import Any
 
 import click
 
-from rlbench import registry
 from rlbench.cli.errors import fail
-from rlbench.config import ConfigError
-from rlbench.configure import merge_overrides
-from rlbench.eval.metrics import samples_summary
-from rlbench.results import RunFileError, dumps_strict, write_bytes_atomic
+from rlbench.core import registry
+from rlbench.core.config import ConfigError
+from rlbench.core.configure import merge_overrides
+from rlbench.core.results import RunFileError, dumps_strict, write_bytes_atomic
+from rlbench.run.eval.metrics import samples_summary
 from rlbench.tasks.base import Example, Grade, Task
 
 #: Completions graded per grade_many call: big enough for the task's pool to run in parallel, small for the bar.
@@ -131,7 +131,7 @@ def _row(path: Path, number: int, line: str, examples: list[Example], by_id: dic
 
 
 def grade_rows(task: Task, rows: list[Row]) -> list[Grade]:
-    from rlbench.bars import tqdm
+    from rlbench.core.bars import tqdm
 
     grades: list[Grade] = []
     with tqdm(

@@ -19,8 +19,8 @@ from rlbench.cli.reproduce import reproduce
 from rlbench.cli.status import status
 from rlbench.cli.train import list_, train, warmstart
 from rlbench.cli.tune import tune
-from rlbench.config import ConfigError
-from rlbench.results import RunFileError
+from rlbench.core.config import ConfigError
+from rlbench.core.results import RunFileError
 
 
 class OneLineErrors(click.Group):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from rlbench.cli.train import CONFIG_HELP, SET_HELP
-from rlbench.configure import resolve
+from rlbench.core.configure import resolve
 
 
 @click.command(
@@ -57,7 +57,7 @@ def plan(
     """
     import yaml
 
-    from rlbench.plan import plan_run, report
+    from rlbench.run.plan import plan_run, report
 
     config = resolve(config_file, list(overrides), {"algo": algo, "model": model})
     click.echo("resolved config:")

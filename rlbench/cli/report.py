@@ -14,9 +14,9 @@ from pathlib import Path
 import click
 
 from rlbench.cli.errors import fail
-from rlbench.report.inputs import CI_METHODS, DEFAULT_REFERENCE, ReportInputError
-from rlbench.report.runs import METRICS
-from rlbench.results import INDEX_HTML, LEADERBOARD, REPORT_JSON
+from rlbench.core.results import INDEX_HTML, LEADERBOARD, REPORT_JSON
+from rlbench.study.report.inputs import CI_METHODS, DEFAULT_REFERENCE, ReportInputError
+from rlbench.study.report.runs import METRICS
 
 
 @click.command(
@@ -74,7 +74,7 @@ def report(
 ) -> None:
     """Leaderboard of comparison folders written by `rlbench compare` (one folder per task; folders holding seeds
     of one comparison are pooled into one)."""
-    from rlbench.report.build import write_report
+    from rlbench.study.report.build import write_report
 
     if out is None:
         if len(dirs) > 1:

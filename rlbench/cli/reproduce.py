@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from rlbench.cli.errors import fail
-from rlbench.report.inputs import ReportInputError
-from rlbench.report.runs import METRICS
+from rlbench.study.report.inputs import ReportInputError
+from rlbench.study.report.runs import METRICS
 
 DIFFERS = 1  # like diff(1): 0 the same within noise, 1 different, 2 bad input
 
@@ -41,10 +41,10 @@ def reproduce(reference: Path, candidate: Path, metrics: tuple[str, ...], json_o
     """Test, row by row and metric by metric, whether CANDIDATE's per-seed scores differ from REFERENCE's by more
     than seed noise (Welch t, Holm across all tests). Prints the table, the smallest shift it could detect and
     `reproduced` or the rows that differ; exits 0 when reproduced, 1 when not, 2 on bad input."""
-    from rlbench.report.inputs import load_comparison
-    from rlbench.report.reproduce import render
-    from rlbench.report.reproduce import reproduce as check
-    from rlbench.results import write_json
+    from rlbench.core.results import write_json
+    from rlbench.study.report.inputs import load_comparison
+    from rlbench.study.report.reproduce import render
+    from rlbench.study.report.reproduce import reproduce as check
 
     try:
         result = check(load_comparison(reference), load_comparison(candidate), metrics or METRICS)

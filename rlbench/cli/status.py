@@ -20,9 +20,9 @@ def status(folder: str) -> None:
     """
     from pathlib import Path
 
-    from rlbench.config import ConfigError
-    from rlbench.progress import status_text
-    from rlbench.results import MANIFEST
+    from rlbench.core.config import ConfigError
+    from rlbench.core.results import MANIFEST
+    from rlbench.study.progress import status_text
 
     if not (Path(folder) / MANIFEST).exists():
         raise ConfigError(

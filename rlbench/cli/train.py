@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import click
 
 from rlbench.cli.errors import DIVERGED, fail
-from rlbench.configure import resolve
+from rlbench.core.configure import resolve
 
 CONFIG_HELP = "YAML config file (RunConfig keys); --set and the shorthand flags override it."
 SET_HELP = "Override any config key, e.g. --set optim.lr=1e-4 --set algo.baseline=rloo (repeatable)."
@@ -91,8 +91,8 @@ def train(
     A run whose loss, gradient norm or weights stop being finite ends with status "diverged" in summary.json, keeps
     its last good state, saves no final model and exits with code 3.
     """
+    from rlbench.core.lifeline import follow_parent
     from rlbench.engine.distributed import launched_world
-    from rlbench.lifeline import follow_parent
 
     overrides = (*overrides, *report_to_overrides(report_to))  # a --set, so a relaunch below carries it too
     config = resolve(
@@ -103,7 +103,7 @@ def train(
     if processes > 1 and launched_world() == 1:
         from rlbench.engine.build import check_launch
         from rlbench.engine.distributed import Ranks
-        from rlbench.training import check_processes
+        from rlbench.run.training import check_processes
 
         # one line here, not one per process and a launcher trace
         check_launch(config, processes, sharded=fsdp)
@@ -120,7 +120,7 @@ def train(
         args += [a for o in overrides for a in ("--set", o)] + ["--resume"] * resume + ["--quiet"] * quiet
         launch(processes, ["train", *args], fsdp=fsdp)
     follow_parent()  # a run started by `compare` must not outlive it
-    from rlbench.training import train as run_training
+    from rlbench.run.training import train as run_training
 
     summary = run_training(config, progress=not quiet, resume=resume)
     if os.environ.get("RANK", "0") != "0":
@@ -161,7 +161,7 @@ def launch(processes: int, args: list[str], fsdp: bool = False) -> NoReturn:
         "rlbench.cli",
         *args,
     ]
-    from rlbench.lifeline import exec_launcher
+    from rlbench.core.lifeline import exec_launcher
 
     exec_launcher(command)
 
@@ -175,7 +175,7 @@ Examples:
 )
 def list_() -> None:
     """Registered algorithms and tasks, with their options and defaults."""
-    from rlbench import registry
+    from rlbench.core import registry
 
     for title, table in (("algorithms", registry.algorithms()), ("tasks", registry.tasks())):
         click.echo(f"{title}:")
@@ -214,8 +214,8 @@ def warmstart(
     config = resolve(
         config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out}
     )
-    from rlbench import registry
-    from rlbench.tiny.warmstart import REFERENCE_DIR, REFERENCE_SHA256, REPORT_FILE, ensure_warmstart
+    from rlbench.core import registry
+    from rlbench.run.tiny.warmstart import REFERENCE_DIR, REFERENCE_SHA256, REPORT_FILE, ensure_warmstart
 
     task_obj = registry.get_task(config.task_name).from_options({k: v for k, v in config.task.items() if k != "name"})
     path = ensure_warmstart(config.tiny, task_obj, config.sampling, rebuild=rebuild)
@@ -233,5 +233,5 @@ def warmstart(
         if not same:
             click.echo(
                 f"to pin it: copy {path}/* into {REFERENCE_DIR}/ and set REFERENCE_SHA256 = "
-                f'"{report["sha256"]}" in rlbench/tiny/warmstart.py; then rerun the tuning and the main job'
+                f'"{report["sha256"]}" in rlbench/run/tiny/warmstart.py; then rerun the tuning and the main job'
             )

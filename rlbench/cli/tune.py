@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from rlbench.cli.compare import comparison_options, execute, fail_on_failed_runs, parse_seeds, shared_tree
-from rlbench.config import ConfigError
-from rlbench.report.runs import METRICS
+from rlbench.core.config import ConfigError
+from rlbench.study.report.runs import METRICS
 
 
 @click.command(
@@ -46,9 +46,17 @@ def tune(algos: str, grid_items: tuple[str, ...], metric: str | None, **flags: A
     """
     from pathlib import Path
 
-    from rlbench.compare import Comparison, command_line
-    from rlbench.locks import refuse_several_ranks
-    from rlbench.tune import SPLIT, TUNING_TABLE, parse_grid, score_trials, trial_rows, tuned_document, write_tuned
+    from rlbench.core.locks import refuse_several_ranks
+    from rlbench.study.compare import Comparison, command_line
+    from rlbench.study.tune import (
+        SPLIT,
+        TUNING_TABLE,
+        parse_grid,
+        score_trials,
+        trial_rows,
+        tuned_document,
+        write_tuned,
+    )
 
     refuse_several_ranks()
     grid = parse_grid(grid_items)
@@ -67,11 +75,11 @@ def tune(algos: str, grid_items: tuple[str, ...], metric: str | None, **flags: A
     fail_on_failed_runs(audit)
     if not audit["matched"]:
         raise ConfigError(f"{comp.out}: the trials' runs are not matched ({audit['problems'][0]}); nothing was chosen")
-    from rlbench.report.inputs import load_comparison
+    from rlbench.study.report.inputs import load_comparison
 
     files = load_comparison(comp.out)
     if metric is None:
-        from rlbench.configure import build_run_config
+        from rlbench.core.configure import build_run_config
 
         metric = build_run_config(tree).eval.rank_by
     document = tuned_document(score_trials(files, rows, metric), grid, files.manifest, metric)

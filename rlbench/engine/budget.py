@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from rlbench.config import BudgetConfig
+from rlbench.core.config import BudgetConfig
 
 # The budget's units, in the order every table and check lists them (BudgetConfig's limits, Usage's counters).
 UNITS = ("samples", "tokens", "steps", "seconds")

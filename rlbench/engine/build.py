@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rlbench.config import ConfigError, LoraConfig, OptimConfig, RunConfig
+from rlbench.core.config import ConfigError, LoraConfig, OptimConfig, RunConfig
 from rlbench.engine.contracts import Algorithm
 from rlbench.engine.distributed import Ranks
 from rlbench.engine.generation import Generator, make_generator

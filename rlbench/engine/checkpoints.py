@@ -13,18 +13,7 @@ from typing import Any
 
 import torch
 
-from rlbench.engine.budget import Usage
-from rlbench.engine.distributed import Ranks
-from rlbench.engine.export import save_hf
-from rlbench.engine.policy import Policy
-from rlbench.engine.run_state import torch_save
-from rlbench.engine.sharding import (
-    full_optimizer_state,
-    full_state_dict,
-    load_full_optimizer_state,
-    load_full_state_dict,
-)
-from rlbench.results import (
+from rlbench.core.results import (
     CHECKPOINT,
     EVAL_RECORDS,
     EVALS,
@@ -36,6 +25,17 @@ from rlbench.results import (
     record_points,
     truncate_jsonl,
     write_dir_atomic,
+)
+from rlbench.engine.budget import Usage
+from rlbench.engine.distributed import Ranks
+from rlbench.engine.export import save_hf
+from rlbench.engine.policy import Policy
+from rlbench.engine.run_state import torch_save
+from rlbench.engine.sharding import (
+    full_optimizer_state,
+    full_state_dict,
+    load_full_optimizer_state,
+    load_full_state_dict,
 )
 
 

@@ -1,8 +1,8 @@
 """What the engine asks of the parts plugged into it; it imports none of them.
 
 Algorithms (``algorithms/``, built on :class:`rlbench.algorithms.base.Algorithm`), tasks (``tasks/``) and the run's
-evaluation (``rlbench.eval``) sit above the engine and satisfy these protocols; the composition happens in
-``rlbench.training``.
+evaluation (``rlbench.run.eval``) sit above the engine and satisfy these protocols; the composition happens in
+``rlbench.run.training``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from rlbench.locks import LOCK
-from rlbench.results import CHECKPOINT, STATE, SUMMARY, TENSORBOARD_DIR, WANDB_DIR
+from rlbench.core.locks import LOCK
+from rlbench.core.results import CHECKPOINT, STATE, SUMMARY, TENSORBOARD_DIR, WANDB_DIR
 
 UNHASHED = frozenset({SUMMARY, STATE, f"{STATE}.old", f"{STATE}.tmp", LOCK, TENSORBOARD_DIR, WANDB_DIR})
 _BLOCK = 1 << 20

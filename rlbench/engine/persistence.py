@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from rlbench.core.results import CHECKPOINT, CONFIG, STATE, write_text_atomic
 from rlbench.engine.checkpoints import (
     drop_logs,
     prune_checkpoints,
@@ -22,7 +23,6 @@ from rlbench.engine.checkpoints import (
 )
 from rlbench.engine.generation import encode_prompt
 from rlbench.engine.run_state import STATE_FILE, load_state_dir, run_fingerprint, save_state_dir
-from rlbench.results import CHECKPOINT, CONFIG, STATE, write_text_atomic
 
 
 class RunPersistence:

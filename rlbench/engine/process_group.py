@@ -20,7 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from rlbench.config import ConfigError
+from rlbench.core.config import ConfigError
 
 TIMEOUT_ENV = "RLBENCH_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 7200  # 2 hours: a whole rank-0 evaluation of a 7B model fits; NCCL's 10 minutes does not

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rlbench.core.results import EVALS, METRICS, SAMPLES, append_jsonl, append_jsonl_many, records_path, write_records
 from rlbench.engine.batch import RolloutBatch, rollout_metrics
 from rlbench.engine.maths import kl_penalty, masked_mean
-from rlbench.results import EVALS, METRICS, SAMPLES, append_jsonl, append_jsonl_many, records_path, write_records
 
 SAMPLES_LOGGED_PER_STEP = 4
 # told every row rank 0 writes, after it is on disk: ("step", a metrics.jsonl row) or ("eval", an eval.jsonl row);

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from rlbench.config import EXECUTION_KEYS, ConfigError, RunConfig
-from rlbench.configure import saved_config_mismatch
-from rlbench.provenance import code_version, package_versions
-from rlbench.results import CONFIG, EVALS, METRICS, SUMMARY, RunFileError, token_hash, write_dir_atomic, write_json
+from rlbench.core.config import EXECUTION_KEYS, ConfigError, RunConfig
+from rlbench.core.configure import saved_config_mismatch
+from rlbench.core.provenance import code_version, package_versions
+from rlbench.core.results import CONFIG, EVALS, METRICS, SUMMARY, RunFileError, token_hash, write_dir_atomic, write_json
 
 STATE_FILE = "trainer.pt"  # in the run's state/ folder
 

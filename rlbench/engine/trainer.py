@@ -5,7 +5,7 @@
 
 The trainer asks the algorithm what it needs (``needs_*``, ``epochs``, ``minibatches``); it never branches on a name.
 What it trains with is built by :mod:`rlbench.engine.build`; the task, algorithm and evaluation are handed in
-(``rlbench.training`` composes them), so nothing here imports a task, an algorithm or the evaluation protocol.
+(``rlbench.run.training`` composes them), so nothing here imports a task, an algorithm or the evaluation protocol.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from rlbench.bars import tqdm
-from rlbench.config import RunConfig
+from rlbench.core.bars import tqdm
+from rlbench.core.config import RunConfig
+from rlbench.core.results import EVALS, FINGERPRINT, STATE, SUMMARY, RunFileError, read_jsonl, token_hash, write_json
 from rlbench.engine.batch import RolloutBatch, live_rows
 from rlbench.engine.budget import BudgetMeter
 from rlbench.engine.build import build_parts
@@ -41,7 +42,6 @@ from rlbench.engine.run_state import check_run_dir, record_fingerprint, run_summ
 from rlbench.engine.sampler_gap import GapMeter, tis_metrics, tis_weights
 from rlbench.engine.seeding import derive_seed, prompt_indices, sample_seed
 from rlbench.engine.sharding import clip_grad_norm, local_parameters, padded_micro_batches
-from rlbench.results import EVALS, FINGERPRINT, STATE, SUMMARY, RunFileError, read_jsonl, token_hash, write_json
 
 # the trainer's own entropy measure, logged as "entropy" (an algorithm's term is overridden)
 _ENTROPY = "_policy_entropy"

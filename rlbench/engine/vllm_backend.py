@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rlbench.config import ConfigError
+from rlbench.core.config import ConfigError
 from rlbench.engine.generation import Generation, assemble, left_pad, stop_ids
 from rlbench.engine.policy import Policy
 from rlbench.engine.seeding import derive_seed
