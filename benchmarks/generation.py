@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="16,64,256")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--model", default="auto", help=MODEL_HELP)
+    ap.add_argument("--model", default="tiny", help=MODEL_HELP)
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

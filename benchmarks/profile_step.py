@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=12, help="timed steps (the first is left out of the medians)")
     ap.add_argument("--profiled", type=int, default=4, help="further steps run under the PyTorch profiler")
-    ap.add_argument("--model", default="auto", help=MODEL_HELP)
+    ap.add_argument("--model", default="tiny", help=MODEL_HELP)
     args = ap.parse_args()
     model_dir, desc = resolve_model(args.model)
     config = rlbench_config(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,55 +15,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 MODEL_HELP = (
-    "auto (default): the default settings' tiny-lab warm-start if `rlbench warmstart` built it, else the newest "
-    "cached tiny-lab arith warm-start, else a randomly initialised tiny-lab model (same architecture; its completions "
-    "run to the length cap and its rewards are ~0); random; tiny (build the default warm-start if missing: minutes); "
-    "or a saved Hugging Face model directory"
+    "tiny (default; also auto): the tiny lab's pinned reference warm-start, the main job's starting model; random: a "
+    "randomly initialised tiny-lab model (same architecture; its completions run to the length cap and its rewards "
+    "are ~0); or a saved Hugging Face model directory"
 )
-
-
-def cached_warmstart() -> Path | None:
-    """The default settings' tiny-lab warm-start, if it is already on disk."""
-    from rlbench.tasks.arith import Arith
-
-    from rlbench.core.config import RunConfig
-    from rlbench.run.tiny.warmstart import cache_key, cache_root
-
-    config = RunConfig()
-    task = Arith()
-    path = cache_root() / "tiny" / f"{task.name}-{cache_key(config.tiny, task, config.sampling)}"
-    return path if (path / "warmstart.json").exists() else None
-
-
-def newest_cached_warmstart() -> Path | None:
-    """Any finished tiny-lab arith warm-start in the cache (built with other settings), newest first."""
-    from rlbench.run.tiny.warmstart import cache_root
-
-    found = sorted((cache_root() / "tiny").glob("arith-*/warmstart.json"), key=lambda p: p.stat().st_mtime)
-    return found[-1].parent if found else None
 
 
 def resolve_model(spec: str) -> tuple[str, str]:
     """(directory, description) of the model to benchmark; a random one is saved to a temporary directory."""
     if spec in ("auto", "tiny"):
-        path = cached_warmstart()
-        if path is None and spec == "auto":
-            path = newest_cached_warmstart()
-        if path is None and spec == "tiny":
-            from rlbench.tasks.arith import Arith
+        from rlbench.tasks.arith import Arith
 
-            from rlbench.core.config import RunConfig
-            from rlbench.run.tiny.warmstart import ensure_warmstart
+        from rlbench.core.config import RunConfig
+        from rlbench.run.tiny.warmstart import reference_warmstart
 
-            config = RunConfig()
-            path = ensure_warmstart(config.tiny, Arith(), config.sampling)
-        if path is not None:
-            return str(path), f"tiny-lab SFT warm-start ({path})"
-        print(
-            "note: no cached tiny-lab warm-start (run `rlbench warmstart` to build one); using a random tiny-lab model",
-            file=sys.stderr,
-        )
-        spec = "random"
+        path = reference_warmstart(RunConfig().tiny, Arith())
+        return str(path), f"tiny-lab reference warm-start ({path})"
     if spec == "random":
         from rlbench.core.config import TinyConfig
         from rlbench.run.tiny.model import build_tiny_model

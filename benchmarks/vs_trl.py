@@ -305,7 +305,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads in every run (default 1)")
     ap.add_argument("--steps", type=int, default=8, help="optimiser steps per run (default 8)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per framework, alternating (default 5)")
-    ap.add_argument("--model", default="auto", help=MODEL_HELP)
+    ap.add_argument("--model", default="tiny", help=MODEL_HELP)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--batch-size", type=int, default=64, help="completions per step (prompts x 4)")
     ap.add_argument("--max-completion-length", type=int, default=40)
