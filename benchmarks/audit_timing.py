@@ -30,7 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlbench.core.registry import get_task  # noqa: E402
+from rlbench.core.configure import build_task
 from rlbench.core.results import EVAL_RECORDS, EVALS, RUNS, SUMMARY, read_jsonl, records_path, write_records  # noqa: E402
 from rlbench.engine.file_hashes import file_hashes  # noqa: E402
 from rlbench.run.eval.metrics import Scored, summarize  # noqa: E402
@@ -105,7 +105,7 @@ def completion(example, right: bool, chars: int, rng: random.Random) -> str:
 
 
 def time_gsm8k(data: Path, points: int, samples: int, chars: int) -> None:
-    task = get_task("gsm8k").from_options({"data": str(data / "gsm8k" / "{split}.jsonl")})
+    task = build_task({"name": "gsm8k", "data": str(data / "gsm8k" / "{split}.jsonl")})
     examples = task.load("test")
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:

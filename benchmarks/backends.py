@@ -21,10 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlbench.core.configure import resolve  # noqa: E402
+from rlbench.core.configure import (
+    build_task,
+    resolve,  # noqa: E402
+)
 from rlbench.engine.generation import encode_prompt, make_generator  # noqa: E402
 from rlbench.engine.policy import Policy, load_model  # noqa: E402
-from rlbench.run.training import build_task, build_trainer, resolve_model_path  # noqa: E402
+from rlbench.run.training import build_trainer, resolve_model_path  # noqa: E402
 
 BACKENDS = ("rlbench", "hf")
 
@@ -36,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = resolve("configs/tiny-arith.yaml", [], {"algo": "em-pg"})
-    task = build_task(config)
+    task = build_task(config.task)
     path = resolve_model_path(config, task, progress=True)
     model, tok = load_model(path, "fp32", torch.device("cpu"))
     policy = Policy(model, tok, torch.device("cpu"))

@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from rlbench.tasks.base import Example, Task  # noqa: E402
 from rlbench.tasks.grading import normalize_number  # noqa: E402
 
-from rlbench.core.registry import get_task  # noqa: E402
+from rlbench.core.configure import build_task
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -78,15 +78,15 @@ def main() -> int:
     args = parser.parse_args()
     math_options = {} if args.timeout is None else {"grade_timeout": args.timeout}
     sets = {
-        "gsm8k": (lambda: get_task("gsm8k").from_options({"data": str(args.data / "gsm8k")}), gsm8k_corrupt, 0.995),
+        "gsm8k": (lambda: build_task({"name": "gsm8k", "data": str(args.data / "gsm8k")}), gsm8k_corrupt, 0.995),
         "math500": (
-            lambda: get_task("math-hard").from_options({"data": str(args.data / "math"), **math_options}),
+            lambda: build_task({"name": "math-hard", "data": str(args.data / "math"), **math_options}),
             math_corrupt,
             0.99,
         ),
         "lvl5": (
-            lambda: get_task("math-hard").from_options(
-                {"data": str(args.data / "math"), "preset": "lvl5", **math_options}
+            lambda: build_task(
+                {"name": "math-hard", "data": str(args.data / "math"), "preset": "lvl5", **math_options}
             ),
             math_corrupt,
             0.99,

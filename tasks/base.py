@@ -67,14 +67,9 @@ class Task(ABC):
     def __init__(self, config: TaskConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
 
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> Task:
-        from rlbench.core.configure import build_dataclass
-
-        task = cls(build_dataclass(cls.Config, options, prefix="task"))
-        if task.config.reward is None:
-            return task
-        return RewardFrom(task)
+    def with_reward_function(self) -> Task:
+        """This task, or, when ``task.reward`` names a registered reward function, this task rewarded by it."""
+        return self if self.config.reward is None else RewardFrom(self)
 
     @classmethod
     def options(cls) -> dict[str, Any]:

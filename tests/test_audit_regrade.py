@@ -16,7 +16,7 @@ from conftest import SHARED_DATA
 from report_helpers import final_records, make_comparison, seal
 
 from rlbench.cli import main
-from rlbench.core.registry import get_task
+from rlbench.core.configure import build_task
 from rlbench.core.results import EVAL_RECORDS, read_records, record_points, write_records
 from rlbench.run.eval.metrics import Scored, summarize
 from rlbench.study.report.audit import audit_comparison
@@ -303,7 +303,7 @@ def test_an_unreadable_earlier_records_file_is_its_runs_problem(comparison):
 
 @pytest.mark.skipif(not GSM8K.exists(), reason=f"GSM8K's test split is not at {GSM8K} (../shared/data)")
 def test_a_gsm8k_sized_evaluation_is_regraded_against_the_real_references(tmp_path):
-    task = get_task("gsm8k").from_options({"data": str(GSM8K)})
+    task = build_task({"name": "gsm8k", "data": str(GSM8K)})
     run = tmp_path / "grpo-s1"
     records = []
     for i, e in enumerate(task.load("test")):  # a greedy and 4 sampled completions of each of the 1,319 problems

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from rlbench.cli.grade import PROGRESS_MIN_ROWS, grade
+from rlbench.core.configure import build_task
 from rlbench.core.registry import get_task
 
 GSM_ROWS = [
@@ -87,7 +88,7 @@ def test_task_options_via_set(tmp_path: Path, gsm: Path) -> None:
 
 
 def test_other_split_and_generated_task(tmp_path: Path) -> None:
-    arith = get_task("arith").from_options({"train_size": 50, "test_size": 20})
+    arith = build_task({"name": "arith", "train_size": 50, "test_size": 20})
     train = arith.load("train")
     completions = write_jsonl(tmp_path / "c.jsonl", [{"id": e.id, "completion": e.solution} for e in train[:5]])
     sizes = ["--set", "task.train_size=50", "--set", "task.test_size=20"]

@@ -14,6 +14,7 @@ from rlbench.tasks.data import DataError
 from rlbench.tasks.gsm8k import GSM8K, extract_answer, reference_answer
 
 from rlbench.core.config import ConfigError
+from rlbench.core.configure import build_task
 from rlbench.core.registry import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -35,7 +36,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def task(tmp_path: Path, **options) -> GSM8K:
-    return get_task("gsm8k").from_options({"data": str(write_jsonl(tmp_path / "gsm.jsonl", ROWS)), **options})
+    return build_task({"name": "gsm8k", "data": str(write_jsonl(tmp_path / "gsm.jsonl", ROWS)), **options})
 
 
 def ex(answer: str) -> Example:
@@ -67,11 +68,11 @@ def test_load_directory_and_split_pattern(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", ROWS[:2])
     write_jsonl(tmp_path / "validation.jsonl", ROWS[1:2])
     write_jsonl(tmp_path / "test.jsonl", ROWS[1:])
-    by_dir = get_task("gsm8k").from_options({"data": str(tmp_path)})
+    by_dir = build_task({"name": "gsm8k", "data": str(tmp_path)})
     assert [e.answer for e in by_dir.load("train")] == ["7"]
     assert [e.id for e in by_dir.load("validation")] == ["validation-0"]
     assert [e.answer for e in by_dir.load("test")] == ["2000", "-5"]
-    by_pattern = get_task("gsm8k").from_options({"data": str(tmp_path / "{split}.jsonl")})
+    by_pattern = build_task({"name": "gsm8k", "data": str(tmp_path / "{split}.jsonl")})
     assert [e.answer for e in by_pattern.load("train")] == ["7"]
 
 
@@ -98,17 +99,17 @@ def test_local_file_errors_name_file_line_and_field(tmp_path: Path, content: str
     path = tmp_path / "gsm.jsonl"
     path.write_text(content)
     with pytest.raises(DataError, match=message):
-        get_task("gsm8k").from_options({"data": str(path)}).load("test")
+        build_task({"name": "gsm8k", "data": str(path)}).load("test")
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
-        get_task("gsm8k").from_options({"data": str(tmp_path / "absent.jsonl")}).load("test")
+        build_task({"name": "gsm8k", "data": str(tmp_path / "absent.jsonl")}).load("test")
 
 
 def test_json_and_parquet_files(tmp_path: Path) -> None:
     (tmp_path / "gsm.json").write_text(json.dumps(ROWS))
-    assert [e.answer for e in get_task("gsm8k").from_options({"data": str(tmp_path / "gsm.json")}).load("test")] == [
+    assert [e.answer for e in build_task({"name": "gsm8k", "data": str(tmp_path / "gsm.json")}).load("test")] == [
         "7",
         "2000",
         "-5",
@@ -116,12 +117,12 @@ def test_json_and_parquet_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([ROWS[0], {"question": "q"}]))
     with pytest.raises(DataError, match=r"bad\.json record 1: field 'answer'"):
-        get_task("gsm8k").from_options({"data": str(bad)}).load("test")
+        build_task({"name": "gsm8k", "data": str(bad)}).load("test")
     pa = pytest.importorskip("pyarrow")  # ships with datasets, a dependency
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "gsm.parquet")
-    assert [e.answer for e in get_task("gsm8k").from_options({"data": str(tmp_path / "gsm.parquet")}).load("test")] == [
+    assert [e.answer for e in build_task({"name": "gsm8k", "data": str(tmp_path / "gsm.parquet")}).load("test")] == [
         "7",
         "2000",
         "-5",
@@ -137,7 +138,7 @@ def test_hub_loading_goes_through_datasets(monkeypatch: pytest.MonkeyPatch) -> N
         return ROWS[:2]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    task_ = get_task("gsm8k").from_options({"validation_size": 1})
+    task_ = build_task({"name": "gsm8k", "validation_size": 1})
     examples = task_.load("train") + task_.load("validation")  # validation is carved out of the hub's train split
     assert calls == [("openai/gsm8k", "main", "train")]
     assert sorted(e.answer for e in examples) == ["2000", "7"]
@@ -151,7 +152,7 @@ def test_hub_failure_names_the_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(DataError, match="task.data='someone/gsm8k-copy'.*offline"):
-        get_task("gsm8k").from_options({"data": "someone/gsm8k-copy"}).load("test")
+        build_task({"name": "gsm8k", "data": "someone/gsm8k-copy"}).load("test")
 
 
 def test_prompts(tmp_path: Path) -> None:
@@ -165,9 +166,9 @@ def test_prompts(tmp_path: Path) -> None:
 
 def test_bad_option_values_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="task.grading"):
-        get_task("gsm8k").from_options({"grading": "lenient"})
+        build_task({"name": "gsm8k", "grading": "lenient"})
     with pytest.raises(ConfigError, match="task.prompt_style"):
-        get_task("gsm8k").from_options({"prompt_style": "fancy"})
+        build_task({"name": "gsm8k", "prompt_style": "fancy"})
 
 
 def test_reference_answer() -> None:
@@ -251,13 +252,13 @@ def test_adversarial_completions(name: str, grading: str, tmp_path: Path, monkey
 def real_test_set() -> list[Example]:
     if not GSM8K_TEST.is_file():
         pytest.skip(f"GSM8K data not found at {GSM8K_TEST} (the shared data folder is absent)")
-    return get_task("gsm8k").from_options({"data": str(GSM8K_TEST.parent)}).load("test")
+    return build_task({"name": "gsm8k", "data": str(GSM8K_TEST.parent)}).load("test")
 
 
 def test_real_data_sizes() -> None:
     examples = real_test_set()
     assert len(examples) == 1319
-    task_ = get_task("gsm8k").from_options({"data": str(GSM8K_TEST.parent)})
+    task_ = build_task({"name": "gsm8k", "data": str(GSM8K_TEST.parent)})
     # the 7,473 training problems minus the 500 carved out as the validation split (intended since issue 14)
     assert len(task_.load("train")) == 6973 and len(task_.load("validation")) == 500
 

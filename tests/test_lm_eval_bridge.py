@@ -19,7 +19,7 @@ if not GSM8K_TEST.is_file():
 from lm_eval.api.model import LM  # noqa: E402
 
 from rlbench.cli.eval import eval_  # noqa: E402
-from rlbench.core.registry import get_task  # noqa: E402
+from rlbench.core.configure import build_task  # noqa: E402
 from rlbench.run.eval import lm_eval_bridge as bridge  # noqa: E402
 
 
@@ -107,7 +107,7 @@ class ScriptedLM(LM):
 
 
 def test_lm_eval_metric_and_rlbench_grader_on_the_same_completions() -> None:
-    task = get_task("gsm8k").from_options({"data": str(GSM8K_TEST)})
+    task = build_task({"name": "gsm8k", "data": str(GSM8K_TEST)})
     examples = task.load("test")[:6]
     ans = [e.answer for e in examples]
     completions = [

@@ -18,6 +18,7 @@ from rlbench.tasks.data import DataError
 from rlbench.tasks.math_hard import HUB, MathHard
 
 from rlbench.core.config import ConfigError
+from rlbench.core.configure import build_task
 from rlbench.core.registry import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def math_dir(tmp_path: Path) -> Path:
 
 
 def make(data: Path | str | None, **options) -> MathHard:
-    return get_task("math-hard").from_options({"data": None if data is None else str(data), **options})
+    return build_task({"name": "math-hard", "data": None if data is None else str(data), **options})
 
 
 def ex(answer: str) -> Example:

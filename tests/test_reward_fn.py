@@ -8,9 +8,9 @@ import pytest
 
 from rlbench.core import registry
 from rlbench.core.config import ConfigError
-from rlbench.core.configure import build_run_config
+from rlbench.core.configure import build_run_config, build_task
 from rlbench.core.registry import register_reward
-from rlbench.run.training import build_task, build_trainer
+from rlbench.run.training import build_trainer
 
 SEEN: list[tuple] = []
 
@@ -33,7 +33,7 @@ def nan_reward(prompt, completion, example) -> float:
 
 
 def test_the_function_gives_the_reward_and_the_task_still_grades():
-    task = build_task(build_run_config({"task": {"name": "arith", "reward": "test-length"}}))
+    task = build_task(build_run_config({"task": {"name": "arith", "reward": "test-length"}}).task)
     example = task.load("test")[0]
     right, wrong = example.solution, " 1+1=3 #### 3"
     SEEN.clear()
@@ -51,7 +51,7 @@ def test_an_unknown_reward_is_one_line_naming_the_key():
 
 
 def test_a_reward_that_is_not_a_number_stops_with_its_name():
-    task = build_task(build_run_config({"task": {"name": "arith", "reward": "test-nan"}}))
+    task = build_task(build_run_config({"task": {"name": "arith", "reward": "test-nan"}}).task)
     example = task.load("test")[0]
     with pytest.raises(RuntimeError, match="task.reward='test-nan': returned nan"):
         task.grade_many(["x"], [example])
@@ -73,7 +73,7 @@ def test_training_rewards_come_from_the_function(tiny_qwen_dir, tmp_path):
     SEEN.clear()
     build_trainer(config, progress=False).run()
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
-    train_ids = {e.id for e in build_task(config).load("train")}  # evaluations grade test problems
+    train_ids = {e.id for e in build_task(config.task).load("train")}  # evaluations grade test problems
     rollouts = [problem for _, _, problem in SEEN if problem in train_ids]
     assert len(rollouts) == 8
     assert row["reward_mean"] == pytest.approx(sum(len(p) / 100 for p in rollouts) / 8)

@@ -14,7 +14,7 @@ from rlbench.tasks.arith import Arith, ArithConfig
 from rlbench.tasks.data import carve_validation, text_key
 
 from rlbench.core.config import ConfigError, SamplingConfig, TinyConfig
-from rlbench.core.configure import resolve
+from rlbench.core.configure import build_task, resolve
 from rlbench.core.registry import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -71,7 +71,7 @@ def test_arith_validation_size_errors() -> None:
 
 @pytest.mark.parametrize("name", ["arith", "gsm8k", "math-hard"])
 def test_bad_split_is_a_one_line_config_error(name: str) -> None:
-    task = get_task(name).from_options({} if name == "arith" else {"data": str(DATA)})
+    task = build_task({"name": name} if name == "arith" else {"name": name, "data": str(DATA)})
     with pytest.raises(ConfigError, match=f"split 'dev': the {name} task has train, validation, test") as info:
         task.load("dev")
     assert "\n" not in str(info.value)
@@ -109,22 +109,22 @@ def gsm_rows(n: int, offset: int = 0) -> list[dict]:
 def test_gsm8k_carves_validation_from_train_and_a_file_overrides(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", gsm_rows(30))
     write_jsonl(tmp_path / "test.jsonl", gsm_rows(5, offset=100))
-    task = get_task("gsm8k").from_options({"data": str(tmp_path), "validation_size": 8})
+    task = build_task({"name": "gsm8k", "data": str(tmp_path), "validation_size": 8})
     splits = assert_disjoint(task)
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [22, 8, 5]
     assert all(e.id.startswith("train-") for e in splits["validation"])  # carved rows keep their source ids
     # the same problems in another order give the same validation problems
     write_jsonl(tmp_path / "shuffled.jsonl", gsm_rows(30)[::-1])
-    reversed_ = get_task("gsm8k").from_options({"data": str(tmp_path / "shuffled.jsonl"), "validation_size": 8})
+    reversed_ = build_task({"name": "gsm8k", "data": str(tmp_path / "shuffled.jsonl"), "validation_size": 8})
     assert {text(e) for e in reversed_.load("validation")} == {text(e) for e in splits["validation"]}
     # a validation file of its own replaces the slice; train drops its problems
     write_jsonl(tmp_path / "validation.jsonl", gsm_rows(3, offset=10))
-    own = get_task("gsm8k").from_options({"data": str(tmp_path / "{split}.jsonl")})
+    own = build_task({"name": "gsm8k", "data": str(tmp_path / "{split}.jsonl")})
     assert [e.id for e in own.load("validation")] == ["validation-0", "validation-1", "validation-2"]
     assert len(own.load("train")) == 27
     assert_disjoint(own)
     with pytest.raises(ConfigError, match="task.validation_size=500"):
-        get_task("gsm8k").from_options({"data": str(tmp_path / "shuffled.jsonl")}).load("train")
+        build_task({"name": "gsm8k", "data": str(tmp_path / "shuffled.jsonl")}).load("train")
 
 
 def test_lm_eval_bridge_refuses_a_carved_split(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_lm_eval_bridge_refuses_a_carved_split(tmp_path: Path) -> None:
 
     write_jsonl(tmp_path / "train.jsonl", gsm_rows(30))
     write_jsonl(tmp_path / "test.jsonl", gsm_rows(5, offset=100))
-    task = get_task("gsm8k").from_options({"data": str(tmp_path), "validation_size": 8})
+    task = build_task({"name": "gsm8k", "data": str(tmp_path), "validation_size": 8})
     assert data_file(task, "test") == (tmp_path / "test.jsonl").resolve()
     for split in ("validation", "train"):
         with pytest.raises(ConfigError, match=f"--split {split}: not a whole file"):
@@ -149,7 +149,7 @@ def test_math_hard_validation_file_is_filtered_like_train(tmp_path: Path) -> Non
     write_jsonl(tmp_path / "test.jsonl", [row("test/a/1", "Level 5", "T1")])
     write_jsonl(tmp_path / "math500_test.jsonl", [row("test/a/1", "Level 5", "T1")])
     write_jsonl(tmp_path / "validation.jsonl", [row("train/a/1", "Level 5", "P1"), row("v/1", "Level 1", "easy")])
-    task = get_task("math-hard").from_options({"data": str(tmp_path)})
+    task = build_task({"name": "math-hard", "data": str(tmp_path)})
     assert [e.id for e in task.load("validation")] == ["train/a/1"]  # level 1 is not a training level
     assert [e.id for e in task.load("train")] == ["train/a/0", "train/a/2", "train/a/3"]
 
@@ -160,7 +160,7 @@ def test_math_hard_validation_file_is_filtered_like_train(tmp_path: Path) -> Non
 def real(name: str, **options):
     if not DATA.is_dir():
         pytest.skip(f"shared data not found at {DATA}")
-    return get_task(name).from_options(options)
+    return build_task({"name": name, **options})
 
 
 def test_real_gsm8k_splits() -> None:

@@ -25,7 +25,7 @@ import click
 from rlbench.cli.errors import fail
 from rlbench.core import registry
 from rlbench.core.config import ConfigError, RunConfig
-from rlbench.core.configure import merge_overrides, resolve
+from rlbench.core.configure import build_task, merge_overrides, resolve
 from rlbench.core.provenance import package_versions
 from rlbench.tasks.base import Example, Task
 
@@ -74,10 +74,6 @@ def check_model(model: str) -> None:
     """A path that does not exist would otherwise reach the hub client and fail there with a message about repo ids."""
     if model != "tiny" and model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
         raise ConfigError(f"--model {model}: no such directory")
-
-
-def build_task(config: RunConfig) -> Task:
-    return registry.get_task(config.task_name).from_options({k: v for k, v in config.task.items() if k != "name"})
 
 
 def check_writable(path: Path, option: str) -> None:
@@ -414,7 +410,7 @@ def eval_(
             raise ConfigError(f"--device {device}: must be auto, cpu, cuda or cuda:N")
         check_model(model)
         config = build_config(model, task_name, data, overrides, max_new_tokens, device, seed)
-        task = build_task(config)
+        task = build_task(config.task)
         if model == "tiny" and not hasattr(task, "fresh_train_examples"):
             # checked here too so that nothing is written to the warm-start cache for a task that cannot have one
             raise ConfigError(f"--model tiny: the tiny lab warm-starts on a generated task (arith), not {task_name}")

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from rlbench.cli.errors import fail
-from rlbench.core import registry
+from rlbench.core import configure, registry
 from rlbench.core.config import ConfigError
 from rlbench.core.configure import merge_overrides
 from rlbench.core.results import RunFileError, dumps_strict, write_bytes_atomic
@@ -59,10 +59,9 @@ def build_task(name: str, data: str | None, overrides: tuple[str, ...]) -> Task:
     if data is not None:
         options["data"] = data
     try:
-        task_cls = registry.get_task(name)
+        return configure.build_task({"name": name, **options})
     except registry.UnknownNameError as exc:
         raise ConfigError(f"--task: {exc}") from None
-    return task_cls.from_options(options)
 
 
 def read_rows(path: Path, examples: list[Example]) -> list[Row]:

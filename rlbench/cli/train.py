@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import click
 
 from rlbench.cli.errors import DIVERGED, fail
-from rlbench.core.configure import resolve
+from rlbench.core.configure import build_task, resolve
 
 CONFIG_HELP = "YAML config file (RunConfig keys); --set and the shorthand flags override it."
 SET_HELP = "Override any config key, e.g. --set optim.lr=1e-4 --set algo.baseline=rloo (repeatable)."
@@ -214,10 +214,9 @@ def warmstart(
     config = resolve(
         config_file, list(overrides), {"algo": algo, "task": task, "model": model, "seed": seed, "out": out}
     )
-    from rlbench.core import registry
     from rlbench.run.tiny.warmstart import REFERENCE_DIR, REFERENCE_SHA256, REPORT_FILE, ensure_warmstart
 
-    task_obj = registry.get_task(config.task_name).from_options({k: v for k, v in config.task.items() if k != "name"})
+    task_obj = build_task(config.task)
     path = ensure_warmstart(config.tiny, task_obj, config.sampling, rebuild=rebuild)
     report = json.loads((path / REPORT_FILE).read_text())
     report.pop("history", None)

@@ -137,6 +137,17 @@ def build_algorithm(cls: type, options: dict[str, Any]) -> Any:
     return algo
 
 
+def build_task(tree: dict[str, Any]) -> Any:
+    """The configure step of a task: the config's ``task`` section (``name`` and options) becomes the registered
+    task's typed ``Config`` (a ConfigError names the bad ``task.<key>``) and the task built from it; with ``task.reward``
+    set, the task whose training rewards come from that registered reward function."""
+    from rlbench.core import registry
+
+    cls = registry.get_task(tree["name"])
+    task = cls(build_dataclass(cls.Config, {k: v for k, v in tree.items() if k != "name"}, prefix="task"))
+    return task.with_reward_function()
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value")
@@ -300,13 +311,13 @@ def build_run_config(tree: dict[str, Any]) -> RunConfig:
     config.validate()
     try:
         algo_cls = registry.get_algorithm(config.algo_name)
-        task_cls = registry.get_task(config.task_name)
+        registry.get_task(config.task_name)  # an unknown task is named here; build_task below checks its options
     except registry.UnknownNameError as exc:
         raise ConfigError(("algo.name: " if "algorithm" in str(exc) else "task.name: ") + str(exc)) from exc
     # Instantiating the option dataclasses checks every key and type now, before any work starts. The run keeps
     # every algorithm option, defaults included, so that its config.yaml says what ran even if a default changes.
     algo = build_algorithm(algo_cls, {k: v for k, v in config.algo.items() if k != "name"})
-    task_cls.from_options({k: v for k, v in config.task.items() if k != "name"})
+    build_task(config.task)
     config.algo = {"name": config.algo_name, **dataclasses.asdict(algo.config)}
     config._algorithm = algo  # not a field: config.yaml holds config.algo, this is its validated, typed form
     return config

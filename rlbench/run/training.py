@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from rlbench.core import registry
 from rlbench.core.bars import tqdm
 from rlbench.core.config import ConfigError, RunConfig
+from rlbench.core.configure import build_task
 from rlbench.core.lifeline import lock_wait
 from rlbench.core.locks import hold, is_run_folder, refuse_foreign
 from rlbench.core.results import SUMMARY
@@ -29,10 +29,6 @@ from rlbench.engine.trainer import Trainer, run_dir
 from rlbench.run.eval.evaluate import evaluate
 from rlbench.run.tracking import build_trackers, close_trackers
 from rlbench.tasks.base import Example, Task
-
-
-def build_task(config: RunConfig) -> Task:
-    return registry.get_task(config.task_name).from_options({k: v for k, v in config.task.items() if k != "name"})
 
 
 def resolve_model_path(config: RunConfig, task: Task, progress: bool) -> str:
@@ -146,7 +142,7 @@ def build_trainer(config: RunConfig, progress: bool = True, ranks: Ranks = Ranks
     check_processes(config, ranks)
     if config.threads:
         torch.set_num_threads(config.threads)
-    task = build_task(config)
+    task = build_task(config.task)
     # loads the evaluation data before any model: bad data fails fast
     evaluator = RunEvaluator(config, task, progress=progress and ranks.main)
     if not ranks.main:

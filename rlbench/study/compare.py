@@ -16,9 +16,8 @@ from typing import Any
 
 import yaml
 
-from rlbench.core import registry
 from rlbench.core.config import BudgetConfig, ConfigError, RunConfig
-from rlbench.core.configure import build_dataclass, build_run_config, saved_config_mismatch, set_at
+from rlbench.core.configure import build_dataclass, build_run_config, build_task, saved_config_mismatch, set_at
 from rlbench.core.lifeline import ORPHAN_GRACE_S
 from rlbench.core.locks import REQUEST, hold, is_run_folder, lock_kind, refuse_foreign
 from rlbench.core.provenance import code_version, machine, package_versions
@@ -323,7 +322,7 @@ def _prepare_model(config: RunConfig, progress: bool) -> None:
             # the same thread count as the runs: CPU results depend on it, and it avoids oversubscribing the cores
             torch.set_num_threads(config.threads)
 
-        task = registry.get_task(config.task_name).from_options({k: v for k, v in config.task.items() if k != "name"})
+        task = build_task(config.task)
         resolve_model_path(config, task, progress)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from rlbench.core import registry
 from rlbench.core.config import ConfigError
+from rlbench.core.configure import build_task
 from rlbench.core.results import RECORDS_DIR, read_records
 from rlbench.run.eval.metrics import summarize
 from rlbench.study.report.audit_run import Findings
@@ -51,8 +52,7 @@ class Regrader:
             return "config.yaml names no task, so nothing can be regraded"
         if key not in self._tasks:
             try:
-                options = {k: v for k, v in tree.items() if k != "name"}
-                self._tasks[key] = registry.get_task(tree["name"]).from_options(options)
+                self._tasks[key] = build_task(tree)
             except (ConfigError, registry.UnknownNameError) as exc:
                 self._tasks[key] = f"task {tree['name']!r} cannot be built here ({_line(exc)})"
         task = self._tasks[key]

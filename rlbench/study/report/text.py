@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlbench.core.provenance import is_dirty
 from rlbench.study.report import stats
 from rlbench.study.variants import CONTROL_SUFFIX, POSITIVE_SUFFIX
 
@@ -245,7 +246,7 @@ def code_line(task: dict[str, Any]) -> str:
     """The commit the comparison ran from, flagged when the tree had uncommitted changes (named by their diff's hash)."""
     version = str(task["code_version"] or "unknown")
     text = version + (f", created {task['created']}" if task["created"] else "")
-    if "+dirty" in version:
+    if is_dirty(version):
         text += (
             " — UNCOMMITTED CHANGES: the runs ran from the commit plus a diff (its sha256 prefix after 'dirty.'), "
             "so the commit alone does not reproduce them"
