@@ -151,3 +151,29 @@ def test_a_world_spanning_machines_is_refused_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("rlbench: error: multi-machine training is not supported")
     assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_below_its_transformers_release_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Sharded runs on an older transformers train another model than the one-process run (bisected in
+    scripts/test_floor.sh's environment: 5.22.2 fails tests/test_sharding.py, 5.23.0 passes), so --fsdp is refused
+    there before any process starts, and the check runs in every rank of a direct accelerate launch too."""
+    from click.testing import CliRunner
+
+    from rlbench.cli.group import main
+    from rlbench.core.config import ConfigError
+    from rlbench.engine.build import check_fsdp_transformers
+
+    for old in ("4.56.2", "5.22.2"):
+        with pytest.raises(ConfigError, match=rf"^--fsdp: needs transformers >= 5\.23 \(sharded runs with {old} "):
+            check_fsdp_transformers(old)
+    for new in ("5.23.0", "5.25.0", "6.0.0.dev0"):
+        check_fsdp_transformers(new)
+    monkeypatch.setattr("rlbench.engine.build.installed_version", lambda name: "5.22.2")
+    monkeypatch.setattr("rlbench.cli.train.launch", lambda *a, **k: pytest.fail("launched despite the refusal"))
+    out = tmp_path / "run"
+    args = ["train", "--processes", "2", "--fsdp", "--set", "rollout.seed_rows=true", "--quiet", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[-1]] and lines[-1].startswith("rlbench: error: --fsdp: needs transformers >= 5.23")
+    assert not out.exists()

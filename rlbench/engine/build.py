@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import importlib
+import re
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import version as installed_version
 from typing import Any
 
 import torch
@@ -130,7 +132,8 @@ def build_parts(
 
 def check_launch(config: RunConfig, processes: int, sharded: bool) -> None:
     """What ``processes`` (``--processes N``, ``sharded``: ``--fsdp``) cannot do with this config, refused before
-    any model loads or any process starts: LoRA's combinations, vLLM beyond one GPU, 8-bit AdamW over FSDP."""
+    any model loads or any process starts: LoRA's combinations, vLLM beyond one GPU, 8-bit AdamW over FSDP, FSDP on
+    a transformers too old for it."""
     check_lora(config, sharded)
     if processes > 1 and config.rollout.backend == "vllm":
         raise ConfigError(
@@ -141,6 +144,25 @@ def check_launch(config: RunConfig, processes: int, sharded: bool) -> None:
         raise ConfigError(
             "optim.name=adamw-8bit: bitsandbytes' 8-bit AdamW cannot update FSDP's sharded "
             "(DTensor) parameters; use optim.name=adamw (FSDP already splits its states N ways)"
+        )
+    if sharded:
+        check_fsdp_transformers(installed_version("transformers"))
+
+
+# FSDP runs reproduce the one-process run from this transformers release on (scripts/test_floor.sh with
+# tests/test_sharding.py, bisected: 5.22.2 and older give a different forward under fully_shard from the first step,
+# e.g. entropy 4.603 against 4.596 at 5.19.0, so the runs train another model); the package floor is lower.
+FSDP_MIN_TRANSFORMERS = (5, 23)
+
+
+def check_fsdp_transformers(version: str) -> None:
+    """Refuse ``--fsdp`` below :data:`FSDP_MIN_TRANSFORMERS`, naming the installed version and the fix."""
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if found < FSDP_MIN_TRANSFORMERS:
+        floor = ".".join(map(str, FSDP_MIN_TRANSFORMERS))
+        raise ConfigError(
+            f"--fsdp: needs transformers >= {floor} (sharded runs with {version} do not reproduce the one-process "
+            f"run); pip install 'transformers>={floor}', or train data-parallel without --fsdp"
         )
 
 
