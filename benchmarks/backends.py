@@ -21,10 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlbench.core.configure import (
-    build_task,
-    resolve,  # noqa: E402
-)
+from rlbench.core.configure import build_task, resolve  # noqa: E402
 from rlbench.engine.generation import encode_prompt, make_generator  # noqa: E402
 from rlbench.engine.policy import Policy, load_model  # noqa: E402
 from rlbench.run.training import build_trainer, resolve_model_path  # noqa: E402
